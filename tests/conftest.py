@@ -1,0 +1,110 @@
+"""
+Shared fixtures.
+
+The whole suite runs inside a private network namespace: ``tests/run.sh``
+starts pytest under ``unshare -rn`` with ``lo`` up, multicast on and
+224.0.0.0/4 routed to ``lo``. Started some other way, pytest makes that
+namespace itself at start-up (before any socket exists); where it cannot,
+the tests that need one (multicast, Node hyperswarm peers) skip and say why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+
+from tests.harness import NODE_MODULES, ProcessPool, node_binary
+
+_NETNS_STATE = {"private": False, "why": ""}
+
+
+def _interfaces():
+    try:
+        return sorted(os.listdir("/sys/class/net"))
+    except OSError:
+        return []
+
+
+def _setup_lo() -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up", "multicast", "on"], check=True)
+    subprocess.run(["ip", "route", "replace", "224.0.0.0/4", "dev", "lo"], check=True)
+
+
+def _enter_private_netns() -> str:
+    """Return '' when this process is in a namespace with only ``lo``; else why not."""
+    if _interfaces() == ["lo"]:
+        try:
+            _setup_lo()
+        except (OSError, subprocess.CalledProcessError) as e:
+            return f"cannot configure lo in the namespace: {e}"
+        return ""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
+    uid, gid = os.getuid(), os.getgid()
+    if libc.unshare(CLONE_NEWNET) != 0:
+        if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+            return f"unshare(CLONE_NEWNET) failed: {os.strerror(ctypes.get_errno())}"
+        try:
+            Path("/proc/self/setgroups").write_text("deny")
+            Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
+            Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
+        except OSError as e:
+            return f"cannot map ids in the user namespace: {e}"
+    if _interfaces() != ["lo"]:
+        return "a new network namespace still shows other interfaces"
+    try:
+        _setup_lo()
+    except (OSError, subprocess.CalledProcessError) as e:
+        return f"cannot configure lo in the new namespace: {e}"
+    return ""
+
+
+def pytest_configure(config):
+    why = _enter_private_netns()
+    _NETNS_STATE["private"] = not why
+    _NETNS_STATE["why"] = why
+
+
+def pytest_report_header(config):
+    if _NETNS_STATE["private"]:
+        return "network: private namespace (lo only, multicast routed on lo)"
+    return f"network: NOT private ({_NETNS_STATE['why']}); multicast and Node hyperswarm tests skip"
+
+
+@pytest.fixture
+def private_netns():
+    """Skip unless the suite runs in a private network namespace."""
+    if not _NETNS_STATE["private"]:
+        pytest.skip(f"needs a private network namespace: {_NETNS_STATE['why']}")
+
+
+@pytest.fixture
+def reactor():
+    from twisted.internet import reactor as global_reactor
+
+    return global_reactor
+
+
+@pytest.fixture
+def node():
+    """The ``node`` binary with the pinned reference installed, or a skip."""
+    path = node_binary()
+    if path is None:
+        pytest.skip("node is not installed: the interop tests need Node >= 18")
+    if not (NODE_MODULES / "hyperswarm").is_dir():
+        pytest.fail("tests/node/node_modules is missing: run `npm ci --prefix tests/node` (tests/run.sh does)")
+    return path
+
+
+@pytest.fixture
+def processes(reactor):
+    """A :class:`ProcessPool`; every child is ended at teardown."""
+    pool = ProcessPool(reactor)
+    yield pool
+    pytest_twisted.blockon(pool.stop_all())

@@ -1,0 +1,173 @@
+"""
+One UDP socket per port, shared by the DHT and uTP.
+
+Node's hyperswarm runs dht-rpc on utp-native's socket: libutp sees every
+datagram first and keeps the ones that look like uTP; the rest go to the DHT.
+:class:`UDPSocket` applies exactly libutp's rule (``shared/spec/dht.md`` 1.11)::
+
+    uTP  iff  len >= 20 and buf[0] & 0x0f == 1 and buf[0] >> 4 < 5 and buf[1] < 3
+    DHT  otherwise (the DHT drops what fails to decode)
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from typing import Callable, Optional, Tuple
+
+from twisted.internet import defer
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from txhyperswarm._reactor import default_reactor
+
+__all__ = ["UDPSocket", "is_utp_datagram"]
+
+Address = Tuple[str, int]
+Receiver = Callable[[bytes, Address], None]
+
+#: Socket buffer asked of the kernel. At Linux's default (~208 KiB) a burst of
+#: uTP data overflows it and the kernel drops datagrams (utp.md 7.2).
+DEFAULT_BUFFER_SIZE = 4 * 1024 * 1024
+
+
+def is_utp_datagram(data: bytes) -> bool:
+    """libutp's test for "this datagram is mine" (``utp_process_udp``)."""
+    return len(data) >= 20 and (data[0] & 0x0F) == 1 and (data[0] >> 4) < 5 and data[1] < 3
+
+
+def _drop(data: bytes, addr: Address) -> None:
+    """Receiver for a side nobody has attached yet."""
+
+
+class UDPSocket(DatagramProtocol):
+    """
+    A UDP port that hands each datagram to its uTP side or its DHT side.
+
+    :param reactor: an ``IReactorUDP`` (and ``IReactorTime``); ``None`` for
+        the global reactor.
+    :param host: interface to bind.
+    :param port: port to bind; 0 for any.
+    :param buffer_size: ``SO_RCVBUF``/``SO_SNDBUF`` to ask for; 0 keeps the
+        kernel default.
+
+    Attach receivers with :meth:`set_dht_receiver` and
+    :meth:`set_utp_receiver`; each gets ``(data, (host, port))``.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor=None,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+    ) -> None:
+        self._reactor = default_reactor(reactor)
+        self._host = host
+        self._want_port = port
+        self._buffer_size = buffer_size
+        self._port = None
+        self._dht: Receiver = _drop
+        self._utp: Receiver = _drop
+        #: Datagrams that could not be sent or delivered, by reason.
+        self.dropped: Counter = Counter()
+
+    # -- wiring ---------------------------------------------------------------
+
+    def set_dht_receiver(self, receiver: Optional[Receiver]) -> None:
+        """Send every non-uTP datagram to ``receiver`` (``None`` to detach)."""
+        self._dht = receiver or _drop
+
+    def set_utp_receiver(self, receiver: Optional[Receiver]) -> None:
+        """Send every uTP datagram to ``receiver`` (``None`` to detach)."""
+        self._utp = receiver or _drop
+
+    # -- lifecycle ------------------------------------------------------------
+
+    @property
+    def listening(self) -> bool:
+        return self._port is not None
+
+    def listen(self) -> Address:
+        """
+        Bind the socket (idempotent).
+
+        :returns: the bound ``(host, port)``.
+        :raises twisted.internet.error.CannotListenError: the port is taken.
+        """
+        if self._port is None:
+            self._port = self._reactor.listenUDP(
+                self._want_port, self, interface=self._host, maxPacketSize=65535
+            )
+            self._set_buffers()
+            self.log.info("UDP socket bound on {host}:{port}", host=self._host, port=self.port)
+        return self.address()
+
+    def close(self) -> defer.Deferred:
+        """Unbind; the Deferred fires once the socket is closed."""
+        port, self._port = self._port, None
+        if port is None:
+            return defer.succeed(None)
+        return defer.maybeDeferred(port.stopListening)
+
+    def address(self) -> Address:
+        """The bound ``(host, port)``."""
+        if self._port is None:
+            raise RuntimeError("UDPSocket is not listening")
+        return self._host, self._port.getHost().port
+
+    @property
+    def port(self) -> int:
+        return self.address()[1]
+
+    def _set_buffers(self) -> None:
+        if not self._buffer_size:
+            return
+        handle = self._port.getHandle() if hasattr(self._port, "getHandle") else None
+        if handle is None:  # a fake reactor's port
+            return
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                handle.setsockopt(socket.SOL_SOCKET, opt, self._buffer_size)
+            except OSError as e:  # pragma: no cover - kernel-dependent
+                self.log.warn("cannot set UDP buffer size: {err}", err=e)
+
+    # -- I/O ------------------------------------------------------------------
+
+    def send(self, data: bytes, addr: Address) -> bool:
+        """
+        Send one datagram; a full kernel buffer or an unreachable host drops
+        it (UDP is lossy: both upper layers retransmit).
+
+        :returns: whether the kernel took it.
+        """
+        transport = self.transport
+        if transport is None:
+            self.dropped["send_closed"] += 1
+            return False
+        try:
+            transport.write(data, addr)
+        except OSError:
+            self.dropped["send_error"] += 1
+            return False
+        return True
+
+    def datagramReceived(self, data: bytes, addr: Address) -> None:
+        if (
+            len(data) >= 20
+            and (data[0] & 0x0F) == 1
+            and (data[0] >> 4) < 5
+            and data[1] < 3
+        ):
+            receiver = self._utp
+        else:
+            receiver = self._dht
+        try:
+            receiver(data, addr)
+        except Exception:
+            # Receivers count and drop bad input themselves; reaching here is a bug.
+            self.dropped["receiver_error"] += 1
+            self.log.failure("UDP receiver failed on a datagram from {addr}", addr=addr)
