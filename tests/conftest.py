@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -25,10 +26,9 @@ _NETNS_STATE = {"private": False, "why": ""}
 
 
 def _interfaces():
-    try:
-        return sorted(os.listdir("/sys/class/net"))
-    except OSError:
-        return []
+    # if_nameindex asks the kernel about this process's namespace (sysfs
+    # shows the namespace it was mounted in).
+    return sorted(name for _, name in socket.if_nameindex())
 
 
 def _setup_lo() -> None:

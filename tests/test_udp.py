@@ -1,0 +1,63 @@
+"""UDPSocket: the datagram split between uTP and the DHT, on real loopback sockets."""
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from txhyperswarm.udp import UDPSocket, is_utp_datagram
+
+# Captured first bytes (dht.md 3.1, utp.md 6.1): a dht-rpc message and a uTP SYN.
+DHT_FIND_NODE = bytes.fromhex("5801080110b1b70252067f0000012711")
+UTP_SYN = bytes.fromhex("41000000") + bytes(16)
+
+
+@pytest.mark.parametrize(
+    "data, utp",
+    [
+        (UTP_SYN, True),
+        (DHT_FIND_NODE + bytes(10), False),  # 0x58: version nibble 8
+        (b"\x08" + bytes(30), False),  # pre-version dht-rpc
+        (UTP_SYN[:19], False),  # shorter than the uTP header
+        (b"\x51" + bytes(19), False),  # type 5 is not uTP
+        (b"\x41\x03" + bytes(18), False),  # extension byte 3 is not uTP
+        (b"\x01\x02" + bytes(18), True),  # ST_DATA, SACK extension
+    ],
+)
+def test_split_rule_is_libutps(data, utp):
+    assert is_utp_datagram(data) is utp
+
+
+@pytest_twisted.inlineCallbacks
+def test_datagrams_reach_their_side_over_loopback(reactor):
+    a = UDPSocket(reactor, host="127.0.0.1")
+    b = UDPSocket(reactor, host="127.0.0.1")
+    got = {"dht": [], "utp": []}
+    done = defer.Deferred()
+
+    def record(side):
+        def receive(data, addr):
+            got[side].append((data, addr))
+            if len(got["dht"]) + len(got["utp"]) == 2 and not done.called:
+                done.callback(None)
+        return receive
+
+    b.set_dht_receiver(record("dht"))
+    b.set_utp_receiver(record("utp"))
+    a.listen()
+    b.listen()
+    a_addr = a.address()
+    try:
+        a.send(UTP_SYN, b.address())
+        a.send(DHT_FIND_NODE, b.address())
+        yield done.addTimeout(5, reactor)
+    finally:
+        yield a.close()
+        yield b.close()
+    assert got["utp"] == [(UTP_SYN, a_addr)]
+    assert got["dht"] == [(DHT_FIND_NODE, a_addr)]
+
+
+def test_send_when_closed_is_counted(reactor):
+    s = UDPSocket(reactor, host="127.0.0.1")
+    assert s.send(b"x", ("127.0.0.1", 9)) is False
+    assert s.dropped["send_closed"] == 1
