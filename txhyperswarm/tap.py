@@ -1,0 +1,186 @@
+"""
+``twist hyperswarm``: the daemon (interfaces.md, "twist hyperswarm").
+
+:func:`makeService` is what the twist plugin calls; :func:`build_service`
+does the work with an injected reactor, so tests can use a fake one.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python import usage
+
+from txhyperswarm._parsing import parse_host_port, topic_from_text
+
+__all__ = ["Options", "makeService", "build_service"]
+
+PUBLIC_BOOTSTRAP = [
+    ("bootstrap1.hyperdht.org", 49737),
+    ("bootstrap2.hyperdht.org", 49737),
+    ("bootstrap3.hyperdht.org", 49737),
+]
+BOOTSTRAP_NODE_PORT = 49737
+
+log = Logger(namespace="txhyperswarm.tap")
+
+
+def _check_endpoint(kind: str, text: str) -> None:
+    """Raise UsageError unless ``text`` parses as a server/client endpoint string."""
+    from twisted.internet.endpoints import clientFromString, serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        (serverFromString if kind == "server" else clientFromString)(MemoryReactor(), text)
+    except Exception as e:  # endpoint parsers raise ValueError, KeyError, TypeError...
+        raise usage.UsageError(f"bad endpoint {text!r}: {e}") from None
+
+
+class Options(usage.Options):
+    """Command line of ``twist hyperswarm``."""
+
+    synopsis = "[--bootstrap-node | --topic T ...] [options]"
+    optFlags = [
+        ["bootstrap-node", None, "Run a persistent DHT node only (answers RPCs, stores peer records)."],
+        ["no-mdns", None, "Do not use multicast DNS."],
+        ["ephemeral", None, "DHT node is ephemeral (sends no id)."],
+        ["persistent", None, "DHT node is persistent (joins the routing tables of others)."],
+    ]
+    optParameters = [
+        ["host", None, "0.0.0.0", "Interface for the UDP socket (DHT + uTP) and the TCP listener."],
+        ["port", None, None, "Port for UDP and TCP (default 49737 with --bootstrap-node, else 0).", int],
+        ["expose", None, None, "Announce the topics; pipe incoming swarm connections to this client endpoint."],
+        ["listen", None, None, "Look the topics up; pipe local connections on this server endpoint to peers."],
+        ["status-http", None, None, "Serve GET /status and GET /metrics on this server endpoint."],
+        ["state-dir", None, None, "Keep the node id and a routing-table snapshot here."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["bootstrap"] = []
+        self["topic"] = []
+
+    def opt_bootstrap(self, value: str) -> None:
+        """DHT bootstrap node HOST:PORT (repeatable); 'none' for none."""
+        if value == "none":
+            self["bootstrap"].append(None)
+            return
+        try:
+            self["bootstrap"].append(parse_host_port(value))
+        except ValueError as e:
+            raise usage.UsageError(f"--bootstrap: {e}") from None
+
+    def opt_topic(self, value: str) -> None:
+        """Topic to join (repeatable): 64 hex characters, or text hashed with SHA-256."""
+        try:
+            self["topic"].append(topic_from_text(value))
+        except ValueError as e:
+            raise usage.UsageError(f"--topic: {e}") from None
+
+    def parseOptions(self, options=None):
+        # twist prints the whole usage text and exits 64 on a UsageError; the
+        # contract is one line on stderr and exit status 2, nothing started.
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            sys.stderr.write(f"twist hyperswarm: error: {e}\n")
+            raise SystemExit(2)
+
+    def postOptions(self) -> None:
+        if self["ephemeral"] and self["persistent"]:
+            raise usage.UsageError("--ephemeral and --persistent exclude each other")
+        port = self["port"]
+        if port is None:
+            self["port"] = BOOTSTRAP_NODE_PORT if self["bootstrap-node"] else 0
+        elif not 0 <= port < 65536:
+            raise usage.UsageError(f"--port must be 0..65535, got {port}")
+        boots = self["bootstrap"]
+        if None in boots:
+            if len(boots) > 1:
+                raise usage.UsageError("--bootstrap none excludes other --bootstrap values")
+            self["bootstrap"] = []
+        elif not boots:
+            self["bootstrap"] = [] if self["bootstrap-node"] else list(PUBLIC_BOOTSTRAP)
+        if self["expose"]:
+            _check_endpoint("client", self["expose"])
+        if self["listen"]:
+            _check_endpoint("server", self["listen"])
+        if self["status-http"]:
+            _check_endpoint("server", self["status-http"])
+        if self["expose"] and self["listen"]:
+            raise usage.UsageError("--expose and --listen exclude each other")
+        if not self["bootstrap-node"] and not self["topic"]:
+            raise usage.UsageError("give --bootstrap-node, or at least one --topic")
+        if self["bootstrap-node"] and self["topic"]:
+            raise usage.UsageError("--bootstrap-node runs a DHT node only: it takes no --topic")
+        if self["expose"] or self["listen"]:
+            raise usage.UsageError(
+                "--expose/--listen need the swarm connection layer, which this version does not have yet"
+            )
+
+
+class _ExitCleanly(service.Service):
+    """
+    Make SIGINT/SIGTERM stop the reactor as a plain ``reactor.stop()``.
+
+    twist re-raises the signal after shutdown (exit status 128+N); the
+    contract asks for exit status 0 once every topic is left.
+    """
+
+    def __init__(self, reactor) -> None:
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        # twist installs its handlers when the reactor starts; services start
+        # after that, so these replace them.
+        if hasattr(self._reactor, "callFromThread"):
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        log.info("signal {signum}: shutting down", signum=signum)
+        self._reactor.callFromThread(self._reactor.stop)
+
+
+def build_service(reactor, config: Options) -> service.MultiService:
+    """The daemon's services, for the given reactor and parsed options."""
+    from txhyperswarm.dht.node import DHTNode
+
+    top = service.MultiService()
+    ephemeral = not config["bootstrap-node"] and not config["persistent"]
+    if config["ephemeral"]:
+        ephemeral = True
+    node = DHTNode(
+        reactor,
+        bootstrap=config["bootstrap"],
+        ephemeral=ephemeral,
+        host=config["host"],
+        port=config["port"],
+    )
+    node.setServiceParent(top)
+    top.dht = node
+    if config["bootstrap-node"]:
+        _attach_record_store(node)
+    _ExitCleanly(reactor).setServiceParent(top)
+    return top
+
+
+def _attach_record_store(node) -> None:
+    """A persistent node stores peer records (the `peers` command)."""
+    try:
+        from txhyperswarm.dht.peers import serve_peers
+    except ImportError:
+        log.warn("peer records are not served: txhyperswarm.dht.peers is missing")
+        return
+    serve_peers(node)
+
+
+def makeService(config: Options) -> service.MultiService:
+    from twisted.internet import reactor
+
+    return build_service(reactor, config)
