@@ -160,3 +160,20 @@ class ProcessPool:
 
     def stop_all(self) -> defer.Deferred:
         return defer.DeferredList([c.stop() for c in self.children], consumeErrors=True)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``host`` right now."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((host, 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port found")

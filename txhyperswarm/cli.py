@@ -168,3 +168,7 @@ def main() -> None:
         sys.stderr.write(f"hyperswarm: error: {e}\n")
         code = 2
     sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

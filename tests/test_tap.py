@@ -1,0 +1,73 @@
+"""``twist hyperswarm`` as a real process: bootstrap node, signals, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import pytest_twisted
+
+from tests.harness import REPO, free_port
+
+TWIST = [sys.executable, "-m", "twisted"]
+
+
+def _twist(*args, timeout=30):
+    return subprocess.run([*TWIST, "hyperswarm", *args], capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--bootstrap-node", "--port", "notaport"], "port"),
+        (["--bootstrap-node", "--port", "70000"], "--port"),
+        (["--bootstrap-node", "--bootstrap", "127.0.0.1"], "--bootstrap"),
+        (["--bootstrap-node", "--bootstrap", "127.0.0.1:0"], "--bootstrap"),
+        (["--bootstrap-node", "--no-such-option"], "no-such-option"),
+        (["--topic", ""], "--topic"),
+        (["--topic", "x", "--expose", "nonsense:endpoint:::"], "endpoint"),
+        (["--topic", "x", "--status-http", "tcp:notaport"], "endpoint"),
+        ([], "--topic"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, says):
+    result = _twist(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert says in lines[0]
+    assert result.stdout == ""
+
+
+@pytest_twisted.inlineCallbacks
+def test_node_peers_bootstrap_from_a_twist_bootstrap_node(processes, node):
+    port = free_port()
+    boot = processes.spawn(
+        "twist",
+        [*TWIST, "hyperswarm", "--bootstrap-node", "--host", "127.0.0.1", "--port", str(port)],
+    )
+    yield boot.wait_for(lambda o: "listening" in o.get("_text", ""), timeout=20)
+
+    # hyperswarm ping reaches it and reports its id.
+    ping = processes.spawn("ping", [sys.executable, "-m", "txhyperswarm.cli", "ping", f"127.0.0.1:{port}"])
+    pong = yield ping.wait_for(lambda o: "rtt_ms" in o, timeout=20)
+    assert (yield ping.ended) == 0
+    assert pong["host"] == "127.0.0.1" and pong["port"] == port
+    boot_id = pong["id"]
+    assert boot_id and len(bytes.fromhex(boot_id)) == 32
+
+    # Three Node dht-rpc nodes bootstrap from it, one after the other: each
+    # learns the bootstrap node, and the later ones learn the earlier ones.
+    clients = []
+    for i in range(3):
+        c = processes.node("dht_bootstrap_client.js", f"127.0.0.1:{port}")
+        clients.append((yield c.wait_for(lambda o: o.get("ready"), timeout=30)))
+    for info in clients:
+        ids = {n["id"] for n in info["nodes"]}
+        assert boot_id in ids, info
+    last = {n["id"] for n in clients[2]["nodes"]}
+    assert {clients[0]["id"], clients[1]["id"]} <= last
+
+    # SIGTERM: a clean exit, status 0, well within 5 s.
+    code = yield boot.stop(grace=5.0)
+    assert code == 0, boot.stderr.decode()[-2000:]
