@@ -1,0 +1,343 @@
+"""
+The ``peers`` command: the server handler as a pure function over a request,
+the client's values and reply mapping, the announce schedule (on a Clock with
+a fake node), and then real DHTNodes over loopback sockets.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from txhyperswarm.dht import peers
+from txhyperswarm.dht.messages import (
+    PeersInput,
+    PeersOutput,
+    decode_peers_input,
+    decode_peers_output,
+    encode_peer,
+)
+from txhyperswarm.dht.records import RecordStore
+from txhyperswarm.peer_record import PeerRecord
+
+TOPIC = b"\x11" * 32
+
+
+@dataclass
+class Req:
+    node: Tuple[str, int]
+    target: Optional[bytes]
+    value: Optional[bytes]
+    id: Optional[bytes] = None
+    to: Optional[Tuple[str, int]] = None
+
+
+@dataclass(frozen=True)
+class FakeReply:
+    node: Tuple[str, int]
+    id: Optional[bytes]
+    value: Optional[bytes]
+    to: Optional[Tuple[str, int]]
+
+
+def handler(**kw) -> peers.PeersCommand:
+    return peers.PeersCommand(RecordStore(Clock(), random=random.Random(0), **kw))
+
+
+def ann(port=None, local=None, unannounce=False) -> bytes:
+    v = PeersInput()
+    if port is not None:
+        v.port = port
+    if local is not None:
+        v.localAddress = encode_peer(*local)
+    if unannounce:
+        v.unannounce = True
+    return v.SerializeToString()
+
+
+def out(value: bytes) -> PeersOutput:
+    return decode_peers_output(value)
+
+
+# -- server handler ------------------------------------------------------------
+
+
+def test_spec_vector_announce_then_lookup():
+    # dht.md 3.3/3.4: B announces port 4000 with LAN 192.168.1.5:4000; C looks
+    # up with LAN 192.168.1.9:5000 and gets 7f0000010fa0 and 01050fa0.
+    h = handler()
+    assert h.update(Req(("127.0.0.1", 10002), TOPIC, bytes.fromhex("08a01f1206c0a801050fa0"))) is None
+    value = h.query(Req(("127.0.0.1", 10003), TOPIC, bytes.fromhex("1206c0a801091388")))
+    assert value == bytes.fromhex("0a067f0000010fa0120401050fa0")
+
+
+def test_lookup_with_no_records_answers_an_empty_value():
+    h = handler()
+    assert h.query(Req(("127.0.0.1", 10003), TOPIC, b"")) == b""
+
+
+def test_port_zero_or_absent_uses_the_source_port():
+    h = handler()
+    h.update(Req(("127.0.0.1", 5555), TOPIC, ann(port=0)))
+    h.update(Req(("127.0.0.2", 6666), TOPIC, b""))
+    got = out(h.query(Req(("127.0.0.3", 1), TOPIC, b"")))
+    assert sorted(got.peers[i:i + 6] for i in range(0, len(got.peers), 6)) == sorted(
+        [encode_peer("127.0.0.1", 5555), encode_peer("127.0.0.2", 6666)])
+
+
+def test_lookup_excludes_the_askers_own_record():
+    h = handler()
+    h.update(Req(("127.0.0.1", 5555), TOPIC, ann(port=4000)))
+    assert h.query(Req(("127.0.0.1", 9), TOPIC, ann(port=4000))) == b""
+    assert out(h.query(Req(("127.0.0.1", 9), TOPIC, b""))).peers == encode_peer("127.0.0.1", 4000)
+
+
+def test_unannounce_removes_the_record():
+    h = handler()
+    h.update(Req(("127.0.0.1", 5555), TOPIC, ann(port=4000, local=("10.0.0.5", 4000))))
+    h.update(Req(("127.0.0.1", 5555), TOPIC, ann(port=4000, local=("10.0.0.5", 4000), unannounce=True)))
+    assert h.query(Req(("127.0.0.2", 9), TOPIC, ann(local=("10.0.1.1", 1)))) == b""
+    assert len(h.store) == 0
+    assert h.served == {"lookup": 1, "announce": 1, "unannounce": 1}
+
+
+def test_unannounce_in_a_query_is_a_lookup():
+    h = handler()
+    h.update(Req(("127.0.0.1", 5555), TOPIC, ann(port=4000)))
+    value = h.query(Req(("127.0.0.2", 9), TOPIC, ann(unannounce=True)))
+    assert out(value).peers == encode_peer("127.0.0.1", 4000)
+    assert len(h.store) == 1
+
+
+@pytest.mark.parametrize("value,reason,text", [
+    (None, "no-value", "Missing value"),
+    (b"\xff\xff\xff", "bad-value", "Invalid value"),
+    (b"\x08", "bad-value", "Invalid value"),               # truncated varint
+    (b"\x12\x05abcde", "bad-local-address", "Invalid local address"),
+    (b"\x08\x80\x80\x04", "bad-port", "Invalid port"),     # port 65536
+    (b"\x08\xff\xff\xff\xff\x0f", "bad-port", "Invalid port"),
+])
+@pytest.mark.parametrize("kind", ["query", "update"])
+def test_bad_requests_get_an_error_and_are_counted(value, reason, text, kind):
+    h = handler()
+    with pytest.raises(Exception) as e:
+        getattr(h, kind)(Req(("127.0.0.1", 5555), TOPIC, value))
+    assert str(e.value) == text
+    assert h.errors == {reason: 1}
+    assert len(h.store) == 0
+
+
+def test_a_source_port_of_zero_without_a_port_is_invalid():
+    h = handler()
+    with pytest.raises(Exception, match="Invalid port"):
+        h.update(Req(("127.0.0.1", 0), TOPIC, b""))
+
+
+@pytest.mark.parametrize("target", [None, b"", b"\x11" * 31, b"\x11" * 33])
+def test_a_target_that_is_not_32_bytes_is_an_error(target):
+    h = handler()
+    with pytest.raises(Exception, match="Invalid target"):
+        h.query(Req(("127.0.0.1", 1), target, b""))
+    assert h.errors == {"bad-target": 1}
+
+
+def test_100k_announces_from_1000_addresses_stay_within_the_caps():
+    # 10 heavy senders send 10% of the announces and one hot topic gets 20%,
+    # so each of the three caps is hit; the defaults (Node's total) apply.
+    h = handler()
+    store = h.store
+    topics = [bytes([t]) * 32 for t in range(30)]
+    ips = [f"127.0.{a // 250}.{a % 250 + 1}" for a in range(1000)]
+    rng = random.Random(5)
+    values = {}
+    for i in range(100_000):
+        ip = ips[rng.randrange(10)] if rng.random() < 0.1 else ips[rng.randrange(1000)]
+        topic = topics[0] if rng.random() < 0.2 else topics[rng.randrange(1, 30)]
+        port = rng.randrange(1, 65536)
+        value = values.get(port)
+        if value is None:
+            value = values[port] = ann(port=port)
+        h.update(Req((ip, 1), topic, value))
+    assert h.served["announce"] == 100_000
+    assert len(store) == store.max_records == 65536
+    for t in topics:
+        assert store.count_for_topic(t) <= store.max_per_topic
+    assert max(store.count_for_ip(ip) for ip in ips) == store.max_per_ip
+    assert all(store.refused[r] > 0 for r in ("ip-cap", "topic-cap", "evicted"))
+    # and a lookup still answers with at most 128 records
+    got = out(h.query(Req(("127.9.9.9", 1), topics[0], b"")))
+    assert len(got.peers) == 128 * 6
+
+
+# -- client values ----------------------------------------------------------------
+
+
+def test_announce_value_carries_port_zero_explicitly():
+    # hyperswarm 2.15.3 announces with `08 00` (dht.md 2.4b)
+    assert peers.encode_announce() == b"\x08\x00"
+    assert peers.encode_announce(4000, ("192.168.1.5", 4000)) == bytes.fromhex("08a01f1206c0a801050fa0")
+
+
+def test_lookup_value_has_no_port_and_is_present_even_when_empty():
+    assert peers.encode_lookup() == b""
+    assert peers.encode_lookup(("192.168.1.9", 5000)) == bytes.fromhex("1206c0a801091388")
+
+
+def test_unannounce_value():
+    assert peers.encode_unannounce(4000) == bytes.fromhex("08a01f1801")
+    v = decode_peers_input(peers.encode_unannounce())
+    assert v.HasField("port") and v.port == 0 and v.unannounce
+
+
+def test_peer_records_from_a_reply_as_node_maps_them():
+    reply = FakeReply(("127.0.0.1", 10001), b"\xaa" * 32,
+                      bytes.fromhex("0a067f0000010fa0120401050fa0"), ("127.0.0.1", 10003))
+    got = peers.peer_records(TOPIC, reply, bytes([192, 168]))
+    assert got == [
+        PeerRecord(TOPIC, "192.168.1.5", 4000, True, None, ("127.0.0.1", 10003), "dht"),
+        PeerRecord(TOPIC, "127.0.0.1", 4000, False, ("127.0.0.1", 10001), ("127.0.0.1", 10003), "dht"),
+    ]
+    # without a LAN prefix (the lookup sent none) localPeers are ignored
+    assert [p.local for p in peers.peer_records(TOPIC, reply)] == [False]
+
+
+@pytest.mark.parametrize("value", [None, b"", b"\xff\xff", bytes.fromhex("0a057f00000100"),
+                                   bytes.fromhex("0a067f0000010000"), bytes.fromhex("0a0600000000aaaa")])
+def test_malformed_replies_give_no_peers(value):
+    assert peers.peer_records(TOPIC, FakeReply(("127.0.0.1", 1), None, value, None), b"\x0a\x00") == []
+
+
+def test_malformed_local_peers_are_dropped_all_or_nothing():
+    v = PeersOutput(localPeers=bytes.fromhex("01050fa0" "01060000")).SerializeToString()
+    assert peers.peer_records(TOPIC, FakeReply(("127.0.0.1", 1), None, v, None), b"\x0a\x00") == []
+
+
+# -- client side on a fake node -----------------------------------------------------
+
+
+class FakeNode:
+    """Records walks; the test fires them."""
+
+    def __init__(self, clock):
+        self.reactor = clock
+        self.calls = []
+
+    def _walk(self, kind, command, target, value, on_reply=None):
+        d = defer.Deferred()
+        self.calls.append((kind, command, target, value, on_reply, d))
+        return d
+
+    def query_stream(self, command, target, value=None, on_reply=None):
+        return self._walk("query", command, target, value, on_reply)
+
+    def query_and_update(self, command, target, value=None, on_reply=None):
+        return self._walk("query_and_update", command, target, value, on_reply)
+
+    def update(self, command, target, value=None, on_reply=None):
+        return self._walk("update", command, target, value, on_reply)
+
+
+def test_lookup_stream_reports_each_peer_once_and_fires_at_the_end():
+    node = FakeNode(Clock())
+    found = []
+    d = peers.lookup_stream(node, TOPIC, found.append)
+    kind, command, target, value, on_reply, walk = node.calls[0]
+    assert (kind, command, target, value) == ("query", "peers", TOPIC, b"")
+    one = PeersOutput(peers=encode_peer("127.0.0.1", 4000)).SerializeToString()
+    on_reply(FakeReply(("127.0.0.1", 1), None, one, ("127.0.0.1", 9)))
+    on_reply(FakeReply(("127.0.0.1", 2), None, one, ("127.0.0.1", 9)))
+    assert found == [PeerRecord(TOPIC, "127.0.0.1", 4000, False, ("127.0.0.1", 1), ("127.0.0.1", 9), "dht")]
+    assert not d.called
+    walk.callback(None)
+    assert d.called
+
+
+def test_lookup_collects_a_list():
+    node = FakeNode(Clock())
+    d = peers.lookup(node, TOPIC, local_address=("10.0.0.9", 1))
+    *_, value, on_reply, walk = node.calls[0]
+    assert value == peers.encode_lookup(("10.0.0.9", 1))
+    on_reply(FakeReply(("127.0.0.1", 1), None,
+                       PeersOutput(localPeers=bytes.fromhex("01050fa0")).SerializeToString(), None))
+    walk.callback(None)
+    result = []
+    d.addCallback(result.append)
+    assert result == [[PeerRecord(TOPIC, "10.0.1.5", 4000, True, None, None, "dht")]]
+
+
+def test_lookup_rejects_a_topic_that_is_not_32_bytes():
+    with pytest.raises(ValueError):
+        peers.lookup(FakeNode(Clock()), b"short")
+
+
+def test_announce_reannounces_300_to_600_s_after_each_walk_and_stops():
+    clock = Clock()
+    node = FakeNode(clock)
+    a = peers.announce(node, TOPIC, reactor=clock, random=random.Random(3))
+    assert [c[:4] for c in node.calls] == [("query_and_update", "peers", TOPIC, b"\x08\x00")]
+    assert not a.ready.called
+    clock.advance(1000)
+    assert len(node.calls) == 1  # nothing new while the walk runs
+    node.calls[0][-1].callback(None)
+    assert a.ready.called and a.announces == 1
+    delays = []
+    for n in range(2, 8):
+        start = clock.seconds()
+        while len(node.calls) < n:
+            clock.advance(1)
+            assert clock.seconds() - start <= 600
+        delays.append(clock.seconds() - start)
+        node.calls[-1][-1].callback(None)
+    assert all(300 <= x <= 601 for x in delays)
+    assert len(set(delays)) > 1  # random, not fixed
+    stopped = a.stop()
+    kind, _, _, value, _, walk = node.calls[-1]
+    assert kind == "update" and decode_peers_input(value).unannounce
+    walk.callback(None)
+    assert stopped.result is True
+    clock.advance(3600)
+    assert node.calls[-1][0] == "update"  # no announce after stop
+    assert a.stop().result is True
+
+
+def test_a_failed_first_announce_fails_ready_and_retries():
+    clock = Clock()
+    node = FakeNode(clock)
+    a = peers.announce(node, TOPIC, 4000, reactor=clock)
+    node.calls[0][-1].errback(RuntimeError("No nodes responded"))
+    failures = []
+    a.ready.addErrback(failures.append)
+    assert failures and "No nodes responded" in failures[0].getErrorMessage()
+    clock.advance(600)
+    assert len(node.calls) == 2
+    assert node.calls[1][3] == bytes.fromhex("08a01f")
+
+
+def test_stop_during_the_first_walk_cancels_it_and_unannounces():
+    clock = Clock()
+    node = FakeNode(clock)
+    a = peers.announce(node, TOPIC, reactor=clock)
+    a.ready.addErrback(lambda f: None)
+    d = a.stop()
+    assert node.calls[0][-1].called  # cancelled
+    assert node.calls[1][0] == "update"
+    node.calls[1][-1].errback(RuntimeError("No close nodes responded"))
+    assert d.result is False
+    clock.advance(3600)
+    assert len(node.calls) == 2
+
+
+def test_announce_reports_peers_found_on_the_way():
+    clock = Clock()
+    node = FakeNode(clock)
+    found = []
+    peers.announce(node, TOPIC, on_peer=found.append, reactor=clock)
+    on_reply = node.calls[0][4]
+    on_reply(FakeReply(("127.0.0.1", 1), None,
+                       PeersOutput(peers=encode_peer("127.0.0.1", 4000)).SerializeToString(), None))
+    assert [(p.host, p.port) for p in found] == [("127.0.0.1", 4000)]
