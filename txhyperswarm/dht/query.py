@@ -1,0 +1,349 @@
+"""
+Iterative walks toward a target: dht-rpc's ``QueryStream`` and
+``QueryTable`` (dht.md 1.8).
+
+A walk seeds its table with the 20 routing-table nodes closest to the target
+(and, when the table has fewer nodes than there are bootstrap nodes, also
+sends to every bootstrap node), then keeps querying the closest not yet
+queried candidates, learning new ones from each response's closerNodes,
+until nothing is left to send and nothing is in flight. With ``update``, it
+then sends UPDATE (with each node's roundtrip token) to the <= 20 closest
+nodes that answered with an id and a token.
+
+Replies are handed to ``on_reply`` as :class:`Reply` values. The walk's
+Deferred fires with ``None`` when it ends, or errbacks with
+:class:`QueryError` ("No nodes responded" / "No close nodes responded").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Set, Tuple
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from txhyperswarm.dht.messages import decode_nodes, decode_peer, DecodeError
+from txhyperswarm.dht.routing import K, Peer
+
+__all__ = ["Reply", "QueryError", "QueryTable", "Walk"]
+
+Address = Tuple[str, int]
+
+_FIND_NODE = b"_find_node"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """
+    One response of a walk (or of a ping).
+
+    :ivar node: ``(host, port)`` the response came from.
+    :ivar id: the responder's 32-byte id, ``None`` for an ephemeral node.
+    :ivar value: the response's value bytes, ``None`` when absent.
+    :ivar to: our own address as the responder saw it, ``None`` if absent.
+    """
+
+    node: Address
+    id: Optional[bytes]
+    value: Optional[bytes]
+    to: Optional[Address]
+
+
+class QueryError(Exception):
+    """A walk failed as a whole (dht-rpc: "No nodes responded")."""
+
+
+def decode_to(raw: bytes) -> Optional[Address]:
+    """A 6-byte ``to`` field, or ``None`` when it is not one."""
+    if len(raw) != 6:
+        return None
+    try:
+        return decode_peer(raw)
+    except DecodeError:
+        return None
+
+
+class QueryTable:
+    """``unverified`` candidates and ``closest`` responders, k = 20 each."""
+
+    def __init__(self, own_id: bytes, target: bytes, k: int = K) -> None:
+        self.k = k
+        self.id = own_id
+        self.target = target
+        self._t = int.from_bytes(target, "big")
+        self.closest: List[Peer] = []
+        self.unverified: List[Peer] = []
+
+    def add_unverified(self, node: Peer, referrer: Optional[Address]) -> None:
+        if node.id == self.id:
+            return
+        node.distance = node.int_id ^ self._t
+        node.referrer = referrer
+        self._insert(node, self.unverified)
+
+    def add_verified(self, node_id: Optional[bytes], token: Optional[bytes], host: str, port: int) -> None:
+        if not node_id or not token or node_id == self.id:
+            return
+        prev = None
+        for n in self.unverified:
+            if n.id == node_id:
+                prev = n
+                break
+        if prev is None:
+            prev = Peer(node_id, host, port)
+            prev.distance = prev.int_id ^ self._t
+        prev.token = token
+        self._insert(prev, self.closest)
+
+    def _insert(self, node: Peer, lst: List[Peer]) -> None:
+        k = self.k
+        if len(lst) == k and not node.distance < lst[k - 1].distance:
+            return
+        nid = node.id
+        for n in lst:
+            if n.id == nid:
+                return
+        if len(lst) < k:
+            lst.append(node)
+        else:
+            lst[k - 1] = node
+        pos = len(lst) - 1
+        d = node.distance
+        while pos and lst[pos - 1].distance > d:
+            lst[pos] = lst[pos - 1]
+            lst[pos - 1] = node
+            pos -= 1
+
+
+_BOOTSTRAPPING, _MOVING_CLOSER, _UPDATING, _FINALIZED = range(4)
+
+
+class Walk:
+    """
+    One iterative query/update (a ``QueryStream``).
+
+    :param node: the owning ``DHTNode`` (uses its ``_rpc``, ``_table``,
+        ``_bootstrap_peers``, ``concurrency``, ``inflight_queries``).
+    :param command: command name (bytes).
+    :param query: send the command in the walk (else ``_find_node``).
+    :param update: finish with an UPDATE phase.
+    :param on_reply: called with each :class:`Reply` (query responses when
+        ``query``, update responses when ``update``).
+    :param background: use dht-rpc's bootstrap concurrency (16 if alone,
+        else 2).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        node,
+        command: bytes,
+        target: bytes,
+        value: Optional[bytes],
+        *,
+        query: bool = True,
+        update: bool = False,
+        on_reply: Optional[Callable[[Reply], None]] = None,
+        background: bool = False,
+    ) -> None:
+        self._node = node
+        self.command = command
+        self.target = target
+        self.value = value
+        self.update = update
+        self.query = query or not update
+        self.on_reply = on_reply
+        self.background = background
+        self.table = QueryTable(node.id, target)
+        self.inflight = 0
+        self.responses = 0
+        self.errors = 0
+        self.updates = 0
+        self._status = _BOOTSTRAPPING
+        self._requests: Set[object] = set()
+        self.deferred: defer.Deferred = defer.Deferred(self._cancelled)
+        self._error: Optional[Exception] = None
+
+    # -- driving ----------------------------------------------------------
+
+    def start(self) -> defer.Deferred:
+        """Start sending; returns :attr:`deferred`."""
+        self._node.inflight_queries += 1
+        self._node._walks.add(self)
+        self._bootstrap()
+        return self.deferred
+
+    def _concurrency(self) -> int:
+        node = self._node
+        if self.background and node.inflight_queries != 1:
+            return min(node.concurrency, max(2, node.concurrency // 8))
+        return node.concurrency
+
+    def _bootstrap(self) -> None:
+        node = self._node
+        table = self.table
+        seeds = node._table.closest(self.target, table.k)
+        for b in seeds:
+            table.add_unverified(Peer(b.id, b.host, b.port), None)
+        peers = node._bootstrap_peers
+        if len(seeds) < len(peers):
+            for host, port in peers:
+                self._send(Peer(None, host, port), True, False)
+        self._status = _MOVING_CLOSER
+        self._move_closer()
+
+    def _send_all(self, nodes: List[Peer], force: bool, is_update: bool) -> int:
+        free = self._concurrency() - self._node._rpc.inflight_count
+        if free <= 0:
+            free = 0 if self.inflight else 1
+        if not free:
+            return 0
+        sent = 0
+        for n in list(nodes):
+            if self._send(n, force, is_update):
+                sent += 1
+                if sent == free:
+                    break
+        return sent
+
+    def _send(self, peer: Peer, force: bool, is_update: bool) -> bool:
+        if not force:
+            if peer.queried:
+                return False
+            peer.queried = True
+        self.inflight += 1
+        rpc = self._node._rpc
+        cb = self._on_response
+        if is_update:
+            if not peer.token:
+                cb(QueryError("Roundtrip token is required"), None, None, None)
+                return True
+            rpc.update(self.command, self.target, self.value, peer, cb)
+        elif self.query:
+            rpc.query(self.command, self.target, self.value, peer, cb)
+        else:
+            rpc.query(_FIND_NODE, self.target, None, peer, cb)
+        return True
+
+    def _on_response(self, err, msg, addr, req) -> None:
+        self.inflight -= 1
+        node = self._node
+        if err is not None and req is not None and req.peer.id is not None:
+            # request and its retries failed: forget the node
+            node._table.remove_id(req.peer.id)
+        if self._status == _FINALIZED:
+            if not self.inflight:
+                self._node._walks.discard(self)
+            return
+        if err is not None:
+            self.errors += 1
+            self.log.debug("walk request failed: {err}", err=err)
+            self._read()
+            return
+        self.responses += 1
+        host, port = addr
+        has_id = msg.HasField("id")
+        has_token = msg.HasField("roundtripToken")
+        self.table.add_verified(
+            msg.id if has_id else None, msg.roundtripToken if has_token else None, host, port
+        )
+        status = self._status
+        if status == _MOVING_CLOSER:
+            if msg.HasField("closerNodes"):
+                referrer = addr
+                table = self.table
+                for nid, nhost, nport in decode_nodes(msg.closerNodes):
+                    table.add_unverified(Peer(nid, nhost, nport), referrer)
+        elif status == _UPDATING:
+            self.updates += 1
+        if msg.error:
+            self.log.debug(
+                "{host}:{port} answered {command} with an error: {error}",
+                host=host,
+                port=port,
+                command=self.command,
+                error=msg.error,
+            )
+            self._read()
+            return
+        if not self.query and status == _MOVING_CLOSER:
+            self._read()
+            return
+        if self.on_reply is not None:
+            reply = Reply(
+                (host, port),
+                msg.id if has_id else None,
+                msg.value if msg.HasField("value") else None,
+                decode_to(msg.to) if msg.HasField("to") else None,
+            )
+            try:
+                self.on_reply(reply)
+            except Exception:
+                self.log.failure("on_reply failed for a {command} reply", command=self.command)
+        self._read()
+
+    def _read(self) -> None:
+        if self._node._rpc.destroyed:
+            self._finalize(QueryError("DHT node stopped"))
+            return
+        status = self._status
+        if status == _MOVING_CLOSER:
+            self._move_closer()
+        elif status == _UPDATING:
+            self._send_update()
+
+    def _move_closer(self) -> None:
+        table = self.table
+        sent = self._send_all(table.unverified, False, False)
+        if sent or self.inflight:
+            return
+        if self.update:
+            for n in table.closest:
+                n.queried = False
+            self._status = _UPDATING
+            self._send_update()
+        else:
+            self._finalize()
+
+    def _send_update(self) -> None:
+        sent = self._send_all(self.table.closest, False, True)
+        if sent or self.inflight:
+            return
+        self._finalize()
+
+    def _finalize(self, error: Optional[Exception] = None) -> None:
+        status = self._status
+        if status == _FINALIZED:
+            return
+        self._status = _FINALIZED
+        node = self._node
+        node.inflight_queries -= 1
+        if not self.inflight:
+            node._walks.discard(self)
+        cmd = self.command.decode("utf-8", "replace")
+        if error is None and not self.responses:
+            error = QueryError(f"No nodes responded ({cmd} walk)")
+        if error is None and status == _UPDATING and not self.updates:
+            error = QueryError(f"No close nodes responded ({cmd} update)")
+        d = self.deferred
+        if d.called:
+            return
+        if error is not None:
+            d.errback(error)
+        else:
+            d.callback(None)
+
+    def abort(self, error: Exception) -> None:
+        """End the walk now with ``error`` (the node is stopping)."""
+        self._finalize(error)
+
+    def _cancelled(self, d: defer.Deferred) -> None:
+        # Deferred.cancel: stop sending; outstanding requests are left to
+        # time out on their own (their responses still refresh the table).
+        if self._status != _FINALIZED:
+            self._status = _FINALIZED
+            self._node.inflight_queries -= 1
+            if not self.inflight:
+                self._node._walks.discard(self)

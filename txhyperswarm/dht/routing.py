@@ -1,0 +1,398 @@
+"""
+The routing table: k-buckets as the ``k-bucket`` package builds them, plus
+dht-rpc's liveness rules (dht.md 1.10).
+
+Plain logic, no sockets and no timers: :class:`RoutingTable` is told about
+nodes seen and ticks, and asks its owner to ping nodes through the
+callables it was given.
+
+* :class:`KBucket` is a port of k-bucket 5.x (index.js): a binary tree of
+  buckets of ``k = 20`` contacts, split only on the side holding our own id;
+  a full unsplittable bucket asks to ping its 3 oldest contacts.
+* :class:`RoutingTable` adds dht-rpc's ``_addNode`` / ``_removeNode`` /
+  ``_onnodeping`` / ``_pingSome`` on top, with a last-seen order (Node's
+  time-ordered-set) kept in an insertion-ordered dict.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+from twisted.logger import Logger
+
+_NODE = struct.Struct(">32s4sH")
+
+__all__ = ["Peer", "KBucket", "RoutingTable", "K"]
+
+#: Contacts per bucket and nodes per lookup.
+K = 20
+#: Oldest contacts a full bucket asks to ping.
+NODES_TO_PING = 3
+_BITS = 256
+
+
+class Peer:
+    """
+    A DHT node as we know it: routing-table contact, query-table entry or a
+    bootstrap address (then ``id`` is ``None``).
+
+    Mutable on purpose (dht-rpc mutates its node objects: token, tick,
+    last ``to``); cheap with ``__slots__``.
+    """
+
+    __slots__ = (
+        "id",
+        "int_id",
+        "host",
+        "port",
+        "token",
+        "to",
+        "tick",
+        "referrer",
+        "fast_holepunch",
+        "queried",
+        "distance",
+        "_compact",
+    )
+
+    def __init__(self, node_id: Optional[bytes], host: str, port: int) -> None:
+        self.id = node_id
+        self.int_id = int.from_bytes(node_id, "big") if node_id is not None else None
+        self.host = host
+        self.port = port
+        self.token: Optional[bytes] = None
+        self.to: Optional[bytes] = None
+        self.tick = 0
+        self.referrer: Optional[Tuple[str, int]] = None
+        self.fast_holepunch = False
+        self.queried = False
+        self.distance = 0
+        self._compact: Optional[bytes] = None
+
+    def compact(self) -> bytes:
+        """The 38-byte compact node (id, then IPv4 and port)."""
+        c = self._compact
+        if c is None:
+            c = self._compact = _NODE.pack(self.id, socket.inet_aton(self.host), self.port)
+        return c
+
+    @property
+    def address(self) -> Tuple[str, int]:
+        return self.host, self.port
+
+    def __repr__(self) -> str:
+        nid = self.id.hex()[:12] if self.id is not None else None
+        return f"<Peer {nid} {self.host}:{self.port}>"
+
+
+class _Node:
+    __slots__ = ("contacts", "dont_split", "left", "right")
+
+    def __init__(self) -> None:
+        self.contacts: Optional[List[Peer]] = []
+        self.dont_split = False
+        self.left: Optional[_Node] = None
+        self.right: Optional[_Node] = None
+
+
+class KBucket:
+    """
+    k-bucket's tree. Contacts are :class:`Peer` objects with a 32-byte id.
+
+    :param on_ping: ``on_ping(oldest_contacts, new_contact)`` when a full
+        bucket that may not split is offered a new contact (the contact is
+        NOT added).
+    """
+
+    def __init__(
+        self,
+        local_id: bytes,
+        k: int = K,
+        nodes_to_ping: int = NODES_TO_PING,
+        on_ping: Optional[Callable[[List[Peer], Peer], None]] = None,
+    ) -> None:
+        self.local_id = local_id
+        self._local_int = int.from_bytes(local_id, "big")
+        self.k = k
+        self.nodes_to_ping = nodes_to_ping
+        self.on_ping = on_ping
+        self.root = _Node()
+
+    @staticmethod
+    def _right(int_id: int, bit: int) -> bool:
+        return (int_id >> (_BITS - 1 - bit)) & 1 == 1
+
+    def _leaf(self, int_id: int) -> Tuple[_Node, int]:
+        node = self.root
+        bit = 0
+        while node.contacts is None:
+            node = node.right if (int_id >> (_BITS - 1 - bit)) & 1 else node.left
+            bit += 1
+        return node, bit
+
+    @staticmethod
+    def _index(contacts: List[Peer], node_id: bytes) -> int:
+        for i, c in enumerate(contacts):
+            if c.id == node_id:
+                return i
+        return -1
+
+    def add(self, contact: Peer) -> bool:
+        """
+        Add or refresh (move to the newest end of its bucket).
+
+        :returns: whether the contact is in the table now.
+        """
+        while True:
+            node, bit = self._leaf(contact.int_id)
+            contacts = node.contacts
+            i = self._index(contacts, contact.id)
+            if i >= 0:
+                # k-bucket's arbiter keeps the candidate: move it to the end.
+                del contacts[i]
+                contacts.append(contact)
+                return True
+            if len(contacts) < self.k:
+                contacts.append(contact)
+                return True
+            if node.dont_split:
+                if self.on_ping is not None:
+                    self.on_ping(contacts[: self.nodes_to_ping], contact)
+                return False
+            self._split(node, bit)
+
+    def _split(self, node: _Node, bit: int) -> None:
+        node.left = _Node()
+        node.right = _Node()
+        for c in node.contacts:
+            (node.right if self._right(c.int_id, bit) else node.left).contacts.append(c)
+        node.contacts = None
+        if self._right(self._local_int, bit):
+            node.left.dont_split = True
+        else:
+            node.right.dont_split = True
+
+    def get(self, node_id: bytes) -> Optional[Peer]:
+        node, _ = self._leaf(int.from_bytes(node_id, "big"))
+        for c in node.contacts:
+            if c.id == node_id:
+                return c
+        return None
+
+    def remove(self, node_id: bytes) -> Optional[Peer]:
+        node, _ = self._leaf(int.from_bytes(node_id, "big"))
+        i = self._index(node.contacts, node_id)
+        if i >= 0:
+            return node.contacts.pop(i)
+        return None
+
+    def closest(self, target: bytes, n: int = K) -> List[Peer]:
+        """Up to ``n`` contacts sorted by XOR distance to ``target``."""
+        t = int.from_bytes(target, "big")
+        contacts: List[Peer] = []
+        stack = [self.root]
+        bit = 0
+        while stack and len(contacts) < n:
+            node = stack.pop()
+            if node.contacts is None:
+                if (t >> (_BITS - 1 - bit)) & 1:
+                    near, far = node.right, node.left
+                else:
+                    near, far = node.left, node.right
+                bit += 1
+                stack.append(far)
+                stack.append(near)
+            else:
+                contacts.extend(node.contacts)
+        if len(contacts) > 1:
+            contacts.sort(key=lambda c: c.int_id ^ t)
+        return contacts[:n]
+
+    def count(self) -> int:
+        return sum(1 for _ in self)
+
+    def __iter__(self) -> Iterator[Peer]:
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            if node.contacts is None:
+                stack.append(node.right)
+                stack.append(node.left)
+            else:
+                yield from node.contacts
+
+
+class RoutingTable:
+    """
+    dht-rpc's node bookkeeping over a :class:`KBucket`.
+
+    :param local_id: our node id.
+    :param ping: ``ping(peer, callback)`` sends a ``_ping`` right away
+        (bypassing the request queue, as ``queryImmediately``);
+        ``callback(ok: bool)`` is called once with the outcome.
+    :param check: ``check(peer, callback)`` pings through the normal queue,
+        for the periodic sweep; same callback.
+    :param is_bootstrapped: whether the first bootstrap has ended (before
+        it, a full bucket drops newcomers without pinging).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        local_id: bytes,
+        ping: Callable[[Peer, Callable[[bool], None]], None],
+        check: Optional[Callable[[Peer, Callable[[bool], None]], None]] = None,
+        is_bootstrapped: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.id = local_id
+        self.bucket = KBucket(local_id, on_ping=self._on_bucket_ping)
+        #: Last-seen order, oldest first (Node's time-ordered-set).
+        self.nodes: Dict[bytes, Peer] = {}
+        self.tick = 0
+        self._ping = ping
+        self._check = check or ping
+        self._is_bootstrapped = is_bootstrapped
+        self.on_add: Optional[Callable[[Peer], None]] = None
+        self.on_remove: Optional[Callable[[Peer], None]] = None
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def get(self, node_id: bytes) -> Optional[Peer]:
+        return self.bucket.get(node_id)
+
+    def closest(self, target: bytes, n: int = K) -> List[Peer]:
+        return self.bucket.closest(target, n)
+
+    def closest_compact(self, target: bytes, n: int = K) -> bytes:
+        """The ``closerNodes`` field for ``target``: up to ``n`` compact nodes."""
+        return b"".join([p.compact() for p in self.bucket.closest(target, n)])
+
+    def add_node(
+        self,
+        node_id: bytes,
+        host: str,
+        port: int,
+        token: Optional[bytes] = None,
+        to: Optional[bytes] = None,
+    ) -> None:
+        """A message bearing a valid id came from ``host:port`` (``_addNode``)."""
+        if node_id == self.id:
+            return
+        nodes = self.nodes
+        node = nodes.get(node_id)
+        if node is None:
+            node = Peer(node_id, host, port)
+            node.token = token or None
+            node.to = to or None
+            node.tick = self.tick
+            if not self.bucket.add(node):
+                return  # full bucket: the old contacts are being pinged
+            nodes[node_id] = node
+            if self.on_add is not None:
+                self.on_add(node)
+            return
+        if node.port != port or node.host != host:
+            node.host = host
+            node.port = port
+            node._compact = None
+        if token:
+            node.token = token
+        if to:
+            node.to = to
+        node.tick = self.tick
+        del nodes[node_id]
+        nodes[node_id] = node
+        self.bucket.add(node)
+
+    def remove_node(self, node: Peer) -> None:
+        """Forget ``node`` (it failed to answer, or answered with another id)."""
+        if node.id is None or self.nodes.get(node.id) is not node:
+            return
+        del self.nodes[node.id]
+        self.bucket.remove(node.id)
+        if self.on_remove is not None:
+            self.on_remove(node)
+
+    def remove_id(self, node_id: bytes) -> None:
+        node = self.nodes.get(node_id)
+        if node is not None:
+            self.remove_node(node)
+
+    def oldest(self) -> Iterator[Peer]:
+        return iter(list(self.nodes.values()))
+
+    def latest(self) -> Iterator[Peer]:
+        return reversed(list(self.nodes.values()))
+
+    # -- liveness ---------------------------------------------------------
+
+    def _on_bucket_ping(self, old_contacts: List[Peer], new_contact: Peer) -> None:
+        # dht-rpc _onnodeping: while bootstrapping we pinged everyone anyway.
+        if not self._is_bootstrapped():
+            return
+        reping = []
+        for old in old_contacts:
+            if self.tick == old.tick and self.nodes.get(old.id) is old:
+                self.bucket.add(old)  # seen this tick: keep it, newest
+                continue
+            reping.append(old)
+        if reping:
+            self._reping(reping, new_contact)
+
+    def _reping(self, old_contacts: List[Peer], new_contact: Peer) -> None:
+        """Ping the old contacts one by one; the first that fails makes room."""
+        pending = list(old_contacts)
+
+        def next_ping() -> None:
+            if not pending:
+                return
+            node = pending.pop(0)
+
+            def after(ok: bool) -> None:
+                if ok:
+                    next_ping()
+                    return
+                self.remove_node(node)
+                self.add_node(
+                    new_contact.id, new_contact.host, new_contact.port, new_contact.token, new_contact.to
+                )
+
+            self._ping(node, after)
+
+        next_ping()
+
+    def on_tick(self, inflight_queries: int) -> str:
+        """
+        The DHT's 5-second tick (``_ontick``).
+
+        :returns: ``"bootstrap"`` when the owner should (re-)bootstrap,
+            else ``""``.
+        """
+        self.tick += 1
+        action = ""
+        if (self.tick & 7) == 0:
+            action = self.ping_some(inflight_queries)
+        if (self.tick & 63) == 0 and len(self.nodes) < 20:
+            action = "bootstrap"
+        return action
+
+    def ping_some(self, inflight_queries: int) -> str:
+        """
+        Ping up to 5 (3 when busy) of the least recently seen nodes not seen
+        this tick; failures are removed. With an empty table: ``"bootstrap"``.
+        """
+        if not self.nodes:
+            return "bootstrap"
+        cnt = 3 if inflight_queries > 2 else 5
+        for node in self.oldest():
+            if cnt <= 0:
+                break
+            cnt -= 1
+            if node.tick == self.tick:
+                continue
+            self._check(node, lambda ok, node=node: ok or self.remove_node(node))
+        return ""

@@ -1,0 +1,469 @@
+"""
+The dht-rpc 4.9.6 request/response layer (Node's ``lib/io.js``; dht.md 1.4-1.6).
+
+* Request ids: a 16-bit counter from a random start, wrapping; responses are
+  matched by rid alone.
+* Timeouts and retries run on a 750 ms tick driven by the injected reactor:
+  a request starts with ``timeout = 4`` ticks; at ``timeout == 2`` it is
+  resent (same bytes, same rid) while fewer than 3 tries were made, else it
+  counts down and fails at 0 - 3 transmissions, failure at about tick 10.
+* Saturation: at >= 50 requests/s and >= 16 in flight, new requests queue
+  FIFO and are released as others finish; retries wait too.
+* Roundtrip tokens (:mod:`txhyperswarm.dht.tokens`), rotated every 5 min;
+  an UPDATE with a bad token is dropped without a reply.
+* ``_holepunch`` via a referrer: 500 ms after the first request to a peer
+  learned from another node, and with every retry.
+
+The owner (``DHTNode``) receives decoded messages through three methods:
+``_on_request(is_update, msg, host, port)``, ``_on_response(msg, host, port)``
+and ``_on_bad_id(peer)``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter, deque
+from typing import Callable, Deque, Dict, List, Optional, Tuple
+
+from google.protobuf.message import DecodeError as _PBDecodeError
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from txhyperswarm.dht import _wire
+from txhyperswarm.dht.messages import (
+    Holepunch,
+    Message,
+    QUERY,
+    RESPONSE,
+    UPDATE,
+    encode_peer,
+    is_ipv4_literal,
+)
+from txhyperswarm.dht.routing import Peer
+from txhyperswarm.dht.tokens import ROTATE_INTERVAL, TokenStore
+
+__all__ = [
+    "RPC",
+    "RequestTimeout",
+    "RequestCancelled",
+    "TICK_INTERVAL",
+    "TRIES",
+    "CONCURRENCY",
+    "CONCURRENCY_RPS",
+]
+
+#: Seconds between IO ticks (dht-rpc: 750 ms).
+TICK_INTERVAL = 0.75
+#: Transmissions per request (original + 2 resends).
+TRIES = 3
+#: In-flight requests that, with the rate limit, mean "saturated".
+CONCURRENCY = 16
+#: Requests per second that, with the in-flight limit, mean "saturated".
+CONCURRENCY_RPS = 50
+#: Delay of the first automatic holepunch via a referrer (dht-rpc: 500 ms).
+FAST_HOLEPUNCH_DELAY = 0.5
+
+_HOLEPUNCH = b"_holepunch"
+
+Callback = Callable[[Optional[Exception], Optional[Message], Optional[Tuple[str, int]], "_Request"], None]
+
+
+class RequestTimeout(Exception):
+    """A request got no response after all its tries (dht-rpc ``ETIMEDOUT``)."""
+
+    code = "ETIMEDOUT"
+
+    def __init__(self, command: str, host: str, port: int) -> None:
+        super().__init__(f"Request timed out: {command} to {host}:{port} ({TRIES} tries)")
+        self.command = command
+        self.host = host
+        self.port = port
+
+
+class RequestCancelled(Exception):
+    """The request was cancelled, or the node stopped (dht-rpc ``ECANCELLED``)."""
+
+    code = "ECANCELLED"
+
+    def __init__(self, command: str, host: str, port: int) -> None:
+        super().__init__(f"Request cancelled: {command} to {host}:{port}")
+        self.command = command
+        self.host = host
+        self.port = port
+
+
+class _Request:
+    __slots__ = (
+        "rid",
+        "callback",
+        "command",
+        "buffer",
+        "peer",
+        "timeout",
+        "tries",
+        "holepunch_call",
+        "is_update",
+        "sent_id",
+        "done",
+    )
+
+
+class _Speedometer:
+    """
+    Node's ``speedometer()`` (5 s window, 4 slots per second): the mean
+    rate per second of events over the last 5 seconds.
+    """
+
+    RESOLUTION = 4
+    SIZE = RESOLUTION * 5
+
+    def __init__(self, seconds: Callable[[], float]) -> None:
+        self._seconds = seconds
+        self._buffer = [0]
+        self._pointer = 1
+        self._last = int(seconds() * self.RESOLUTION)
+
+    def __call__(self, delta: int = 0) -> float:
+        now = int(self._seconds() * self.RESOLUTION)
+        dist = now - self._last
+        if dist > self.SIZE:
+            dist = self.SIZE
+        self._last = now
+        buf = self._buffer
+        size = self.SIZE
+        while dist > 0:
+            dist -= 1
+            if self._pointer == size:
+                self._pointer = 0
+            prev = buf[self._pointer - 1] if self._pointer else buf[size - 1]
+            if self._pointer < len(buf):
+                buf[self._pointer] = prev
+            else:
+                buf.append(prev)
+            self._pointer += 1
+        if delta:
+            buf[self._pointer - 1] += delta
+        top = buf[self._pointer - 1]
+        if len(buf) < self.RESOLUTION:
+            return top
+        btm = 0 if len(buf) < size else buf[0 if self._pointer == size else self._pointer]
+        return (top - btm) * self.RESOLUTION / len(buf)
+
+
+class RPC:
+    """
+    Requests, responses, retries and tokens over a ``send(data, addr)``.
+
+    :param reactor: ``IReactorTime`` (a ``Clock`` in tests).
+    :param send: ``send(data, (host, port))`` puts one datagram on the wire.
+    :param ctx: the owner, called back with decoded messages (see module doc).
+    :param node_id: the id sent in every message, ``None`` when ephemeral.
+    :param dropped: counter of dropped datagrams by reason (shared with the
+        owner).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor,
+        send: Callable[[bytes, Tuple[str, int]], object],
+        ctx,
+        node_id: Optional[bytes],
+        dropped: Optional[Counter] = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._reactor = reactor
+        self._send = send
+        self._ctx = ctx
+        self.id = node_id
+        self.dropped = dropped if dropped is not None else Counter()
+        self.tokens = TokenStore(random_bytes)
+        self._rid = random.randrange(65536)
+        self._requests: Dict[int, _Request] = {}
+        #: In-flight requests, oldest first (dht-rpc ``inflight``).
+        self.inflight: Dict[int, _Request] = self._requests
+        self._pending: Deque[tuple] = deque()
+        self._speed = _Speedometer(reactor.seconds)
+        self._tick_loop = LoopingCall(self._on_tick)
+        self._tick_loop.clock = reactor
+        self._rotate_loop = LoopingCall(self.tokens.rotate)
+        self._rotate_loop.clock = reactor
+        self._holepunch_calls: Dict[int, object] = {}
+        self.destroyed = False
+        #: Outgoing requests by command: (command bytes) -> count.
+        self.sent: Counter = Counter()
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the 750 ms tick and the 5 min token rotation."""
+        if not self._tick_loop.running:
+            self._tick_loop.start(TICK_INTERVAL, now=False)
+            self._rotate_loop.start(ROTATE_INTERVAL, now=False)
+
+    def destroy(self) -> None:
+        """Stop timers; queued and in-flight requests fail with RequestCancelled."""
+        if self.destroyed:
+            return
+        self.destroyed = True
+        for loop in (self._tick_loop, self._rotate_loop):
+            if loop.running:
+                loop.stop()
+        pending, self._pending = self._pending, deque()
+        for entry in pending:
+            peer, callback, command = entry[5], entry[6], entry[1]
+            callback(RequestCancelled(command.decode("utf-8", "replace"), peer.host, peer.port), None, None, None)
+        for req in list(self._requests.values()):
+            self._cancel(req)
+
+    # -- ids --------------------------------------------------------------
+
+    def _free(self) -> int:
+        rid = self._rid
+        self._rid = (rid + 1) & 0xFFFF
+        return rid
+
+    # -- receiving --------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Tuple[str, int]) -> None:
+        """The DHT receiver for ``UDPSocket.set_dht_receiver``. Never raises."""
+        host, port = addr
+        if not port:
+            self.dropped["port0"] += 1
+            return
+        msg = Message()
+        try:
+            msg.ParseFromString(data)
+        except (_PBDecodeError, ValueError, RuntimeError):
+            self.dropped["protobuf"] += 1
+            return
+        if not (msg.HasField("type") and msg.HasField("rid")):
+            self.dropped["protobuf"] += 1
+            return
+        if msg.HasField("id"):
+            if len(msg.id) != 32:
+                self.dropped["id"] += 1
+                return
+            if msg.version < 1:
+                msg.ClearField("id")  # pre-version peer: treat as ephemeral
+        try:
+            t = msg.type
+            if t == RESPONSE:
+                self._ctx._on_response(msg, host, port)
+                self._finish(msg.rid, None, msg, addr)
+            elif t == QUERY:
+                self._ctx._on_request(False, msg, host, port)
+            else:  # UPDATE (closed enum: nothing else parses)
+                rt = msg.roundtripToken
+                if not (msg.HasField("roundtripToken") and self.tokens.valid(rt, host)):
+                    self.dropped["bad_token"] += 1
+                    return
+                self._ctx._on_request(True, msg, host, port)
+        except Exception:
+            self.dropped["error"] += 1
+            self.log.failure("DHT message from {host}:{port} failed", host=host, port=port)
+
+    # -- requests ---------------------------------------------------------
+
+    def _saturated(self) -> bool:
+        return len(self._requests) >= self._ctx.concurrency and self._speed(0) >= self._ctx.concurrency_rps
+
+    def query(
+        self,
+        command: bytes,
+        target: Optional[bytes],
+        value: Optional[bytes],
+        peer: Peer,
+        callback: Callback,
+        immediately: bool = False,
+    ) -> None:
+        """
+        Send a QUERY to ``peer`` (queued when saturated unless
+        ``immediately``). ``callback(err, msg, addr, req)`` runs exactly once.
+        """
+        entry = (_wire.QUERY_HEAD, command, target, value, None, peer, callback)
+        if immediately or not (self._pending or self._saturated()):
+            self._request_immediately(entry)
+        else:
+            self._pending.append(entry)
+
+    def update(
+        self,
+        command: bytes,
+        target: Optional[bytes],
+        value: Optional[bytes],
+        peer: Peer,
+        callback: Callback,
+    ) -> None:
+        """Send an UPDATE carrying ``peer.token``."""
+        entry = (_wire.UPDATE_HEAD, command, target, value, peer.token, peer, callback)
+        if self._pending or self._saturated():
+            self._pending.append(entry)
+        else:
+            self._request_immediately(entry)
+
+    def _request_immediately(self, entry: tuple) -> None:
+        head, command, target, value, token, peer, callback = entry
+        rid = self._free()
+        host = peer.host
+        to = encode_peer(host, peer.port) if is_ipv4_literal(host) else None
+        buffer = _wire.encode_request(head, rid, to, self.id, target, token, command, value)
+        self._speed(1)
+        self.sent[command] += 1
+        req = _Request()
+        req.rid = rid
+        req.callback = callback
+        req.command = command
+        req.buffer = buffer
+        req.peer = peer
+        req.timeout = 4
+        req.tries = 0
+        req.holepunch_call = None
+        req.is_update = head is _wire.UPDATE_HEAD
+        req.sent_id = self.id
+        req.done = False
+        if peer.referrer is not None and not peer.fast_holepunch:
+            peer.fast_holepunch = True
+            req.holepunch_call = self._reactor.callLater(FAST_HOLEPUNCH_DELAY, self._holepunch, req)
+        old = self._requests.pop(rid, None)
+        if old is not None:  # 65536 requests in flight: the oldest loses its slot
+            self._cancel(old)
+        self._requests[rid] = req
+        self.send(buffer, (host, peer.port))
+        if command == _HOLEPUNCH:
+            self._holepunch(req)
+
+    def _holepunch(self, req: _Request) -> None:
+        """Ask ``req.peer.referrer`` to poke ``req.peer`` (dht.md 1.9)."""
+        req.holepunch_call = None
+        referrer = req.peer.referrer
+        if referrer is None or self.destroyed:
+            return
+        rid = req.rid if req.command == _HOLEPUNCH else self._free()
+        rhost, rport = referrer
+        to = encode_peer(rhost, rport) if is_ipv4_literal(rhost) else None
+        punch = Holepunch()
+        punch.to = encode_peer(req.peer.host, req.peer.port)
+        buffer = _wire.encode_request(
+            _wire.QUERY_HEAD, rid, to, req.sent_id, None, None, _HOLEPUNCH, punch.SerializeToString()
+        )
+        self.send(buffer, referrer)
+
+    def cancel(self, req: _Request) -> None:
+        """Give up on a request: its callback gets RequestCancelled."""
+        if not req.done and self._requests.get(req.rid) is req:
+            self._cancel(req)
+
+    def _cancel(self, req: _Request, err: Optional[Exception] = None) -> None:
+        if err is None:
+            err = RequestCancelled(req.command.decode("utf-8", "replace"), req.peer.host, req.peer.port)
+        self._finish(req.rid, err, None, None)
+
+    def _finish(self, rid: int, err, msg, addr) -> None:
+        req = self._requests.pop(rid, None)
+        if req is None:
+            if msg is not None:
+                self.dropped["unknown_rid"] += 1
+            return
+        req.done = True
+        if req.holepunch_call is not None:
+            if req.holepunch_call.active():
+                req.holepunch_call.cancel()
+            req.holepunch_call = None
+        if msg is not None:
+            peer_id = req.peer.id
+            if peer_id is not None and msg.id != peer_id:
+                self._ctx._on_bad_id(req.peer)
+        try:
+            req.callback(err, msg, addr, req)
+        except Exception:
+            self.log.failure("DHT request callback failed")
+        pending = self._pending
+        while pending and not self._saturated():
+            self._request_immediately(pending.popleft())
+
+    def _on_tick(self) -> None:
+        for req in list(self._requests.values()):
+            if req.done:
+                continue
+            if req.timeout == 2:
+                req.tries += 1
+                if req.tries < TRIES:
+                    if self._saturated():
+                        req.tries -= 1
+                    else:
+                        self._retry(req)
+                    continue
+            req.timeout -= 1
+            if req.timeout:
+                continue
+            self._cancel(
+                req, RequestTimeout(req.command.decode("utf-8", "replace"), req.peer.host, req.peer.port)
+            )
+
+    def _retry(self, req: _Request) -> None:
+        req.timeout = 4
+        self.send(req.buffer, (req.peer.host, req.peer.port))
+        if req.peer.referrer is not None:
+            self._holepunch(req)
+
+    # -- sending ----------------------------------------------------------
+
+    def send(self, data: bytes, addr: Tuple[str, int]) -> None:
+        if self.destroyed:
+            return
+        self._send(data, addr)
+
+    def response(
+        self,
+        rid: int,
+        host: str,
+        port: int,
+        value: Optional[bytes] = None,
+        closer_nodes: Optional[bytes] = None,
+        to: Optional[bytes] = None,
+    ) -> None:
+        """A RESPONSE to ``host:port`` with our token for ``host``."""
+        if self.destroyed:
+            return
+        if to is None:
+            to = encode_peer(host, port)
+        self._send(
+            _wire.encode_response(rid, to, self.id, closer_nodes, self.tokens.token(host), None, value),
+            (host, port),
+        )
+
+    def error(
+        self,
+        rid: int,
+        host: str,
+        port: int,
+        error: bytes,
+        closer_nodes: Optional[bytes] = None,
+        value: Optional[bytes] = None,
+    ) -> None:
+        """An error RESPONSE (no token)."""
+        if self.destroyed:
+            return
+        self._send(
+            _wire.encode_response(rid, encode_peer(host, port), self.id, closer_nodes, None, error, value),
+            (host, port),
+        )
+
+    def forward(self, msg: Message, addr: Tuple[str, int]) -> None:
+        """Send an already decoded message on (the holepunch relay)."""
+        if self.destroyed:
+            return
+        self._send(msg.SerializeToString(), addr)
+
+    @property
+    def inflight_count(self) -> int:
+        return len(self._requests)
+
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def requests(self) -> List[_Request]:
+        return list(self._requests.values())
