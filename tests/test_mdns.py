@@ -1,0 +1,643 @@
+"""
+Tests for txhyperswarm.mdns / txhyperswarm._mdns_wire: mDNS as @hyperswarm/discovery 2.0.1.
+
+Most tests drive MulticastDiscovery on a Clock with an in-memory multicast
+"network" (no sockets). The NODE_* datagrams were captured from Node
+(@hyperswarm/discovery 2.0.1 via tests/node/mdns_discovery.js, recorded by
+tests/node/mdns_capture.js) inside a private network namespace: a topic of
+32 x 0xab announced on port 37591 with lookup, answering from 127.0.0.1.
+The real-socket tests at the end use the private_netns fixture.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+
+from txhyperswarm import _mdns_wire as wire
+from txhyperswarm.mdns import MulticastDiscovery
+from txhyperswarm.peer_record import PeerRecord
+
+TOPIC = bytes([0xAB]) * 32
+NAME = "ab" * 20 + ".hyperswarm.local"
+NODE_ID = bytes.fromhex("69643d33272bf69c3eee4c60693b4644fc1ae38741ec991b74825c2f8f6e9a51e0e665")
+
+# a lookup (or announce+lookup) topic's query
+NODE_QUERY = bytes.fromhex(
+    "000000000001000000000000"
+    "28616261626162616261626162616261626162616261626162616261626162616261626162616261620a6879706572737761726d056c6f63616c00"
+    "00210001"
+)
+# the unsolicited announcement on the tick after announcing: SRV + TXT, no A
+NODE_ANNOUNCE = bytes.fromhex(
+    "000084000000000200000000"
+    "28616261626162616261626162616261626162616261626162616261626162616261626162616261620a6879706572737761726d056c6f63616c00"
+    "002100010000000000" "0f0000000092d70130013001300130" "00"
+    "28616261626162616261626162616261626162616261626162616261626162616261626162616261620a6879706572737761726d056c6f63616c00"
+    "00100001000000000024" "2369643d33272bf69c3eee4c60693b4644fc1ae38741ec991b74825c2f8f6e9a51e0e665"
+)
+# the answer to a query from 127.0.0.1: SRV + TXT + A referrer.hyperswarm.local
+NODE_ANSWER = bytes.fromhex(
+    "000084000000000300000000"
+    "28616261626162616261626162616261626162616261626162616261626162616261626162616261620a6879706572737761726d056c6f63616c00"
+    "002100010000000000" "0f0000000092d70130013001300130" "00"
+    "28616261626162616261626162616261626162616261626162616261626162616261626162616261620a6879706572737761726d056c6f63616c00"
+    "00100001000000000024" "2369643d33272bf69c3eee4c60693b4644fc1ae38741ec991b74825c2f8f6e9a51e0e665"
+    "0872656665727265720a6879706572737761726d056c6f63616c00" "000100010000000000047f000001"
+)
+
+
+def describe(record):
+    """Every field Node's dns-packet decodes for our record types."""
+    base = (record.name, record.type, record.class_, record.unique, record.ttl)
+    if record.type == wire.TYPE_SRV:
+        return base + (record.priority, record.weight, record.port, wire.srv_target(record))
+    if record.type == wire.TYPE_TXT:
+        return base + (tuple(wire.txt_strings(record.text)),)
+    if record.type == wire.TYPE_A:
+        return base + (bytes(record.address),)
+    return base
+
+
+# -- an in-memory multicast network on one Clock ------------------------------
+
+
+class FakeMulticastPort:
+    def __init__(self, net, host, protocol, port):
+        self.net, self.host, self.protocol, self.port = net, host, protocol, port
+        self.groups, self.ttl, self.loopback, self.outgoing = [], None, None, None
+        self.written = []
+        self.closed = False
+
+    def write(self, data, addr):
+        self.written.append((data, addr))
+        self.net.transmit(self, data, addr)
+
+    def joinGroup(self, group, interface=""):
+        self.groups.append((group, interface))
+        return defer.succeed(None)
+
+    def setOutgoingInterface(self, addr):
+        self.outgoing = addr
+        return defer.succeed(1)
+
+    def setTTL(self, ttl):
+        self.ttl = ttl
+
+    def setLoopbackMode(self, mode):
+        self.loopback = mode
+
+    def getHost(self):
+        return IPv4Address("UDP", "0.0.0.0", self.port)
+
+    def stopListening(self):
+        self.closed = True
+        self.net.ports.remove(self)
+        return defer.succeed(None)
+
+
+class FakeNet:
+    """Datagrams to the group reach every open port (the sender's too if loopback is on), a turn later."""
+
+    def __init__(self):
+        self.clock = Clock()
+        self.ports = []
+        self.log = []  # (source host, data)
+
+    def reactor(self, host):
+        return FakeReactor(self, host)
+
+    def transmit(self, sender, data, addr):
+        self.log.append((sender.host, data))
+        for port in list(self.ports):
+            if port is sender and not port.loopback:
+                continue
+            self.clock.callLater(0, self._deliver, port, data, (sender.host, 5353))
+
+    def _deliver(self, port, data, addr):
+        if not port.closed:
+            port.protocol.datagramReceived(data, addr)
+
+    def run(self, seconds=0.0, step=0.5):
+        self.clock.advance(0)
+        self.clock.advance(0)
+        t = 0.0
+        while t < seconds:
+            self.clock.advance(step)
+            self.clock.advance(0)
+            self.clock.advance(0)
+            t += step
+
+
+class FakeReactor:
+    def __init__(self, net, host):
+        self.net, self.host = net, host
+
+    def callLater(self, *a, **kw):
+        return self.net.clock.callLater(*a, **kw)
+
+    def seconds(self):
+        return self.net.clock.seconds()
+
+    def listenMulticast(self, port, protocol, interface="", maxPacketSize=8192, listenMultiple=False):
+        assert listenMultiple, "mDNS shares 5353 with other responders"
+        p = FakeMulticastPort(self.net, self.host, protocol, port)
+        self.net.ports.append(p)
+        protocol.makeConnection(p)
+        return p
+
+
+def started(net, host, **kw):
+    kw.setdefault("random", random.Random(1))
+    d = MulticastDiscovery(net.reactor(host), interface=host, **kw)
+    d.startService()
+    return d
+
+
+def decoded(data):
+    p = wire.decode_packet(data)
+    return p, [describe(r) for r in p.answers]
+
+
+# -- codec: Node's datagrams --------------------------------------------------
+
+
+def test_query_is_byte_identical_to_node():
+    assert wire.encode_query([wire.domain_name(TOPIC)]) == NODE_QUERY
+
+
+def test_announcement_is_byte_identical_to_node():
+    records = [wire.srv_record(NAME, 37591), wire.id_record(NAME, NODE_ID)]
+    assert wire.encode_response(records) == NODE_ANNOUNCE
+
+
+def test_answer_with_referrer_is_byte_identical_to_node():
+    records = [
+        wire.srv_record(NAME, 37591),
+        wire.id_record(NAME, NODE_ID),
+        wire.referrer_record("hyperswarm.local", "127.0.0.1"),
+    ]
+    assert wire.encode_response(records) == NODE_ANSWER
+
+
+def test_node_query_decodes():
+    p = wire.decode_packet(NODE_QUERY)
+    assert not p.is_response and p.id == 0 and p.flags == 0
+    assert [(q.name, q.type, q.class_, q.unique) for q in p.questions] == [(NAME + ".", 33, 1, False)]
+    assert p.answers == ()
+
+
+def test_node_answer_decodes_field_for_field():
+    p, records = decoded(NODE_ANSWER)
+    assert p.is_response and p.id == 0 and p.flags == 0x8400
+    assert records == [
+        (NAME + ".", 33, 1, False, 0, 0, 0, 37591, "0.0.0.0"),
+        (NAME + ".", 16, 1, False, 0, (NODE_ID,)),
+        ("referrer.hyperswarm.local.", 1, 1, False, 0, b"\x7f\x00\x00\x01"),
+    ]
+
+
+def test_domain_name_uses_first_20_bytes_only():
+    assert wire.domain_name(bytes(range(32))) == bytes(range(20)).hex() + ".hyperswarm.local"
+
+
+def node_style_response(name, port, topic_id, referrer=None):
+    """Independent oracle: NODE_ANNOUNCE/NODE_ANSWER's layout with other values."""
+    def n(s):
+        return b"".join(bytes([len(lab)]) + lab.encode() for lab in s.split(".")) + b"\x00"
+
+    out = bytes.fromhex("00008400") + b"\x00\x00" + bytes([0, 3 if referrer else 2]) + bytes(4)
+    out += n(name) + bytes.fromhex("0021000100000000000f00000000") + port.to_bytes(2, "big") + n("0.0.0.0")
+    out += n(name) + bytes.fromhex("00100001") + bytes(4) + (len(topic_id) + 1).to_bytes(2, "big")
+    out += bytes([len(topic_id)]) + topic_id
+    if referrer:
+        out += n("referrer.hyperswarm.local") + bytes.fromhex("0001000100000000") + b"\x00\x04"
+        out += bytes(int(x) for x in referrer.split("."))
+    return out
+
+
+@given(
+    topic=st.binary(min_size=32, max_size=32),
+    port=st.integers(1, 65535),
+    topic_id=st.binary(min_size=32, max_size=32).map(lambda b: b"id=" + b),
+    referrer=st.none() | st.ip_addresses(v=4).map(str),
+)
+def test_our_responses_match_node_layout_and_round_trip(topic, port, topic_id, referrer):
+    name = wire.domain_name(topic)
+    records = [wire.srv_record(name, port), wire.id_record(name, topic_id)]
+    if referrer:
+        records.append(wire.referrer_record("hyperswarm.local", referrer))
+    data = wire.encode_response(records)
+    assert data == node_style_response(name, port, topic_id, referrer)
+    p, got = decoded(data)
+    assert got == [describe(r) for r in records]
+    assert got[0] == (name + ".", 33, 1, False, 0, 0, 0, port, "0.0.0.0")
+
+
+@given(topic=st.binary(min_size=32, max_size=32))
+def test_our_query_matches_node_layout(topic):
+    name = wire.domain_name(topic)
+    assert wire.encode_query([name]) == NODE_QUERY[:13] + name[:40].encode() + NODE_QUERY[53:]
+
+
+# -- codec: malformed input ----------------------------------------------------
+
+
+@given(st.binary(max_size=600))
+def test_decode_raises_only_malformed_packet(data):
+    try:
+        wire.decode_packet(data)
+    except wire.MalformedPacket as e:
+        assert e.reason in {"short", "undecodable", "bad_record", "bad_txt"}
+
+
+@pytest.mark.parametrize("packet", [NODE_QUERY, NODE_ANNOUNCE, NODE_ANSWER], ids=["query", "announce", "answer"])
+def test_every_truncation_of_a_node_packet_is_refused(packet):
+    for cut in range(len(packet)):
+        with pytest.raises(wire.MalformedPacket):
+            wire.decode_packet(packet[:cut])
+
+
+def test_overrunning_txt_string_is_refused():
+    bad = bytearray(NODE_ANNOUNCE)
+    bad[-36] = 36  # first TXT string claims one byte more than the rdata holds
+    with pytest.raises(wire.MalformedPacket) as e:
+        wire.decode_packet(bytes(bad))
+    assert e.value.reason == "bad_txt"
+
+
+def test_txt_strings():
+    assert wire.txt_strings(b"") == []
+    assert wire.txt_strings(b"\x00") == [b""]
+    assert wire.txt_strings(b"\x02ab\x01c") == [b"ab", b"c"]
+    with pytest.raises(wire.MalformedPacket):
+        wire.txt_strings(b"\x03ab")
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=200)
+@given(
+    base=st.sampled_from([NODE_QUERY, NODE_ANNOUNCE, NODE_ANSWER]),
+    edits=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
+    cut=st.integers(0, 200),
+)
+def test_mangled_datagrams_never_raise_out_of_datagram_received(base, edits, cut):
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    peers = []
+    d.join(TOPIC, port=1, on_peer=peers.append)
+    data = bytearray(base)
+    for pos, value in edits:
+        if pos < len(data):
+            data[pos] = value
+    data = bytes(data[: max(cut, 12)] if cut < len(data) else data)
+    d._protocol.datagramReceived(data, ("127.0.0.9", 5353))
+    net.run()
+    assert sum(d.dropped.values()) + len(peers) + len(net.log) >= 1 or data == base
+    assert d.dropped["internal_error"] == 0
+    for p in peers:
+        assert p.source == "mdns" and p.topic == TOPIC
+
+
+@given(st.binary(max_size=300))
+def test_random_datagrams_are_dropped_and_counted(data):
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    peers = []
+    d.join(TOPIC, on_peer=peers.append)
+    before = sum(d.dropped.values())
+    d._protocol.datagramReceived(data, ("127.0.0.9", 5353))
+    try:
+        wire.decode_packet(data)
+    except wire.MalformedPacket as e:
+        assert d.dropped[e.reason] >= 1 and sum(d.dropped.values()) == before + 1
+    assert peers == []
+
+
+# -- behaviour: Node's packets --------------------------------------------------
+
+
+def test_node_answer_reports_peer_at_datagram_source():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    peers = []
+    d.lookup(TOPIC, peers.append)
+    d._protocol.datagramReceived(NODE_ANSWER, ("127.0.0.7", 5353))
+    assert peers == [PeerRecord(TOPIC, "127.0.0.7", 37591, True, None, None, "mdns")]
+
+
+def test_answer_carrying_our_own_id_is_not_reported():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    peers = []
+    t = d.lookup(TOPIC, peers.append)
+    t.id = NODE_ID  # as if Node's topic were ours
+    d._protocol.datagramReceived(NODE_ANSWER, ("127.0.0.7", 5353))
+    assert peers == []
+
+
+def test_answer_for_other_names_is_ignored():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    peers = []
+    d.lookup(bytes(32), peers.append)
+    d._protocol.datagramReceived(NODE_ANSWER, ("127.0.0.7", 5353))
+    assert peers == []
+
+
+def test_node_query_is_answered_like_node_answers():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    t = d.announce(TOPIC, 37591)
+    net.run()
+    net.log.clear()
+    d._protocol.datagramReceived(NODE_QUERY, ("127.0.0.1", 5353))
+    [(src, data)] = net.log
+    expected = node_style_response(NAME, 37591, t.id, referrer="127.0.0.1")
+    assert data == expected
+
+
+def test_query_with_our_id_as_known_answer_is_not_answered():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    t = d.announce(TOPIC, 4000)
+    net.run()
+    net.log.clear()
+    q = wire.encode_response([wire.id_record(NAME, t.id)])
+    q = b"\x00\x00\x00\x00\x00\x01" + q[6:12] + NODE_QUERY[12:] + q[12:]  # question + that TXT as answer
+    p = wire.decode_packet(q)
+    assert not p.is_response and len(p.answers) == 1
+    d._protocol.datagramReceived(q, ("127.0.0.1", 5353))
+    assert net.log == []
+
+
+def test_only_srv_questions_are_answered():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    d.announce(TOPIC, 4000)
+    net.run()
+    net.log.clear()
+    for qtype in (255, 16, 12, 1):  # ANY, TXT, PTR, A
+        q = NODE_QUERY[:-4] + qtype.to_bytes(2, "big") + b"\x00\x01"
+        d._protocol.datagramReceived(q, ("127.0.0.1", 5353))
+    assert net.log == []
+    # the QU bit does not matter to Node (it never looks at the class)
+    d._protocol.datagramReceived(NODE_QUERY[:-2] + b"\x80\x01", ("127.0.0.1", 5353))
+    assert len(net.log) == 1
+
+
+def test_srv_target_other_than_zeros_is_the_host_verbatim():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    peers = []
+    d.lookup(TOPIC, peers.append)
+    from zeroconf import DNSService
+
+    rec = DNSService(NAME + ".", 33, 1, 0, 0, 0, 9000, "10.1.2.3.")
+    d._protocol.datagramReceived(wire.encode_response([rec]), ("127.0.0.7", 5353))
+    assert [(p.host, p.port) for p in peers] == [("10.1.2.3", 9000)]
+
+
+def test_several_srv_answers_give_several_peers_and_share_the_first_txt():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    peers = []
+    t = d.lookup(TOPIC, peers.append)
+    records = [wire.srv_record(NAME, 1000), wire.id_record(NAME, b"id=other"), wire.srv_record(NAME, 2000)]
+    d._protocol.datagramReceived(wire.encode_response(records), ("127.0.0.7", 5353))
+    assert [p.port for p in peers] == [1000, 2000]
+    # Node takes the id of the first TXT for the name, for every SRV
+    peers.clear()
+    records[1] = wire.id_record(NAME, t.id)
+    d._protocol.datagramReceived(wire.encode_response(records), ("127.0.0.7", 5353))
+    assert peers == []
+
+
+def test_records_in_additional_section_are_ignored():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    peers = []
+    d.lookup(TOPIC, peers.append)
+    # move NODE_ANNOUNCE's two answers to the additional section
+    data = NODE_ANNOUNCE[:6] + b"\x00\x00\x00\x00\x00\x02" + NODE_ANNOUNCE[12:]
+    d._protocol.datagramReceived(data, ("127.0.0.7", 5353))
+    assert peers == [] and sum(d.dropped.values()) == 0
+
+
+def test_topics_sharing_20_bytes_both_get_the_peer_with_their_own_key():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    other = TOPIC[:20] + bytes(12)
+    peers = []
+    d.lookup(TOPIC, peers.append)
+    d.lookup(other, peers.append)
+    d._protocol.datagramReceived(NODE_ANSWER, ("127.0.0.7", 5353))
+    assert sorted(p.topic for p in peers) == sorted([TOPIC, other])
+
+
+# -- behaviour: schedule and self-suppression -----------------------------------
+
+
+def test_lookup_queries_now_then_every_30_to_60_seconds():
+    net = FakeNet()
+    d = started(net, "127.0.0.2", random=random.Random(7))
+    t = d.lookup(TOPIC, lambda p: None)
+    sent_at = []
+    orig = net.transmit
+
+    def spy(sender, data, addr):
+        sent_at.append(net.clock.seconds())
+        assert data == NODE_QUERY and addr == ("224.0.0.251", 5353)
+        orig(sender, data, addr)
+
+    net.transmit = spy
+    assert t.ready.called
+    t.update()  # immediate query, restarts the schedule
+    net.run(400, step=0.25)
+    gaps = [b - a for a, b in zip(sent_at, sent_at[1:])]
+    assert len(sent_at) >= 7 and all(30 <= g < 60.25 for g in gaps)
+    t.stop()
+    n = len(sent_at)
+    net.run(120)
+    assert len(sent_at) == n
+
+
+def test_announce_only_sends_one_announcement_on_next_turn_and_no_query():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    t = d.announce(TOPIC, 37591)
+    assert net.log == [] and not t.ready.called
+    net.clock.advance(0)
+    assert t.ready.called
+    [(src, data)] = net.log
+    assert data == node_style_response(NAME, 37591, t.id)
+    net.run(300)
+    assert len(net.log) == 1
+
+
+def test_announce_and_lookup_finds_other_host_but_never_itself():
+    net = FakeNet()
+    a = started(net, "127.0.0.2")
+    b = started(net, "127.0.0.3")
+    pa, pb = [], []
+    a.announce(TOPIC, 1111, lookup=True, on_peer=pa.append)
+    b.announce(TOPIC, 2222, lookup=True, on_peer=pb.append)
+    net.run(200)
+    assert pa and {(p.host, p.port) for p in pa} == {("127.0.0.3", 2222)}
+    assert pb and {(p.host, p.port) for p in pb} == {("127.0.0.2", 1111)}
+
+
+def test_two_joins_on_one_instance_find_each_other():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    p1, p2 = [], []
+    d.announce(TOPIC, 1111, lookup=True, on_peer=p1.append)
+    d.announce(TOPIC, 2222, lookup=True, on_peer=p2.append)
+    net.run(1)
+    assert {p.port for p in p1} == {2222}
+    assert {p.port for p in p2} == {1111}
+
+
+def test_lookup_only_never_answers():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    d.lookup(TOPIC, lambda p: None)
+    net.run(100)
+    assert all(not wire.decode_packet(data).is_response for _, data in net.log)
+
+
+def test_stopped_topic_neither_answers_nor_reports():
+    net = FakeNet()
+    a = started(net, "127.0.0.2")
+    b = started(net, "127.0.0.3")
+    peers = []
+    t = a.announce(TOPIC, 1111)
+    t.stop()
+    lb = b.lookup(TOPIC, peers.append)
+    net.run(100)
+    assert peers == [] and a.sent["response"] == 0
+    assert lb.ready.called
+
+
+def test_topics_joined_before_start_send_once_listening():
+    net = FakeNet()
+    d = MulticastDiscovery(net.reactor("127.0.0.2"), interface="127.0.0.2")
+    t = d.join(TOPIC, port=5000)
+    net.clock.advance(0)
+    assert not t.ready.called and net.log == []
+    d.startService()
+    assert [wire.decode_packet(x).is_response for _, x in net.log] == [False, True]
+    assert t.ready.called
+
+
+def test_start_sets_socket_options_and_stop_closes():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    port = d._listening_port
+    assert port.groups == [("224.0.0.251", "127.0.0.2")]
+    assert port.outgoing == "127.0.0.2" and port.loopback == 1 and port.ttl == 255
+    assert d.address() == ("0.0.0.0", 5353)
+    t = d.lookup(TOPIC, lambda p: None)
+    r = d.stopService()
+    assert r.called and port.closed and t.stopped and d.address() is None
+
+
+def test_on_peer_errors_are_logged_not_raised():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+
+    def boom(peer):
+        raise RuntimeError("user bug")
+
+    d.lookup(TOPIC, boom)
+    d._protocol.datagramReceived(NODE_ANSWER, ("127.0.0.7", 5353))
+    assert d.dropped["internal_error"] == 0
+
+
+def test_query_collects_distinct_peers_then_stops():
+    net = FakeNet()
+    a = started(net, "127.0.0.2")
+    b = started(net, "127.0.0.3")
+    a.announce(TOPIC, 1111)
+    result = b.query(TOPIC, timeout=3.0)
+    net.run(2)
+    assert not result.called
+    net.run(2)
+    assert [(p.host, p.port, p.source) for p in result.result] == [("127.0.0.2", 1111, "mdns")]
+    assert not b._topics
+
+
+def test_bad_arguments():
+    d = MulticastDiscovery(Clock())
+    with pytest.raises(ValueError):
+        d.join(b"short")
+    with pytest.raises(ValueError):
+        d.join(TOPIC, port=0, lookup=False)
+    with pytest.raises(ValueError):
+        d.announce(TOPIC, 0)
+    with pytest.raises(ValueError):
+        MulticastDiscovery(Clock(), interface="not-an-address")
+
+
+# -- real sockets, private namespace only --------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_two_python_instances_on_one_host_find_each_other(private_netns, reactor):
+    a = MulticastDiscovery(reactor)
+    b = MulticastDiscovery(reactor)
+    a.startService()
+    b.startService()
+    try:
+        pa, pb = [], []
+        got_a, got_b = defer.Deferred(), defer.Deferred()
+
+        def collect(into, d):
+            def on_peer(p):
+                into.append(p)
+                if not d.called:
+                    d.callback(p)
+            return on_peer
+
+        ta = a.announce(TOPIC, 41001, lookup=True, on_peer=collect(pa, got_a))
+        tb = b.announce(TOPIC, 41002, lookup=True, on_peer=collect(pb, got_b))
+        for d in (got_a, got_b):
+            d.addTimeout(5, reactor)
+        yield defer.gatherResults([got_a, got_b])
+        # let the self-answers to both queries come back too
+        yield deferLater(reactor, 0.3)
+        assert {(p.host, p.port) for p in pa} == {("127.0.0.1", 41002)}
+        assert {(p.host, p.port) for p in pb} == {("127.0.0.1", 41001)}
+        assert all(p.local and p.referrer is None and p.to is None and p.source == "mdns" for p in pa + pb)
+        assert ta.ready.called and tb.ready.called
+        assert a.dropped == {} and b.dropped == {}
+    finally:
+        yield a.stopService()
+        yield b.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_one_shot_query_on_real_sockets(private_netns, reactor):
+    a = MulticastDiscovery(reactor)
+    b = MulticastDiscovery(reactor)
+    a.startService()
+    b.startService()
+    try:
+        a.announce(TOPIC, 41003)
+        peers = yield b.query(TOPIC, timeout=0.5)
+        assert [(p.topic, p.host, p.port) for p in peers] == [(TOPIC, "127.0.0.1", 41003)]
+    finally:
+        yield a.stopService()
+        yield b.stopService()
+
+
+def deferLater(reactor, seconds):
+    from twisted.internet.task import deferLater as _dl
+
+    return _dl(reactor, seconds, lambda: None)

@@ -1,0 +1,582 @@
+"""
+Multicast DNS peer discovery, compatible with ``@hyperswarm/discovery`` 2.0.1.
+
+One :class:`MulticastDiscovery` (a Twisted service) owns one UDP socket on
+``0.0.0.0:5353``, shared with other mDNS responders on the host
+(``SO_REUSEADDR``), in group ``224.0.0.251``, with multicast loopback on so
+several peers on one host hear each other. Topics are joined on it with
+:meth:`MulticastDiscovery.join` (or :meth:`~MulticastDiscovery.announce`,
+:meth:`~MulticastDiscovery.lookup`, the one-shot
+:meth:`~MulticastDiscovery.query`); each join is one :class:`MDNSTopic`,
+Node's ``Topic``:
+
+* a looking-up topic sends an SRV query for ``<hex of topic[:20]>.hyperswarm.local``
+  at once and then every 30–60 s (uniform);
+* an announcing topic sends one unsolicited response on the next reactor
+  turn and answers every SRV query for its name (from anyone, ourselves
+  included) with SRV (target ``0.0.0.0``, its port) + TXT (its 35-byte id),
+  plus an A record ``referrer.hyperswarm.local`` with the querier's address;
+* every SRV answer for the name is reported to every topic on that name as a
+  :class:`~txhyperswarm.peer_record.PeerRecord` (``host`` = the datagram's
+  source when the target is ``0.0.0.0``, ``local=True``, ``referrer=None``,
+  ``to=None``, ``source="mdns"``), except to the topic whose id is in the
+  response's TXT record: suppression is per join, so a join never reports
+  itself while two joins (two swarms) on one host find each other.
+
+Nothing is cached and TTLs are ignored (Node's TTL is 0 everywhere); there is
+no goodbye when a topic stops. Wire format: :mod:`txhyperswarm._mdns_wire`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import random as _random
+from collections import Counter
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from txhyperswarm._mdns_wire import (
+    SRV_TARGET,
+    TYPE_SRV,
+    TYPE_TXT,
+    MalformedPacket,
+    Packet,
+    decode_packet,
+    domain_name,
+    encode_query,
+    encode_response,
+    first_txt_string,
+    fqdn,
+    id_record,
+    referrer_record,
+    srv_record,
+    srv_target,
+)
+from txhyperswarm._reactor import default_reactor
+from txhyperswarm.peer_record import PeerRecord
+
+__all__ = ["MDNSTopic", "MalformedPacket", "MulticastDiscovery"]
+
+#: Node's re-query delay: floor(30000 + random * 30000) ms.
+QUERY_INTERVAL = 30.0
+#: multicast-dns re-checks the interface list (joins new ones) this often.
+MEMBERSHIP_REFRESH = 5.0
+#: SRV+TXT pairs per response datagram. Node puts every announcing Topic of
+#: the name in one response, but its receivers take the *first* TXT of the
+#: name as the sender id for every SRV, so with two joins of one name in one
+#: instance the second would hear itself. One pair per datagram keeps the id
+#: of each SRV unambiguous for Node and for us; with one join per name (what
+#: Node's swarm does) the datagrams are identical to Node's.
+_PAIRS_PER_RESPONSE = 1
+#: Datagrams kept while the socket is not listening yet.
+_MAX_PENDING = 64
+
+PeerCallback = Callable[[PeerRecord], None]
+
+
+def _first_id(answers: Sequence, name: str) -> Optional[bytes]:
+    """Node's ``_getId``: the first string of the first non-empty TXT answer for ``name``."""
+    for record in answers:
+        if record.type == TYPE_TXT and record.name == name:
+            first = first_txt_string(record)
+            if first is not None:
+                return first
+    return None
+
+
+class MDNSTopic:
+    """
+    One join of a topic on a :class:`MulticastDiscovery` (Node's ``Topic``).
+
+    Made by :meth:`MulticastDiscovery.join`; not constructed directly.
+
+    :ivar topic: the 32-byte topic.
+    :ivar id: this join's 35-byte id, ``b"id="`` + 32 random bytes (the TXT
+        string that lets it recognise its own answers).
+    :ivar name: the mDNS name, ``<40 hex>.<domain>`` (no trailing dot).
+    :ivar port: the port announced in SRV answers, or 0 (does not answer).
+    :ivar lookup: whether it sends queries.
+    :ivar ready: a Deferred that fires with ``None`` once the first datagram
+        for this topic went out (its announcement if it announces, else its
+        first query); it never errbacks, and fires with ``None`` too when the
+        topic stops before that.
+    """
+
+    def __init__(
+        self,
+        owner: "MulticastDiscovery",
+        topic: bytes,
+        port: int,
+        lookup: bool,
+        on_peer: Optional[PeerCallback],
+        topic_id: bytes,
+    ) -> None:
+        self._owner = owner
+        self.topic = topic
+        self.id = topic_id
+        self.name = domain_name(topic, owner.domain)
+        self.port = port
+        self.lookup = lookup
+        self.ready: defer.Deferred = defer.Deferred()
+        self.stopped = False
+        self._on_peer = on_peer
+        self._fqdn = fqdn(self.name)
+        self._answer = srv_record(self.name, port) if port else None
+        self._id_answer = id_record(self.name, topic_id)
+        self._query_call = None
+
+    @property
+    def announcing(self) -> bool:
+        """True when this topic answers queries (it has a non-zero port)."""
+        return self._answer is not None
+
+    def update(self) -> None:
+        """Send a query now and restart the 30–60 s schedule (Node's ``topic.update()``)."""
+        if self.stopped:
+            return
+        self._cancel_query()
+        self._query_loop()
+
+    def stop(self) -> defer.Deferred:
+        """
+        Stop querying and answering (no goodbye is sent, as Node).
+
+        :returns: a Deferred that has already fired with ``None``.
+        """
+        if not self.stopped:
+            self.stopped = True
+            self._cancel_query()
+            self._owner._remove(self)
+            self._fire_ready()
+        return defer.succeed(None)
+
+    # -- internal --------------------------------------------------------
+
+    def _query_loop(self) -> None:
+        self._query_call = None
+        self._owner._send(encode_query([self.name]), self._fire_ready if not self.announcing else None)
+        self._query_call = self._owner._schedule(self._owner._query_delay(), self._query_loop)
+
+    def _cancel_query(self) -> None:
+        if self._query_call is not None and self._query_call.active():
+            self._query_call.cancel()
+        self._query_call = None
+
+    def _fire_ready(self) -> None:
+        if not self.ready.called:
+            self.ready.callback(None)
+
+    def _emit(self, peer: PeerRecord) -> None:
+        if self._on_peer is None:
+            return
+        try:
+            self._on_peer(peer)
+        except Exception:
+            self._owner.log.failure("on_peer callback for {topic} failed", topic=self.topic.hex())
+
+    def __repr__(self) -> str:
+        return f"<MDNSTopic {self.topic.hex()} port={self.port} lookup={self.lookup}{' stopped' if self.stopped else ''}>"
+
+
+class _MDNSProtocol(DatagramProtocol):
+    """The socket side: hands every datagram to its :class:`MulticastDiscovery`."""
+
+    def __init__(self, owner: "MulticastDiscovery") -> None:
+        self._owner = owner
+
+    def datagramReceived(self, data: bytes, addr: Tuple[str, int]) -> None:
+        self._owner._datagram(data, addr)
+
+
+class MulticastDiscovery(service.Service):
+    """
+    mDNS discovery for hyperswarm topics, as ``@hyperswarm/discovery`` 2.0.1.
+
+    :param reactor: provides ``IReactorMulticast`` and ``IReactorTime``;
+        ``None`` means the global reactor.
+    :param interface: IPv4 address of the one interface to use (group
+        membership and outgoing datagrams), or ``None`` for multicast-dns's
+        default: join the group on the first IPv4 address of every interface
+        (loopback included), re-checked every 5 s, and send through the
+        kernel's default (``127.0.0.1`` when the host has only loopback).
+        The socket itself is always bound to ``0.0.0.0``.
+    :param port: UDP port (5353).
+    :param group: multicast group (``224.0.0.251``).
+    :param domain: the name suffix (``hyperswarm.local``; Node's swarm never
+        changes it).
+    :param ttl: multicast TTL (255, as multicast-dns).
+    :param loopback: multicast loopback (on, so peers on this host hear us).
+    :param random: a ``random.Random``-like object for the query schedule
+        (tests); topic ids always come from ``os.urandom``.
+
+    Start it with ``startService()`` (binds now; raises
+    ``twisted.internet.error.CannotListenError`` if the port cannot be bound)
+    and stop it with ``stopService()``. Topics may be joined before it
+    starts: their first datagrams are sent once it listens.
+
+    :ivar dropped: a ``collections.Counter`` of refused datagrams by reason
+        (``"short"``, ``"undecodable"``, ``"bad_record"``, ``"bad_txt"``) and
+        of sends that failed (``"send_error"``).
+    :ivar sent: a ``Counter`` of datagrams sent: ``"query"``, ``"response"``.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor=None,
+        *,
+        interface: Optional[str] = None,
+        port: int = 5353,
+        group: str = "224.0.0.251",
+        domain: str = "hyperswarm.local",
+        ttl: int = 255,
+        loopback: bool = True,
+        random=None,
+    ) -> None:
+        self._reactor = default_reactor(reactor)
+        if interface in ("", "0.0.0.0"):
+            interface = None
+        if interface is not None:
+            ipaddress.IPv4Address(interface)  # ValueError for a bad address
+        ipaddress.IPv4Address(group)
+        for label in domain.split("."):
+            if not 0 < len(label.encode("utf-8")) < 64:
+                raise ValueError(f"bad domain {domain!r}: labels must be 1..63 bytes")
+        self.interface = interface
+        self.port = port
+        self.group = group
+        self.domain = domain
+        self._ttl = ttl
+        self._loopback = loopback
+        self._random = random if random is not None else _random.Random()
+        self._protocol = _MDNSProtocol(self)
+        self._listening_port = None
+        self._memberships: Dict[str, bool] = {}
+        self._refresh: Optional[LoopingCall] = None
+        self._pending: List[Tuple[bytes, Optional[Callable[[], None]]]] = []
+        # fqdn -> ordered set of topics (Node's _domains: Map name -> Set)
+        self._domains: Dict[str, Dict[MDNSTopic, None]] = {}
+        self._topics: Dict[MDNSTopic, None] = {}
+        self.dropped: Counter = Counter()
+        self.sent: Counter = Counter()
+
+    # -- lifecycle -------------------------------------------------------
+
+    def startService(self) -> None:
+        """
+        Bind ``0.0.0.0:<port>`` (shared), set TTL and loopback, join the
+        group, pick the outgoing interface, then send what topics queued.
+
+        :raises twisted.internet.error.CannotListenError: if binding fails.
+        """
+        if self._listening_port is not None:
+            return
+        self._listening_port = self._reactor.listenMulticast(self.port, self._protocol, listenMultiple=True)
+        service.Service.startService(self)
+        lp = self._listening_port
+        lp.setTTL(self._ttl)
+        lp.setLoopbackMode(1 if self._loopback else 0)
+        if self.interface is None:
+            self._refresh = LoopingCall(self._update_memberships)
+            self._refresh.clock = self._reactor
+            self._refresh.start(MEMBERSHIP_REFRESH, now=True).addErrback(
+                lambda f: self.log.failure("mDNS membership refresh stopped", f)
+            )
+        else:
+            self._join(self.interface, initial=True)
+            self._set_outgoing(self.interface)
+        pending, self._pending = self._pending, []
+        for data, sent in pending:
+            self._send(data, sent)
+
+    def stopService(self) -> defer.Deferred:
+        """
+        Stop every topic and close the socket (memberships go with it).
+
+        :returns: a Deferred firing with ``None`` once the socket is closed.
+        """
+        service.Service.stopService(self)
+        for topic in list(self._topics):
+            topic.stop()
+        self._pending = []
+        if self._refresh is not None and self._refresh.running:
+            self._refresh.stop()
+        self._refresh = None
+        self._memberships = {}
+        lp, self._listening_port = self._listening_port, None
+        if lp is None:
+            return defer.succeed(None)
+        return defer.maybeDeferred(lp.stopListening).addCallback(lambda _: None)
+
+    def address(self) -> Optional[Tuple[str, int]]:
+        """The bound ``(host, port)``, or ``None`` when not listening."""
+        if self._listening_port is None:
+            return None
+        a = self._listening_port.getHost()
+        return (a.host, a.port)
+
+    # -- topics ------------------------------------------------------------
+
+    def join(
+        self,
+        topic: bytes,
+        *,
+        port: int = 0,
+        lookup: bool = True,
+        on_peer: Optional[PeerCallback] = None,
+    ) -> MDNSTopic:
+        """
+        Join ``topic``: one Node ``Topic`` (one id, so it never reports itself).
+
+        :param topic: 32 bytes (only the first 20 name the mDNS record, as Node).
+        :param port: announce this port (answer SRV queries, send one
+            announcement now); 0 = do not announce.
+        :param lookup: send queries (now, then every 30–60 s). Node: a lookup
+            topic queries, an announcing one only with ``lookup``.
+        :param on_peer: called with a :class:`PeerRecord` for every SRV
+            answer heard for the name that is not this join's own (repeats
+            included, as Node's ``'peer'`` events), announcing or not.
+        :raises ValueError: for a topic that is not 32 bytes, a port outside
+            0..65535, or neither ``port`` nor ``lookup``.
+        """
+        if not isinstance(topic, bytes) or len(topic) != 32:
+            raise ValueError("topic must be 32 bytes")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"bad port {port}")
+        if not port and not lookup:
+            raise ValueError("a topic must announce (port), look up, or both")
+        t = MDNSTopic(self, topic, port, bool(lookup), on_peer, b"id=" + os.urandom(32))
+        self._domains.setdefault(t._fqdn, {})[t] = None
+        self._topics[t] = None
+        if t.lookup:
+            t._query_loop()
+        if t.announcing:
+            self._reactor.callLater(0, self._fire_announce, t)
+        return t
+
+    def announce(
+        self, topic: bytes, port: int, *, lookup: bool = False, on_peer: Optional[PeerCallback] = None
+    ) -> MDNSTopic:
+        """
+        Announce ``port`` for ``topic`` (Node's ``discovery.announce``).
+
+        Same as ``join(topic, port=port, lookup=lookup, on_peer=on_peer)``;
+        ``port`` must be 1..65535.
+        """
+        if not 0 < port <= 65535:
+            raise ValueError(f"bad port {port}")
+        return self.join(topic, port=port, lookup=lookup, on_peer=on_peer)
+
+    def lookup(self, topic: bytes, on_peer: PeerCallback) -> MDNSTopic:
+        """Look ``topic`` up (Node's ``discovery.lookup``): ``join(topic, on_peer=on_peer)``."""
+        return self.join(topic, on_peer=on_peer)
+
+    def query(self, topic: bytes, timeout: float = 3.0) -> defer.Deferred:
+        """
+        Query once and collect answers for ``timeout`` seconds.
+
+        :returns: a Deferred firing with the list of distinct
+            :class:`PeerRecord` heard (first seen first). Cancelling it stops
+            the lookup and errbacks with ``CancelledError``.
+        """
+        found: Dict[Tuple[str, int], PeerRecord] = {}
+
+        def on_peer(peer: PeerRecord) -> None:
+            found.setdefault((peer.host, peer.port), peer)
+
+        handle = self.join(topic, on_peer=on_peer)
+
+        def cancel(d):
+            if call.active():
+                call.cancel()
+            handle.stop()
+
+        d: defer.Deferred = defer.Deferred(cancel)
+
+        def finish():
+            handle.stop()
+            d.callback(list(found.values()))
+
+        call = self._reactor.callLater(timeout, finish)
+        return d
+
+    # -- internal: topics --------------------------------------------------
+
+    def _remove(self, topic: MDNSTopic) -> None:
+        self._topics.pop(topic, None)
+        topics = self._domains.get(topic._fqdn)
+        if topics is not None:
+            topics.pop(topic, None)
+            if not topics:
+                del self._domains[topic._fqdn]
+
+    def _fire_announce(self, topic: MDNSTopic) -> None:
+        # Node: on the next tick, answer a synthetic SRV query for the topic's
+        # own name, with no source (so no A record).
+        if topic.stopped:
+            return
+        self._answer([topic._fqdn], (), None, topic._fire_ready)
+
+    def _query_delay(self) -> float:
+        return math.floor(QUERY_INTERVAL * 1000 + self._random.random() * QUERY_INTERVAL * 1000) / 1000.0
+
+    def _schedule(self, delay: float, fn):
+        return self._reactor.callLater(delay, fn)
+
+    # -- internal: receiving -----------------------------------------------
+
+    def _datagram(self, data: bytes, addr: Tuple[str, int]) -> None:
+        try:
+            packet = decode_packet(data)
+        except MalformedPacket as e:
+            self.dropped[e.reason] += 1
+            self.log.debug("dropped mDNS datagram from {addr}: {reason}", addr=addr, reason=str(e))
+            return
+        try:
+            if packet.is_response:
+                self._on_response(packet, addr[0])
+            else:
+                self._on_query(packet, addr[0])
+        except Exception:
+            # A bug, not the sender's fault; never let it out of datagramReceived.
+            self.dropped["internal_error"] += 1
+            self.log.failure("handling mDNS datagram from {addr} failed", addr=addr)
+
+    def _on_query(self, packet: Packet, source: str) -> None:
+        names = [q.name for q in packet.questions if q.type == TYPE_SRV]
+        if names:
+            self._answer(names, packet.answers, source, None)
+
+    def _answer(self, names: Sequence[str], known: Sequence, source: Optional[str], sent) -> None:
+        """Node's ``_onmdnsquery``: SRV+TXT of every announcing topic asked for."""
+        answers = []
+        for name in names:
+            topics = self._domains.get(name)
+            if not topics:
+                continue
+            own = _first_id(known, name)
+            for t in topics:
+                if own is not None and own == t.id:
+                    continue
+                if t._answer is not None:
+                    answers.append((t._answer, t._id_answer))
+        if not answers:
+            return
+        for i in range(0, len(answers), _PAIRS_PER_RESPONSE):
+            records = [r for pair in answers[i : i + _PAIRS_PER_RESPONSE] for r in pair]
+            if source is not None:
+                records.append(referrer_record(self.domain, source))
+            self._send(encode_response(records), sent)
+
+    def _on_response(self, packet: Packet, source: str) -> None:
+        """Node's ``_onmdnsresponse``."""
+        answers = packet.answers
+        for record in answers:
+            if record.type != TYPE_SRV:
+                continue
+            topics = self._domains.get(record.name)
+            if not topics:
+                continue
+            target = srv_target(record)
+            host = source if target == SRV_TARGET else target
+            sender = _first_id(answers, record.name)
+            for t in list(topics):
+                if sender is not None and sender == t.id:
+                    continue
+                t._emit(
+                    PeerRecord(
+                        topic=t.topic,
+                        host=host,
+                        port=record.port,
+                        local=True,
+                        referrer=None,
+                        to=None,
+                        source="mdns",
+                    )
+                )
+
+    # -- internal: sending -------------------------------------------------
+
+    def _send(self, data: bytes, sent: Optional[Callable[[], None]] = None) -> None:
+        if self._listening_port is None:
+            if len(self._pending) < _MAX_PENDING:
+                self._pending.append((data, sent))
+            else:
+                self.dropped["send_queue_full"] += 1
+            return
+        kind = "response" if data[2] & 0x80 else "query"
+        try:
+            self._listening_port.write(data, (self.group, self.port))
+        except OSError as e:
+            self.dropped["send_error"] += 1
+            self.log.warn("mDNS {kind} not sent: {err}", kind=kind, err=e)
+        else:
+            self.sent[kind] += 1
+        if sent is not None:
+            sent()
+
+    # -- internal: interfaces ----------------------------------------------
+
+    def _update_memberships(self) -> None:
+        """multicast-dns's ``update()``: join on interfaces not joined yet."""
+        joined = False
+        for address in _interface_addresses():
+            if address not in self._memberships:
+                joined = self._join(address) or joined
+        if joined:
+            self._set_outgoing(_default_outgoing())
+
+    def _join(self, address: str, initial: bool = False) -> bool:
+        lp = self._listening_port
+        if lp is None:
+            return False
+        self._memberships[address] = True
+        d = lp.joinGroup(self.group, address)
+
+        def failed(f):
+            self._memberships.pop(address, None)
+            self.log.warn(
+                "cannot join {group} on {address}: {err}", group=self.group, address=address, err=f.value
+            )
+
+        d.addErrback(failed)
+        return True
+
+    def _set_outgoing(self, address: str) -> None:
+        lp = self._listening_port
+        if lp is None:
+            return
+        lp.setOutgoingInterface(address).addErrback(
+            lambda f: self.log.warn("cannot send mDNS via {address}: {err}", address=address, err=f.value)
+        )
+
+
+def _interface_addresses() -> List[str]:
+    """The first IPv4 address of every interface (multicast-dns's ``allInterfaces``)."""
+    try:
+        import ifaddr
+    except ImportError:  # pragma: no cover - zeroconf depends on ifaddr
+        return ["0.0.0.0"]
+    result = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if ip.is_IPv4:
+                result.append(ip.ip)
+                break
+    return result
+
+
+def _default_outgoing() -> str:
+    """multicast-dns's ``defaultInterface()`` (Linux): ``0.0.0.0`` if a non-loopback IPv4 exists."""
+    for address in _interface_addresses():
+        if not ipaddress.IPv4Address(address).is_loopback:
+            return "0.0.0.0"
+    return "127.0.0.1"
