@@ -641,3 +641,29 @@ def deferLater(reactor, seconds):
     from twisted.internet.task import deferLater as _dl
 
     return _dl(reactor, seconds, lambda: None)
+
+
+def test_announcement_goes_out_before_any_datagram_is_handled():
+    # Node sends the announcement on process.nextTick, which runs before any
+    # I/O callback: a datagram handled in between must not overtake it.
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    t = d.announce(TOPIC, 37591, lookup=True)
+    d._protocol.datagramReceived(NODE_QUERY, ("127.0.0.1", 5353))
+    kinds = [len(wire.decode_packet(x).answers) for _, x in net.log]
+    assert kinds == [0, 2, 3]  # query, announcement, answer with the A record
+    assert t.ready.called
+    net.run()
+    assert len(net.log) == 4  # + the answer to our own looped-back query, no second announcement
+
+
+def test_joins_in_one_turn_announce_every_announcing_topic_of_the_name():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    d.announce(TOPIC, 1111)
+    d.announce(TOPIC, 2222)
+    net.clock.advance(0)
+    ports = [wire.decode_packet(x).answers[0].port for _, x in net.log]
+    # as Node: each topic's nextTick answers its name with every announcing
+    # topic on it (one SRV+TXT pair per datagram here, see _PAIRS_PER_RESPONSE)
+    assert ports == [1111, 2222, 1111, 2222]

@@ -265,6 +265,8 @@ class MulticastDiscovery(service.Service):
         # fqdn -> ordered set of topics (Node's _domains: Map name -> Set)
         self._domains: Dict[str, Dict[MDNSTopic, None]] = {}
         self._topics: Dict[MDNSTopic, None] = {}
+        self._announce_queue: List[MDNSTopic] = []
+        self._announce_call = None
         self.dropped: Counter = Counter()
         self.sent: Counter = Counter()
 
@@ -307,6 +309,7 @@ class MulticastDiscovery(service.Service):
         for topic in list(self._topics):
             topic.stop()
         self._pending = []
+        self._fire_announces()  # nothing left to send: only drops the queue
         if self._refresh is not None and self._refresh.running:
             self._refresh.stop()
         self._refresh = None
@@ -359,7 +362,11 @@ class MulticastDiscovery(service.Service):
         if t.lookup:
             t._query_loop()
         if t.announcing:
-            self._reactor.callLater(0, self._fire_announce, t)
+            # Node: process.nextTick(_fireAnnounce) -- after the caller's
+            # current work, but before any datagram is handled.
+            self._announce_queue.append(t)
+            if self._announce_call is None:
+                self._announce_call = self._reactor.callLater(0, self._fire_announces)
         return t
 
     def announce(
@@ -418,12 +425,16 @@ class MulticastDiscovery(service.Service):
             if not topics:
                 del self._domains[topic._fqdn]
 
-    def _fire_announce(self, topic: MDNSTopic) -> None:
-        # Node: on the next tick, answer a synthetic SRV query for the topic's
-        # own name, with no source (so no A record).
-        if topic.stopped:
-            return
-        self._answer([topic._fqdn], (), None, topic._fire_ready)
+    def _fire_announces(self) -> None:
+        # Node's _fireAnnounce, per topic joined since: answer a synthetic SRV
+        # query for the topic's own name, with no source (so no A record).
+        if self._announce_call is not None and self._announce_call.active():
+            self._announce_call.cancel()
+        self._announce_call = None
+        queue, self._announce_queue = self._announce_queue, []
+        for topic in queue:
+            if not topic.stopped:
+                self._answer([topic._fqdn], (), None, topic._fire_ready)
 
     def _query_delay(self) -> float:
         return math.floor(QUERY_INTERVAL * 1000 + self._random.random() * QUERY_INTERVAL * 1000) / 1000.0
@@ -434,6 +445,8 @@ class MulticastDiscovery(service.Service):
     # -- internal: receiving -----------------------------------------------
 
     def _datagram(self, data: bytes, addr: Tuple[str, int]) -> None:
+        if self._announce_queue:
+            self._fire_announces()  # a nextTick runs before any I/O callback
         try:
             packet = decode_packet(data)
         except MalformedPacket as e:

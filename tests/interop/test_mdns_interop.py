@@ -1,0 +1,199 @@
+"""
+mDNS against the Node reference (@hyperswarm/discovery 2.0.1, hyperswarm 2.15.3).
+
+Every test runs inside the private network namespace (``private_netns``):
+Node's multicast-dns and our MulticastDiscovery share 0.0.0.0:5353 on ``lo``.
+Node peers use ``bootstrap: []`` so mDNS is their only discovery.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.task import deferLater
+
+from txhyperswarm.mdns import MulticastDiscovery
+
+WAIT = 10.0
+
+
+def new_topic() -> bytes:
+    return os.urandom(32)
+
+
+@defer.inlineCallbacks
+def started_discovery(reactor):
+    d = MulticastDiscovery(reactor)
+    d.startService()
+    yield deferLater(reactor, 0, lambda: None)
+    return d
+
+
+class PeerWaiter:
+    """on_peer callback that also lets a test wait for a matching peer."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.peers = []
+        self._waiters = []
+
+    def __call__(self, peer):
+        self.peers.append(peer)
+        for pred, d in list(self._waiters):
+            if pred(peer):
+                self._waiters.remove((pred, d))
+                d.callback(peer)
+
+    def wait_for(self, pred, timeout=WAIT):
+        for p in self.peers:
+            if pred(p):
+                return defer.succeed(p)
+        d = defer.Deferred()
+        self._waiters.append((pred, d))
+        return d.addTimeout(timeout, self.reactor)
+
+
+def is_peer(line, port=None):
+    return line.get("event") == "peer" and (port is None or line["port"] == port)
+
+
+@pytest_twisted.inlineCallbacks
+def test_python_finds_node_discovery_announcer(private_netns, node, processes, reactor):
+    topic = new_topic()
+    announcer = processes.node("mdns_discovery.js", topic.hex(), "--announce", "37011")
+    yield announcer.wait_for(lambda o: o.get("event") == "ready")
+    d = yield started_discovery(reactor)
+    try:
+        found = PeerWaiter(reactor)
+        d.lookup(topic, found)
+        peer = yield found.wait_for(lambda p: p.port == 37011)
+        assert (peer.topic, peer.host, peer.port) == (topic, "127.0.0.1", 37011)
+        assert peer.local is True and peer.referrer is None and peer.to is None and peer.source == "mdns"
+    finally:
+        yield d.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_python_finds_node_hyperswarm_announcer(private_netns, node, processes, reactor):
+    topic = new_topic()
+    swarm = processes.node("mdns_swarm.js", topic.hex(), "--announce", "--no-lookup")
+    listening = yield swarm.wait_for(lambda o: o.get("event") == "listening")
+    d = yield started_discovery(reactor)
+    try:
+        found = PeerWaiter(reactor)
+        d.lookup(topic, found)
+        peer = yield found.wait_for(lambda p: p.port == listening["port"])
+        assert (peer.host, peer.source) == ("127.0.0.1", "mdns")
+    finally:
+        yield d.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_node_lookup_finds_python_announcer(private_netns, node, processes, reactor):
+    topic = new_topic()
+    d = yield started_discovery(reactor)
+    try:
+        d.announce(topic, 37012)
+        looker = processes.node("mdns_discovery.js", topic.hex())
+        line = yield looker.wait_for(lambda o: is_peer(o, 37012), timeout=WAIT)
+        assert line == {
+            "event": "peer",
+            "host": "127.0.0.1",
+            "port": 37012,
+            "local": True,
+            "referrer": None,
+            "to": "absent",
+            "topic": topic.hex(),
+        }
+    finally:
+        yield d.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_node_swarm_hears_python_announcement_when_it_was_first(private_netns, node, processes, reactor):
+    # Node queries once now and then only after 30-60 s: it can only find us
+    # soon through our unsolicited announcement.
+    topic = new_topic()
+    swarm = processes.node("mdns_swarm.js", topic.hex())
+    yield swarm.wait_for(lambda o: o.get("event") == "joined")
+    yield deferLater(reactor, 0.3, lambda: None)
+    d = yield started_discovery(reactor)
+    try:
+        d.announce(topic, 37013)
+        yield swarm.wait_for(lambda o: is_peer(o, 37013), timeout=WAIT)
+    finally:
+        yield d.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_node_and_python_find_each_other_but_never_themselves(private_netns, node, processes, reactor):
+    topic = new_topic()
+    d = yield started_discovery(reactor)
+    try:
+        found = PeerWaiter(reactor)
+        mine = d.announce(topic, 37014, lookup=True, on_peer=found)
+        nodeproc = processes.node("mdns_discovery.js", topic.hex(), "--announce", "37015", "--lookup")
+        yield nodeproc.wait_for(lambda o: is_peer(o, 37014), timeout=WAIT)
+        yield found.wait_for(lambda p: p.port == 37015)
+        # a few more query/answer rounds in both directions
+        nodeproc.send({"cmd": "update"})
+        mine.update()
+        yield deferLater(reactor, 0.5, lambda: None)
+        assert {(p.host, p.port) for p in found.peers} == {("127.0.0.1", 37015)}
+        node_peers = {(o["host"], o["port"]) for o in nodeproc.lines if is_peer(o)}
+        assert node_peers == {("127.0.0.1", 37014)}
+    finally:
+        yield d.stopService()
+
+
+def _normalise(decoded, topic_id_hex):
+    """dns-packet's decode of a datagram with the sender's random id blanked."""
+    for rec in decoded["answers"]:
+        if rec["type"] == "TXT":
+            rec["data"] = ["<id>" if s["hex"] == topic_id_hex else s for s in rec["data"]]
+    return decoded
+
+
+@pytest_twisted.inlineCallbacks
+def test_our_datagrams_decode_in_node_exactly_as_nodes_own(private_netns, node, processes, reactor):
+    """
+    Capture (with dns-packet, in Node) the first three datagrams of a Node
+    announce+lookup topic and then of ours on the same topic and port:
+    query, unsolicited announcement, answer to the own query (with the A
+    record). They must decode to the same fields, and be the same bytes
+    apart from the random 35-byte id.
+    """
+    topic = new_topic()
+    capture = processes.node("mdns_capture.js")
+    yield capture.wait_for(lambda o: o.get("event") == "ready")
+
+    def packets():
+        return [o for o in capture.lines if o.get("event") == "packet"]
+
+    nodeproc = processes.node("mdns_discovery.js", topic.hex(), "--announce", "37016", "--lookup")
+    ready = yield nodeproc.wait_for(lambda o: o.get("event") == "ready")
+    yield capture.wait_for(lambda o: len(packets()) >= 3)
+    yield nodeproc.stop()
+    yield deferLater(reactor, 0.3, lambda: None)
+    node_packets = packets()[:3]
+    seen = len(packets())
+
+    d = yield started_discovery(reactor)
+    try:
+        mine = d.announce(topic, 37016, lookup=True)
+        yield capture.wait_for(lambda o: len(packets()) >= seen + 3)
+        our_packets = packets()[seen : seen + 3]
+    finally:
+        yield d.stopService()
+
+    assert [p["error"] for p in node_packets + our_packets] == [None] * 6
+    theirs = [_normalise(p["decoded"], ready["id"]) for p in node_packets]
+    ours = [_normalise(p["decoded"], mine.id.hex()) for p in our_packets]
+    assert [len(p["answers"]) for p in theirs] == [0, 2, 3]  # what Node sent, as spec 4.5 says
+    assert ours == theirs
+    for n, o in zip(node_packets, our_packets):
+        assert bytes.fromhex(o["hex"]).replace(mine.id, b"<id>") == bytes.fromhex(n["hex"]).replace(
+            bytes.fromhex(ready["id"]), b"<id>"
+        )
