@@ -755,9 +755,17 @@ class DHTNode(service.Service):
         )
         return walk.start()
 
-    def _collect(self, command, target, value, query, update) -> defer.Deferred:
+    def _collect(self, command, target, value, query, update, on_reply) -> defer.Deferred:
         replies: List[Reply] = []
-        d = self._walk(command, target, value, query, update, replies.append)
+        if on_reply is None:
+            collect = replies.append
+        else:
+
+            def collect(reply: Reply) -> None:
+                replies.append(reply)
+                on_reply(reply)
+
+        d = self._walk(command, target, value, query, update, collect)
         return d.addCallback(lambda _: replies)
 
     def query_stream(
@@ -778,16 +786,29 @@ class DHTNode(service.Service):
         """
         return self._walk(command, target, value, True, False, on_reply)
 
-    def query(self, command: str, target: bytes, value: Optional[bytes] = None) -> defer.Deferred:
+    def query(
+        self,
+        command: str,
+        target: bytes,
+        value: Optional[bytes] = None,
+        on_reply: Optional[Callable[[Reply], None]] = None,
+    ) -> defer.Deferred:
         """
-        :meth:`query_stream`, collected.
+        :meth:`query_stream`, collected (``on_reply`` is also called as
+        replies arrive, if given).
 
         :returns: Deferred firing with ``list[Reply]``; errbacks with
             :class:`QueryError`.
         """
-        return self._collect(command, target, value, True, False)
+        return self._collect(command, target, value, True, False, on_reply)
 
-    def update(self, command: str, target: bytes, value: Optional[bytes] = None) -> defer.Deferred:
+    def update(
+        self,
+        command: str,
+        target: bytes,
+        value: Optional[bytes] = None,
+        on_reply: Optional[Callable[[Reply], None]] = None,
+    ) -> defer.Deferred:
         """
         Walk toward ``target`` with ``_find_node``, then send UPDATE
         ``command`` (with ``value`` and each node's roundtrip token) to the
@@ -797,10 +818,14 @@ class DHTNode(service.Service):
             ``list[Reply]``; errbacks with :class:`QueryError` ("No nodes
             responded" / "No close nodes responded").
         """
-        return self._collect(command, target, value, False, True)
+        return self._collect(command, target, value, False, True, on_reply)
 
     def query_and_update(
-        self, command: str, target: bytes, value: Optional[bytes] = None
+        self,
+        command: str,
+        target: bytes,
+        value: Optional[bytes] = None,
+        on_reply: Optional[Callable[[Reply], None]] = None,
     ) -> defer.Deferred:
         """
         The QUERY walk of :meth:`query`, then the UPDATE phase of
@@ -809,7 +834,7 @@ class DHTNode(service.Service):
         :returns: Deferred firing with the query and update responses,
             ``list[Reply]``; errbacks with :class:`QueryError`.
         """
-        return self._collect(command, target, value, True, True)
+        return self._collect(command, target, value, True, True, on_reply)
 
     # -- routing table access --------------------------------------------
 

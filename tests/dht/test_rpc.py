@@ -1,0 +1,340 @@
+"""
+The RPC layer on a Clock: retries and timeouts as dht-rpc's io.js, roundtrip
+tokens, the built-in commands and the command registry.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from twisted.internet import defer
+
+from txhyperswarm.dht import messages as m
+from txhyperswarm.dht.node import CommandError, IgnoreRequest, RemoteError
+from txhyperswarm.dht.routing import Peer
+from txhyperswarm.dht.rpc import RequestTimeout, TICK_INTERVAL
+from txhyperswarm.dht.tokens import TokenStore, roundtrip_token
+
+from tests.dht._fakes import FakeNetwork
+
+
+def started(net, n=1, **kw):
+    nodes = [net.node(**kw) for _ in range(n)]
+    net.clock.advance(0)
+    return nodes
+
+
+# -- timeouts and retries ------------------------------------------------------
+
+
+def test_request_is_sent_three_times_and_fails_at_tick_10():
+    net = FakeNetwork()
+    (a,) = started(net)
+    dead = ("127.0.0.1", 9)
+    net.down.add(dead)
+    d = a.ping(*dead)
+    failures = []
+    d.addErrback(failures.append)
+    sent_at = []
+    for tick in range(1, 11):
+        before = len(net.sent(dst=dead))
+        net.clock.advance(TICK_INTERVAL)
+        if len(net.sent(dst=dead)) > before:
+            sent_at.append(tick)
+        if tick == 9:
+            assert not failures, "failed before tick 10"
+    assert len(net.sent(dst=dead)) == 3  # original + 2 resends
+    assert sent_at == [3, 6]
+    assert len(failures) == 1
+    err = failures[0].value
+    assert isinstance(err, RequestTimeout)
+    assert "_ping" in str(err) and "127.0.0.1:9" in str(err)
+    # resends are the identical datagram (same rid)
+    assert len({msg.rid for msg in net.sent(dst=dead)}) == 1
+
+
+def test_response_to_a_resend_completes_the_request():
+    net = FakeNetwork()
+    a, b = started(net, 2)
+    net.down.add(b.address())
+    d = a.ping(*b.address())
+    net.clock.advance(TICK_INTERVAL * 3 - 0.01)  # just before the first resend
+    net.down.discard(b.address())
+    net.run(1.0)
+    reply = net.clock and d.result
+    assert reply.id == b.id
+    assert reply.to == a.address()
+
+
+def test_saturated_io_queues_requests():
+    net = FakeNetwork()
+    (a,) = started(net)
+    dead = [("127.0.0.1", 100 + i) for i in range(70)]
+    net.down.update(dead)
+    for addr in dead:
+        a.ping(*addr).addErrback(lambda f: None)
+    # 50 requests/s reached and >= 16 in flight: the rest wait in the queue
+    assert a._rpc.inflight_count < 70
+    assert a._rpc.inflight_count + a._rpc.pending_count() == 70
+    net.run(60)
+    assert a._rpc.inflight_count == 0 and a._rpc.pending_count() == 0
+
+
+# -- tokens --------------------------------------------------------------------
+
+
+def test_token_vector_from_the_spec():
+    assert roundtrip_token(b"\x01" * 32, "127.0.0.1").hex() == (
+        "d0bb07875c487d8bd7fcd51cd227784c4d3f86f1dee2ede3d119d77897b05820"
+    )
+    assert roundtrip_token(b"\x02" * 32, "127.0.0.1").hex() == (
+        "3a674ace2772eedc96e161b9e8f1e52240a3e877d243d8603b00c07fa9e39995"
+    )
+
+
+def test_token_store_accepts_current_and_previous_secret_only():
+    store = TokenStore()
+    tok = store.token("10.0.0.1")
+    assert store.valid(tok, "10.0.0.1")
+    assert not store.valid(tok, "10.0.0.2")  # IP bound
+    store.rotate()
+    assert store.valid(tok, "10.0.0.1")  # previous secret
+    assert store.token("10.0.0.1") != tok
+    store.rotate()
+    assert not store.valid(tok, "10.0.0.1")
+
+
+def _update(net, sender, target_node, token):
+    """Send an UPDATE 'echo' from ``sender`` to ``target_node`` with ``token``."""
+    peer = Peer(target_node.id, *target_node.address())
+    peer.token = token
+    results = []
+    sender._rpc.update(b"echo", b"\x01" * 32, b"hi", peer, lambda err, msg, addr, req: results.append((err, msg)))
+    return results
+
+
+def test_update_needs_a_fresh_token():
+    net = FakeNetwork()
+    a, b = started(net, 2)
+    seen = []
+    a.add_command("echo", update=lambda req: seen.append(req.value) or b"ok")
+    d = b.ping(*a.address())
+    net.run(0.1)
+    assert d.called
+    token = b.routing_table.get(a.id).token
+    assert token == a._rpc.tokens.token("127.0.0.1")
+
+    res = _update(net, b, a, token)
+    net.run(0.1)
+    assert res[0][0] is None and res[0][1].value == b"ok" and seen == [b"hi"]
+
+    net.clock.advance(300)  # one rotation: the previous secret still counts
+    res = _update(net, b, a, token)
+    net.run(0.1)
+    assert res and res[0][0] is None and len(seen) == 2
+
+    net.clock.advance(300)  # two rotations: stale
+    before = a.dropped["bad_token"]
+    res = _update(net, b, a, token)
+    net.run(10)
+    assert len(seen) == 2
+    assert isinstance(res[0][0], RequestTimeout)  # no reply at all
+    assert a.dropped["bad_token"] == before + 3  # every transmission dropped
+
+
+def test_update_with_forged_or_missing_token_gets_no_reply():
+    net = FakeNetwork()
+    a, b = started(net, 2)
+    seen = []
+    a.add_command("echo", update=lambda req: seen.append(req) or None)
+    forged = _update(net, b, a, os.urandom(32))
+    missing = _update(net, b, a, None)
+    net.run(10)
+    assert seen == []
+    assert isinstance(forged[0][0], RequestTimeout) and isinstance(missing[0][0], RequestTimeout)
+    assert a.dropped["bad_token"] == 6
+    assert not [msg for msg in net.sent(src=a.address()) if msg.type == m.RESPONSE]
+
+
+def pair(net):
+    a, = started(net)
+    b, = started(net, bootstrap=[a.address()])
+    net.run(0.1)
+    return a, b
+
+
+def test_error_responses_carry_no_token():
+    net = FakeNetwork()
+    a, b = pair(net)
+    net.log.clear()
+    d = b.query("nosuchcmd", b"\x02" * 32)
+    net.run(1)
+    assert d.called
+    (resp,) = [x for x in net.sent(src=a.address()) if x.type == m.RESPONSE]
+    assert resp.error == b"Unsupported command"
+    assert not resp.HasField("roundtripToken")
+    assert resp.HasField("closerNodes")
+
+
+# -- built-in commands and the registry -------------------------------------------
+
+
+def test_ping_reply_and_to_fields():
+    net = FakeNetwork()
+    a, b = started(net, 2)
+    d = a.ping(*b.address())
+    net.run(0.1)
+    reply = d.result
+    assert reply.node == b.address() and reply.id == b.id and reply.to == a.address()
+    (req,) = net.sent(src=a.address(), command=b"_ping")
+    assert req.to == m.encode_peer(*b.address()) and req.id == a.id and not req.HasField("value")
+    (resp,) = net.sent(src=b.address())
+    assert resp.to == m.encode_peer(*a.address()) == resp.value
+    assert not resp.HasField("closerNodes")
+    # both nodes learnt each other
+    assert a.routing_table.get(b.id) is not None and b.routing_table.get(a.id) is not None
+
+
+def test_ping_with_the_wrong_id_is_ignored():
+    net = FakeNetwork()
+    a, b = started(net, 2)
+    d = a.ping(*b.address(), id=os.urandom(32))
+    net.run(8)
+    assert isinstance(d.result.value, RequestTimeout)
+    d.addErrback(lambda f: None)
+    assert b.dropped["ping_id"] == 3
+
+
+def test_ephemeral_node_sends_no_id_and_is_not_added():
+    net = FakeNetwork()
+    a, = started(net)
+    e, = started(net, ephemeral=True, bootstrap=[a.address()])
+    net.run(1)
+    assert e.ephemeral and e.is_bootstrapped
+    assert all(not msg.HasField("id") for msg in net.sent(src=e.address()))
+    assert a.routing_table_size == 0
+    assert e.routing_table.get(a.id) is not None
+    d = e.ping(*a.address())
+    net.run(0.1)
+    assert d.result.id == a.id
+
+
+def test_command_registry_query_update_errors_and_deferreds():
+    net = FakeNetwork()
+    a, b = started(net, 2)
+    later = defer.Deferred()
+    calls = []
+
+    def query(req):
+        calls.append(req)
+        if req.value == b"boom":
+            raise CommandError("nope", value=b"proof")
+        if req.value == b"later":
+            return later
+        if req.value == b"ignore":
+            raise IgnoreRequest()
+        return b"v:" + req.value
+
+    a.add_command("thing", query=query)
+    target = b"\x05" * 32
+    replies = {}
+    for v in (b"x", b"boom", b"later", b"ignore"):
+        replies[v] = []
+        peer = Peer(a.id, *a.address())
+        b._rpc.query(b"thing", target, v, peer, lambda err, msg, addr, req, v=v: replies[v].append((err, msg)))
+    net.run(0.1)
+    assert replies[b"x"][0][1].value == b"v:x"
+    boom = replies[b"boom"][0][1]
+    assert boom.error == b"nope" and boom.value == b"proof" and not boom.HasField("roundtripToken")
+    assert replies[b"later"] == []
+    later.callback(b"done")
+    net.run(0.1)
+    assert replies[b"later"][0][1].value == b"done"
+    net.run(8)
+    assert isinstance(replies[b"ignore"][0][0], RequestTimeout)
+    req = calls[0]
+    assert req.node == b.address() and req.id == b.id and req.target == target
+    assert req.to == a.address() and req.command == "thing" and not req.is_update
+
+
+def test_update_without_handler_and_query_without_target():
+    net = FakeNetwork()
+    a, b = pair(net)
+    a.add_command("q", query=lambda req: None)
+    # query handler returning None: a response without a value
+    d = b.query("q", b"\x07" * 32)
+    net.run(1)
+    assert [r.value for r in d.result] == [None]
+    # the update phase hits the default update handler: an error response,
+    # which (as in dht-rpc) is a warning, not a reply
+    net.log.clear()
+    d = b.query_and_update("q", b"\x07" * 32, b"")
+    net.run(1)
+    assert len(d.result) == 1  # the query-phase reply only
+    (err,) = [x for x in net.sent(src=a.address()) if x.error]
+    assert err.error == b"Update not supported"
+    # a command without target gets no reply
+    before = a.dropped["no_target"]
+    res = []
+    b._rpc.query(b"q", None, None, Peer(a.id, *a.address()), lambda *args: res.append(args))
+    net.run(8)
+    assert isinstance(res[0][0], RequestTimeout)
+    assert a.dropped["no_target"] == before + 3
+
+
+def test_holepunch_relay_and_reply_to_initiator():
+    net = FakeNetwork()
+    relay, target = started(net, 2)
+    e, = started(net, ephemeral=True)
+    d = e.holepunch(*target.address(), referrer=relay.address())
+    net.run(0.1)
+    reply = d.result
+    assert reply.node == target.address() and reply.id == target.id and reply.to == e.address()
+    (direct,) = net.sent(src=e.address(), dst=target.address())
+    (to_relay,) = net.sent(src=e.address(), dst=relay.address())
+    (fwd,) = net.sent(src=relay.address(), dst=target.address())
+    assert direct.rid == to_relay.rid == fwd.rid and fwd.type == m.QUERY
+    assert m.decode_peer(m.decode_holepunch(to_relay.value).to) == target.address()
+    assert fwd.id == relay.id and fwd.to == m.encode_peer(*target.address())
+    assert fwd.HasField("error") and fwd.error == b""
+    assert m.decode_peer(getattr(m.decode_holepunch(fwd.value), "from")) == e.address()
+    # the direct probe has no value: ignored; only the relayed one is answered
+    answers = net.sent(src=target.address())
+    assert len(answers) == 1 and answers[0].type == m.RESPONSE
+
+
+def test_relay_refuses_to_poke_the_sender_itself():
+    net = FakeNetwork()
+    relay, = started(net)
+    e, = started(net)
+    d = e.holepunch(*e.address(), referrer=relay.address())
+    net.run(0.1)
+    assert net.sent(src=relay.address()) == []
+    d.addErrback(lambda f: None)
+
+
+def test_rpc_request_counters():
+    net = FakeNetwork()
+    a, b = started(net, 2)
+    a.ping(*b.address())
+    net.run(0.1)
+    assert a.rpc_requests[("_ping", "out")] == 1
+    assert b.rpc_requests[("_ping", "in")] == 1
+
+
+def test_stop_service_fails_pending_requests_and_walks():
+    net = FakeNetwork()
+    a, = started(net)
+    dead = ("127.0.0.1", 9)
+    net.down.add(dead)
+    p = a.ping(*dead)
+    errors = []
+    p.addErrback(errors.append)
+    d = a.stopService()
+    assert d.called
+    assert len(errors) == 1 and "cancelled" in str(errors[0].value)
+    assert a.udp.receiver is None
+    # stopped: no timers left on the clock
+    net.clock.advance(1000)
+    assert net.clock.getDelayedCalls() == []
