@@ -293,7 +293,7 @@ class MulticastDiscovery(service.Service):
                 lambda f: self.log.failure("mDNS membership refresh stopped", f)
             )
         else:
-            self._join(self.interface, initial=True)
+            self._join(self.interface)
             self._set_outgoing(self.interface)
         pending, self._pending = self._pending, []
         for data, sent in pending:
@@ -309,7 +309,10 @@ class MulticastDiscovery(service.Service):
         for topic in list(self._topics):
             topic.stop()
         self._pending = []
-        self._fire_announces()  # nothing left to send: only drops the queue
+        self._announce_queue = []
+        if self._announce_call is not None and self._announce_call.active():
+            self._announce_call.cancel()
+        self._announce_call = None
         if self._refresh is not None and self._refresh.running:
             self._refresh.stop()
         self._refresh = None
@@ -547,7 +550,7 @@ class MulticastDiscovery(service.Service):
         if joined:
             self._set_outgoing(_default_outgoing())
 
-    def _join(self, address: str, initial: bool = False) -> bool:
+    def _join(self, address: str) -> bool:
         lp = self._listening_port
         if lp is None:
             return False
