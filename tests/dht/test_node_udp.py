@@ -1,0 +1,139 @@
+"""DHTNode on real loopback sockets: service lifecycle and hostile input."""
+
+from __future__ import annotations
+
+import random
+
+import pytest_twisted
+from twisted.internet import defer, protocol, task
+
+from txhyperswarm.dht import messages as m
+from txhyperswarm.dht.node import DHTNode
+from txhyperswarm.dht.rpc import RequestTimeout
+from txhyperswarm.udp import UDPSocket, is_utp_datagram
+
+from tests.dht.test_messages import VECTORS
+
+
+class _Sink(protocol.DatagramProtocol):
+    def __init__(self):
+        self.received = []
+
+    def datagramReceived(self, data, addr):
+        self.received.append(data)
+
+
+def _hostile(n: int, seed: int = 5):
+    rnd = random.Random(seed)
+    samples = [bytes.fromhex(h) for h, _ in VECTORS]
+    out = []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            data = rnd.randbytes(rnd.randrange(0, 200))
+        elif kind == 1:  # truncated real message
+            s = rnd.choice(samples)
+            data = s[: rnd.randrange(0, len(s))]
+        elif kind == 2:  # bit flips in a real message
+            s = bytearray(rnd.choice(samples))
+            for _ in range(rnd.randrange(1, 4)):
+                s[rnd.randrange(len(s))] ^= 1 << rnd.randrange(8)
+            data = bytes(s)
+        else:  # a real header with random tail
+            data = b"\x58\x01\x08" + bytes([rnd.choice((1, 2, 3, 7))]) + rnd.randbytes(rnd.randrange(0, 120))
+        out.append(data)
+    return out
+
+
+@pytest_twisted.inlineCallbacks
+def test_ten_thousand_hostile_datagrams_then_a_ping(reactor):
+    node = DHTNode(reactor, bootstrap=[], host="127.0.0.1")
+    node.startService()
+    pinger = DHTNode(reactor, bootstrap=[], host="127.0.0.1")
+    pinger.startService()
+    sink = _Sink()
+    port = reactor.listenUDP(0, sink, interface="127.0.0.1")
+    seen = []
+    inner = node._rpc.datagram_received
+    node.udp.set_dht_receiver(lambda data, addr: (seen.append(data), inner(data, addr)))
+    try:
+        datagrams = _hostile(10_000)
+        undecodable = 0
+        dht_side = 0
+        for d in datagrams:
+            if is_utp_datagram(d):
+                continue
+            dht_side += 1
+            try:
+                m.decode_message(d)
+            except m.DecodeError:
+                undecodable += 1
+        dst = node.address()
+        for i in range(0, len(datagrams), 250):  # batches: stay inside the socket buffer
+            for d in datagrams[i : i + 250]:
+                port.write(d, dst)
+            yield task.deferLater(reactor, 0.002, lambda: None)
+        for _ in range(200):
+            if len(seen) >= dht_side:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        assert len(seen) == dht_side
+        assert node.udp.dropped["receiver_error"] == 0
+        assert node.dropped["error"] == 0
+        decode_drops = node.dropped["protobuf"] + node.dropped["id"]
+        assert decode_drops == undecodable
+        assert set(node.dropped) <= {
+            "protobuf", "id", "bad_token", "no_target", "value", "unknown_rid", "ping_id",
+        }
+        reply = yield pinger.ping(*node.address())
+        assert reply.id == node.id and reply.to == pinger.address()
+    finally:
+        yield port.stopListening()
+        yield node.stopService()
+        yield pinger.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_service_owns_its_socket_or_shares_one(reactor):
+    owned = DHTNode(reactor, bootstrap=[], host="127.0.0.1")
+    owned.startService()
+    yield owned.bootstrapped()
+    assert owned.running and owned.address()[1] > 0
+
+    udp = UDPSocket(reactor, host="127.0.0.1")
+    udp.listen()
+    shared = DHTNode(reactor, bootstrap=[owned.address()], udp=udp)
+    shared.startService()
+    yield shared.bootstrapped()
+    assert shared.address() == udp.address()
+    assert shared.routing_table.get(owned.id) is not None
+    assert owned.routing_table_size == 1
+
+    yield shared.stopService()
+    assert udp.listening  # not ours to close
+    yield udp.close()
+    yield owned.stopService()
+    assert not owned.udp.listening
+
+
+@pytest_twisted.inlineCallbacks
+def test_ping_timeout_errback_names_the_peer(reactor):
+    node = DHTNode(reactor, bootstrap=[], host="127.0.0.1")
+    node.startService()
+    # a bound socket that never answers
+    sink = _Sink()
+    port = reactor.listenUDP(0, sink, interface="127.0.0.1")
+    node._rpc._tick_loop.stop()
+    node._rpc._tick_loop.start(0.01, now=False)  # fast ticks: same tick counts
+    try:
+        with_err = node.ping("127.0.0.1", port.getHost().port)
+        try:
+            yield with_err
+        except RequestTimeout as e:
+            assert f"127.0.0.1:{port.getHost().port}" in str(e) and "_ping" in str(e)
+        else:
+            raise AssertionError("no timeout")
+        assert len(sink.received) == 3
+    finally:
+        yield port.stopListening()
+        yield node.stopService()

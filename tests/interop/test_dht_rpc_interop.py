@@ -1,0 +1,164 @@
+"""
+Python DHT nodes and Node's dht-rpc 4.9.6 (tests/node/dht_nodes.js) on
+loopback: pings both ways, bootstrapping both ways, and a mixed network of
+40 nodes whose walks find the true closest nodes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from txhyperswarm.dht.node import DHTNode
+
+_tags = itertools.count()
+
+
+def start_node_dht(processes, **opts):
+    return processes.node("dht_nodes.js", json.dumps(opts))
+
+
+@defer.inlineCallbacks
+def ask(proc, timeout=30.0, **cmd):
+    tag = next(_tags)
+    cmd["tag"] = tag
+    proc.send(cmd)
+    line = yield proc.wait_for(lambda o: o.get("tag") == tag, timeout=timeout)
+    return line
+
+
+def py_node(reactor, **kw):
+    n = DHTNode(reactor, host="127.0.0.1", **kw)
+    n.startService()
+    return n
+
+
+def xor(a: bytes, b: bytes) -> int:
+    return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+
+
+@pytest_twisted.inlineCallbacks
+def test_ping_both_ways(reactor, node, processes):
+    js = start_node_dht(processes, count=1)
+    ready = yield js.wait_for(lambda o: o.get("ready"))
+    js_id = bytes.fromhex(ready["nodes"][0]["id"])
+    js_port = ready["nodes"][0]["port"]
+    py = py_node(reactor, bootstrap=[])
+    try:
+        reply = yield py.ping("127.0.0.1", js_port)
+        assert reply.id == js_id
+        assert reply.node == ("127.0.0.1", js_port)
+        assert reply.to == py.address()
+
+        pong = yield ask(js, op="ping", host="127.0.0.1", port=py.address()[1])
+        assert pong.get("error") is None
+        assert pong["id"] == py.id.hex()
+        assert pong["to"] == {"host": "127.0.0.1", "port": js_port}
+    finally:
+        yield py.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_ephemeral_python_node_is_answered_without_an_id(reactor, node, processes):
+    js = start_node_dht(processes, count=1)
+    ready = yield js.wait_for(lambda o: o.get("ready"))
+    js_port = ready["nodes"][0]["port"]
+    py = py_node(reactor, bootstrap=[("127.0.0.1", js_port)], ephemeral=True)
+    try:
+        yield py.bootstrapped()
+        assert py.routing_table_size == 1
+        table = yield ask(js, op="table")
+        assert table["ids"] == []  # no id sent: Node never adds us
+        pong = yield ask(js, op="ping", host="127.0.0.1", port=py.address()[1])
+        assert pong["id"] is None
+    finally:
+        yield py.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_python_bootstraps_from_node(reactor, node, processes):
+    js = start_node_dht(processes, count=4, chain=True)
+    ready = yield js.wait_for(lambda o: o.get("ready"))
+    js_ids = {bytes.fromhex(n["id"]) for n in ready["nodes"]}
+    boot = ("127.0.0.1", ready["nodes"][0]["port"])
+    py = py_node(reactor, bootstrap=["127.0.0.1:%d" % boot[1]])
+    try:
+        yield py.bootstrapped()
+        assert {i for i, _, _ in py.nodes()} == js_ids
+        table = yield ask(js, op="table", i=0)
+        assert py.id.hex() in table["ids"]
+    finally:
+        yield py.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_node_bootstraps_from_a_python_node(reactor, node, processes):
+    py = py_node(reactor, bootstrap=[])
+    yield py.bootstrapped()
+    try:
+        js = start_node_dht(processes, count=3, bootstrap=["127.0.0.1:%d" % py.address()[1]])
+        ready = yield js.wait_for(lambda o: o.get("ready"))
+        js_ids = {bytes.fromhex(n["id"]) for n in ready["nodes"]}
+        assert {i for i, _, _ in py.nodes()} == js_ids
+        for i in range(3):
+            table = yield ask(js, op="table", i=i)
+            assert py.id.hex() in table["ids"]
+            assert len(table["ids"]) == 3  # the Python node and the two other Node nodes
+    finally:
+        yield py.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_mixed_network_of_40_finds_the_closest_nodes(reactor, node, processes):
+    rnd = random.Random(40)
+    pys = [py_node(reactor, bootstrap=[])]
+    yield pys[0].bootstrapped()
+    boot = pys[0].address()
+    js = start_node_dht(processes, count=20, bootstrap=["127.0.0.1:%d" % boot[1]])
+    try:
+        for _ in range(19):
+            pys.append(py_node(reactor, bootstrap=[boot]))
+        yield defer.gatherResults([p.bootstrapped() for p in pys])
+        ready = yield js.wait_for(lambda o: o.get("ready"), timeout=40)
+        js_ids = [bytes.fromhex(n["id"]) for n in ready["nodes"]]
+        all_ids = [p.id for p in pys] + js_ids
+        assert len(set(all_ids)) == 40
+
+        def truth(querier: bytes, target: bytes):
+            return sorted((i for i in all_ids if i != querier), key=lambda i: xor(i, target))[:20]
+
+        def closest(ids, target):
+            return sorted(set(ids), key=lambda i: xor(i, target))[:20]
+
+        good = total = 0
+        # Node queriers: 3 nodes x 50 targets, run while Python walks run too
+        js_targets = [[rnd.randbytes(32) for _ in range(50)] for _ in range(3)]
+        js_answers = [
+            ask(js, timeout=60, op="find", i=i, targets=[t.hex() for t in js_targets[i]], parallel=5)
+            for i in range(3)
+        ]
+        # Python queriers: 3 nodes x 50 targets, 5 walks at a time each
+        for q in pys[1:4]:
+            targets = [rnd.randbytes(32) for _ in range(50)]
+            for j in range(0, 50, 5):
+                batch = targets[j : j + 5]
+                results = yield defer.gatherResults([q.query("_find_node", t) for t in batch])
+                for t, replies in zip(batch, results):
+                    total += 1
+                    good += closest([r.id for r in replies if r.id], t) == truth(q.id, t)
+        for i, d in enumerate(js_answers):
+            line = yield d
+            for t, ids in zip(js_targets[i], line["results"]):
+                total += 1
+                if isinstance(ids, dict):  # {"error": ...}
+                    continue
+                good += closest([bytes.fromhex(x) for x in ids], t) == truth(js_ids[i], t)
+        assert total == 300
+        assert good >= 0.95 * total, f"{good}/{total} walks found the true 20 closest"
+    finally:
+        yield defer.gatherResults([p.stopService() for p in pys])
