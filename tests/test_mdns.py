@@ -739,3 +739,16 @@ def test_separate_python_processes_find_each_other(private_netns, processes, rea
         assert {(o["host"], o["port"]) for o in child.lines if o.get("event") == "peer"} == {("127.0.0.1", 41006)}
     finally:
         yield d.stopService()
+
+
+def test_announce_with_host_puts_it_in_the_srv_target():
+    net = FakeNet()
+    a = started(net, "127.0.0.2")
+    b = started(net, "127.0.0.3")
+    peers = []
+    b.lookup(TOPIC, peers.append)
+    a.announce(TOPIC, 7000, "10.0.0.5")
+    net.run()
+    assert {(p.host, p.port) for p in peers} == {("10.0.0.5", 7000)}
+    with pytest.raises(ValueError):
+        a.announce(TOPIC, 7000, "not.an.address")

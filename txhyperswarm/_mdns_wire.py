@@ -170,9 +170,9 @@ def encode_response(records: Sequence[DNSRecord]) -> bytes:
     return _single(out)
 
 
-def srv_record(name: str, port: int) -> DNSService:
+def srv_record(name: str, port: int, target: str = SRV_TARGET) -> DNSService:
     """The SRV answer Node's Topic serves: priority 0, weight 0, ``port``, target ``0.0.0.0``."""
-    return DNSService(fqdn(name), TYPE_SRV, CLASS_IN, TTL, 0, 0, port, SRV_TARGET + ".")
+    return DNSService(fqdn(name), TYPE_SRV, CLASS_IN, TTL, 0, 0, port, fqdn(target))
 
 
 def id_record(name: str, topic_id: bytes) -> DNSText:

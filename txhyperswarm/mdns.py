@@ -25,6 +25,21 @@ Node's ``Topic``:
 
 Nothing is cached and TTLs are ignored (Node's TTL is 0 everywhere); there is
 no goodbye when a topic stops. Wire format: :mod:`txhyperswarm._mdns_wire`.
+
+API::
+
+    d = MulticastDiscovery(reactor=None, *, interface=None, port=5353,
+                           group="224.0.0.251", domain="hyperswarm.local")
+    d.startService()                    # binds now (CannotListenError if it cannot)
+    t = d.join(topic, port=0, lookup=True, on_peer=None, host=None)  # -> MDNSTopic
+    t = d.announce(topic, port, host=None, *, lookup=False, on_peer=None)
+    t = d.lookup(topic, on_peer)
+    t.ready          # Deferred: first datagram for the topic sent
+    t.update()       # query now, restart the 30-60 s schedule
+    t.stop()         # -> Deferred (already fired); no goodbye
+    peers = yield d.query(topic, timeout=3.0)   # distinct PeerRecords heard
+    d.dropped, d.sent                           # Counters by reason / kind
+    yield d.stopService()               # stops every topic, closes the socket
 """
 
 from __future__ import annotations
@@ -117,6 +132,7 @@ class MDNSTopic:
         lookup: bool,
         on_peer: Optional[PeerCallback],
         topic_id: bytes,
+        host: Optional[str] = None,
     ) -> None:
         self._owner = owner
         self.topic = topic
@@ -128,7 +144,7 @@ class MDNSTopic:
         self.stopped = False
         self._on_peer = on_peer
         self._fqdn = fqdn(self.name)
-        self._answer = srv_record(self.name, port) if port else None
+        self._answer = srv_record(self.name, port, host or SRV_TARGET) if port else None
         self._id_answer = id_record(self.name, topic_id)
         self._query_call = None
 
@@ -338,6 +354,7 @@ class MulticastDiscovery(service.Service):
         port: int = 0,
         lookup: bool = True,
         on_peer: Optional[PeerCallback] = None,
+        host: Optional[str] = None,
     ) -> MDNSTopic:
         """
         Join ``topic``: one Node ``Topic`` (one id, so it never reports itself).
@@ -350,8 +367,12 @@ class MulticastDiscovery(service.Service):
         :param on_peer: called with a :class:`PeerRecord` for every SRV
             answer heard for the name that is not this join's own (repeats
             included, as Node's ``'peer'`` events), announcing or not.
+        :param host: the IPv4 address to put in the SRV target; ``None``
+            (Node's only behaviour) puts ``0.0.0.0``, which receivers read as
+            "the datagram's source address". Receivers (Node too) use any
+            other target verbatim as the peer's host.
         :raises ValueError: for a topic that is not 32 bytes, a port outside
-            0..65535, or neither ``port`` nor ``lookup``.
+            0..65535, neither ``port`` nor ``lookup``, or a bad ``host``.
         """
         if not isinstance(topic, bytes) or len(topic) != 32:
             raise ValueError("topic must be 32 bytes")
@@ -359,7 +380,9 @@ class MulticastDiscovery(service.Service):
             raise ValueError(f"bad port {port}")
         if not port and not lookup:
             raise ValueError("a topic must announce (port), look up, or both")
-        t = MDNSTopic(self, topic, port, bool(lookup), on_peer, b"id=" + os.urandom(32))
+        if host is not None:
+            host = str(ipaddress.IPv4Address(host))
+        t = MDNSTopic(self, topic, port, bool(lookup), on_peer, b"id=" + os.urandom(32), host)
         self._domains.setdefault(t._fqdn, {})[t] = None
         self._topics[t] = None
         if t.lookup:
@@ -373,17 +396,23 @@ class MulticastDiscovery(service.Service):
         return t
 
     def announce(
-        self, topic: bytes, port: int, *, lookup: bool = False, on_peer: Optional[PeerCallback] = None
+        self,
+        topic: bytes,
+        port: int,
+        host: Optional[str] = None,
+        *,
+        lookup: bool = False,
+        on_peer: Optional[PeerCallback] = None,
     ) -> MDNSTopic:
         """
         Announce ``port`` for ``topic`` (Node's ``discovery.announce``).
 
-        Same as ``join(topic, port=port, lookup=lookup, on_peer=on_peer)``;
-        ``port`` must be 1..65535.
+        Same as ``join(topic, port=port, host=host, lookup=lookup,
+        on_peer=on_peer)``; ``port`` must be 1..65535.
         """
         if not 0 < port <= 65535:
             raise ValueError(f"bad port {port}")
-        return self.join(topic, port=port, lookup=lookup, on_peer=on_peer)
+        return self.join(topic, port=port, host=host, lookup=lookup, on_peer=on_peer)
 
     def lookup(self, topic: bytes, on_peer: PeerCallback) -> MDNSTopic:
         """Look ``topic`` up (Node's ``discovery.lookup``): ``join(topic, on_peer=on_peer)``."""
