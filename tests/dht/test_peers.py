@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
@@ -22,6 +23,7 @@ from txhyperswarm.dht.messages import (
     decode_peers_output,
     encode_peer,
 )
+from txhyperswarm.dht.node import CommandError, IgnoreRequest
 from txhyperswarm.dht.records import RecordStore
 from txhyperswarm.peer_record import PeerRecord
 
@@ -116,8 +118,6 @@ def test_unannounce_in_a_query_is_a_lookup():
 
 @pytest.mark.parametrize("value,reason,text", [
     (None, "no-value", "Missing value"),
-    (b"\xff\xff\xff", "bad-value", "Invalid value"),
-    (b"\x08", "bad-value", "Invalid value"),               # truncated varint
     (b"\x12\x05abcde", "bad-local-address", "Invalid local address"),
     (b"\x08\x80\x80\x04", "bad-port", "Invalid port"),     # port 65536
     (b"\x08\xff\xff\xff\xff\x0f", "bad-port", "Invalid port"),
@@ -125,11 +125,37 @@ def test_unannounce_in_a_query_is_a_lookup():
 @pytest.mark.parametrize("kind", ["query", "update"])
 def test_bad_requests_get_an_error_and_are_counted(value, reason, text, kind):
     h = handler()
-    with pytest.raises(Exception) as e:
+    with pytest.raises(CommandError) as e:
         getattr(h, kind)(Req(("127.0.0.1", 5555), TOPIC, value))
-    assert str(e.value) == text
+    assert e.value.text == text
     assert h.errors == {reason: 1}
     assert len(h.store) == 0
+
+
+@pytest.mark.parametrize("value", [b"\xff\xff\xff", b"\x08", b"\x1a\x01", b"\x12\x09abc"])
+@pytest.mark.parametrize("kind", ["query", "update"])
+def test_undecodable_values_are_ignored_as_dht_rpc_does(value, kind):
+    h = handler()
+    with pytest.raises(IgnoreRequest):
+        getattr(h, kind)(Req(("127.0.0.1", 5555), TOPIC, value))
+    assert h.errors == {"bad-value": 1}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.binary(max_size=64)), st.one_of(st.none(), st.binary(max_size=40)),
+       st.integers(0, 65535))
+def test_the_handler_raises_nothing_else_on_any_input(value, target, src_port):
+    h = handler()
+    for kind in ("query", "update"):
+        try:
+            result = getattr(h, kind)(Req(("127.0.0.1", src_port), target, value))
+        except (CommandError, IgnoreRequest):
+            continue
+        if kind == "query":
+            decode_peers_output(result)
+        else:
+            assert result is None
+    assert len(h.store) <= 2
 
 
 def test_a_source_port_of_zero_without_a_port_is_invalid():
@@ -341,3 +367,232 @@ def test_announce_reports_peers_found_on_the_way():
     on_reply(FakeReply(("127.0.0.1", 1), None,
                        PeersOutput(peers=encode_peer("127.0.0.1", 4000)).SerializeToString(), None))
     assert [(p.host, p.port) for p in found] == [("127.0.0.1", 4000)]
+
+
+# -- real DHTNodes over loopback sockets ---------------------------------------------
+
+import os  # noqa: E402
+
+import pytest_twisted  # noqa: E402
+from twisted.internet.protocol import DatagramProtocol  # noqa: E402
+
+from txhyperswarm.dht.messages import Message, QUERY, RESPONSE, UPDATE, decode_message, encode_message  # noqa: E402
+from txhyperswarm.dht.node import DHTNode  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+
+
+def sleep(reactor, seconds):
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+class Network:
+    """A Python-only DHT on loopback: one bootstrap node, persistent nodes
+    serving ``peers``, ephemeral clients."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.nodes = []
+        self.commands = []
+
+    @defer.inlineCallbacks
+    def start(self, persistent=4, **store_options):
+        boot = self._node(bootstrap=[])
+        self.commands.append(peers.register(boot, **store_options))
+        self.bootstrap = [boot.address()]
+        for _ in range(persistent - 1):
+            n = self._node(bootstrap=self.bootstrap)
+            self.commands.append(peers.register(n, **store_options))
+        yield defer.gatherResults([n.bootstrapped() for n in self.nodes])
+        # a second round so every persistent node knows the others
+        yield defer.gatherResults([n.bootstrap() for n in self.nodes[1:]])
+        return self
+
+    def _node(self, **kw):
+        n = DHTNode(self.reactor, host=LOOPBACK, port=0, **kw)
+        n.startService()
+        self.nodes.append(n)
+        return n
+
+    @defer.inlineCallbacks
+    def client(self):
+        n = self._node(bootstrap=self.bootstrap, ephemeral=True)
+        yield n.bootstrapped()
+        return n
+
+    def stored(self):
+        return sum(len(c.store) for c in self.commands)
+
+    def stop(self):
+        return defer.gatherResults([n.stopService() for n in self.nodes])
+
+
+@pytest.fixture
+def network(reactor):
+    net = Network(reactor)
+    yield net
+    pytest_twisted.blockon(net.stop())
+
+
+class RawClient(DatagramProtocol):
+    """Sends hand-made dht-rpc datagrams from a chosen loopback address."""
+
+    def __init__(self, reactor, host=LOOPBACK):
+        self.reactor = reactor
+        self.replies = {}
+        self.port = reactor.listenUDP(0, self, interface=host)
+        self._rid = int.from_bytes(os.urandom(2), "big")
+
+    def datagramReceived(self, data, addr):
+        msg = decode_message(data)
+        if msg.type == RESPONSE:
+            self.replies[msg.rid] = msg
+
+    def send(self, addr, type_, command, target=TOPIC, value=None, token=None):
+        self._rid = (self._rid + 1) & 0xFFFF
+        msg = Message(type=type_, rid=self._rid, command=command.encode())
+        if target is not None:
+            msg.target = target
+        if value is not None:
+            msg.value = value
+        if token is not None:
+            msg.roundtripToken = token
+        self.transport.write(encode_message(msg), addr)
+        return self._rid
+
+    @defer.inlineCallbacks
+    def request(self, addr, *args, timeout=2.0, **kw):
+        """The reply, or None after ``timeout`` (resending like dht-rpc)."""
+        rid = self.send(addr, *args, **kw)
+        deadline = self.reactor.seconds() + timeout
+        while rid not in self.replies and self.reactor.seconds() < deadline:
+            yield sleep(self.reactor, 0.01)
+        return self.replies.pop(rid, None)
+
+    def close(self):
+        return self.port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_announce_lookup_unannounce_over_loopback(reactor, network):
+    yield network.start(persistent=4)
+    a = yield network.client()
+    b = yield network.client()
+    ann_ = peers.announce(a, TOPIC, 4000, local_address=("10.1.2.3", 4000))
+    yield ann_.ready
+    assert network.stored() >= 2  # public + LAN record on at least one node
+    found = yield peers.lookup(b, TOPIC, local_address=("10.1.9.9", 7))
+    servers = {n.address() for n in network.nodes[:4]}
+    public = [p for p in found if not p.local]
+    assert [(p.host, p.port, p.source) for p in public] == [(LOOPBACK, 4000, "dht")]
+    assert public[0].referrer in servers
+    assert public[0].to == b.address()
+    assert [(p.host, p.port, p.referrer) for p in found if p.local] == [("10.1.2.3", 4000, None)]
+    # the default announce port is our DHT socket's port (sent as 0)
+    default = peers.announce(b, TOPIC)
+    yield default.ready
+    found = yield peers.lookup(a, TOPIC)
+    assert {(p.host, p.port) for p in found} == {(LOOPBACK, 4000), b.address()}
+    assert (yield ann_.stop()) is True
+    assert (yield default.stop()) is True
+    assert network.stored() == 0
+    assert (yield peers.lookup(b, TOPIC, local_address=("10.1.9.9", 7))) == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_lookup_stream_reports_peers_before_the_walk_ends(reactor, network):
+    yield network.start(persistent=3)
+    a = yield network.client()
+    yield peers.announce(a, TOPIC, 5000).ready
+    b = yield network.client()
+    events = []
+    d = peers.lookup_stream(b, TOPIC, lambda p: events.append(("peer", p.port)))
+    d.addCallback(lambda _: events.append(("done", None)))
+    yield d
+    assert events == [("peer", 5000), ("done", None)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_forged_and_stale_tokens_are_rejected(reactor, network):
+    yield network.start(persistent=1)
+    server = network.nodes[0]
+    addr = server.address()
+    raw = RawClient(reactor)
+    try:
+        reply = yield raw.request(addr, QUERY, "peers", value=b"")
+        token = reply.roundtripToken
+        assert len(token) == 32
+        # forged token, no token: no reply, nothing stored
+        assert (yield raw.request(addr, UPDATE, "peers", value=b"", token=os.urandom(32), timeout=0.3)) is None
+        assert (yield raw.request(addr, UPDATE, "peers", value=b"", timeout=0.3)) is None
+        assert server.dropped["bad_token"] == 2
+        assert len(network.commands[0].store) == 0
+        # a token from one rotation ago still works (5-10 min validity) ...
+        server._rpc.tokens.rotate()
+        assert (yield raw.request(addr, UPDATE, "peers", value=peers.encode_announce(4000), token=token)) is not None
+        assert len(network.commands[0].store) == 1
+        # ... one from two rotations ago does not
+        server._rpc.tokens.rotate()
+        assert (yield raw.request(addr, UPDATE, "peers", value=peers.encode_announce(4001), token=token,
+                                  timeout=0.3)) is None
+        assert len(network.commands[0].store) == 1
+    finally:
+        yield raw.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_malformed_peers_requests_do_not_stop_the_node(reactor, network):
+    yield network.start(persistent=1)
+    server = network.nodes[0]
+    command = network.commands[0]
+    addr = server.address()
+    raw = RawClient(reactor)
+    try:
+        reply = yield raw.request(addr, QUERY, "peers", value=None)  # what crashes Node
+        assert reply.error == b"Missing value" and not reply.HasField("roundtripToken")
+        assert (yield raw.request(addr, QUERY, "peers", value=b"\xff\xff", timeout=0.3)) is None
+        reply = yield raw.request(addr, QUERY, "peers", value=b"\x08\x80\x80\x04")
+        assert reply.error == b"Invalid port"
+        reply = yield raw.request(addr, QUERY, "peers", target=b"\x01" * 5, value=b"")
+        assert reply.error == b"Invalid target"
+        assert (yield raw.request(addr, QUERY, "peers", target=None, value=b"", timeout=0.3)) is None
+        assert command.errors == {"no-value": 1, "bad-value": 1, "bad-port": 1, "bad-target": 1}
+        # still serving
+        yield peers.announce((yield network.client()), TOPIC, 4000).ready
+        found = yield peers.lookup((yield network.client()), TOPIC)
+        assert [(p.host, p.port) for p in found] == [(LOOPBACK, 4000)]
+    finally:
+        yield raw.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_5000_announces_over_loopback_stay_within_the_caps(reactor, network):
+    caps = dict(max_records=2000, max_per_topic=700, max_per_ip=60)
+    yield network.start(persistent=1, **caps)
+    addr = network.nodes[0].address()
+    store = network.commands[0].store
+    topics = [bytes([t]) * 32 for t in range(1, 4)]
+    answered = 0
+    for i in range(50):  # 50 source addresses x 100 announces
+        raw = RawClient(reactor, f"127.0.{1 + i // 200}.{1 + i % 200}")
+        try:
+            token = (yield raw.request(addr, QUERY, "peers", target=topics[0], value=b"")).roundtripToken
+            # half of them on one topic
+            rids = [raw.send(addr, UPDATE, "peers", target=topics[0 if j % 2 == 0 else 1 + (j // 2) % 2],
+                             value=peers.encode_announce(1000 + j), token=token) for j in range(100)]
+            for _ in range(200):
+                if all(r in raw.replies for r in rids):
+                    break
+                yield sleep(reactor, 0.01)
+            answered += sum(r in raw.replies for r in rids)
+        finally:
+            yield raw.close()
+        assert len(store) <= caps["max_records"]
+    assert answered >= 4500  # loopback may drop a few under load
+    assert len(store) <= caps["max_records"]
+    for t in topics:
+        assert store.count_for_topic(t) <= caps["max_per_topic"]
+    assert all(store.refused[r] > 0 for r in ("ip-cap", "topic-cap", "evicted"))
+    assert network.commands[0].served["announce"] == answered

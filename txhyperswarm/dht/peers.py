@@ -40,6 +40,7 @@ from txhyperswarm.dht.messages import (
     decode_peers_output,
     encode_peer,
 )
+from txhyperswarm.dht.node import CommandError, IgnoreRequest
 from txhyperswarm.dht.records import RecordStore
 from txhyperswarm.peer_record import PeerRecord
 
@@ -68,18 +69,6 @@ Address = Tuple[str, int]
 log = Logger(namespace="txhyperswarm.dht.peers")
 
 
-def _command_error(text: str) -> Exception:
-    # The DHT node answers a handler's CommandError with an error response.
-    try:
-        from txhyperswarm.dht.node import CommandError
-    except ImportError:  # pragma: no cover - the core not in place yet
-        try:
-            from txhyperswarm.dht.rpc import CommandError  # type: ignore[no-redef]
-        except ImportError:
-            return RuntimeError(text)
-    return CommandError(text)
-
-
 # -- server side --------------------------------------------------------------
 
 
@@ -91,10 +80,18 @@ class PeersCommand:
     ``(host, port)`` (the UDP source), ``.target`` (the topic) and ``.value``
     (``bytes`` or ``None``). A lookup is answered with an encoded
     ``PeersOutput`` (always present, empty when there are no records), an
-    announce or unannounce with no value. Bad requests are answered with an
-    error (Node would crash on some of them, see dht.md 4.20) and counted in
-    :attr:`errors` by reason: ``no-value``, ``bad-value``, ``bad-target``,
-    ``bad-local-address``, ``bad-port``.
+    announce or unannounce with no value. Bad requests never raise anything
+    but :class:`CommandError` (an error reply) or :class:`IgnoreRequest` (no
+    reply), and are counted in :attr:`errors` by reason:
+
+    * ``bad-value``: the value is not a ``PeersInput``: no reply, as
+      dht-rpc does when a command's input decoder fails;
+    * ``no-value``: error "Missing value" (Node's handler crashes the whole
+      process on this, dht.md 4.20);
+    * ``bad-port``: error "Invalid port", as Node;
+    * ``bad-target`` (not 32 bytes), ``bad-local-address`` (not 6 bytes),
+      ``bad-source`` (not IPv4): errors "Invalid target", "Invalid local
+      address", "Invalid source address" (Node would store such records).
 
     UPDATEs reach :meth:`update` only with a valid roundtrip token (the RPC
     layer drops the others), so the stored IP is always the sender's.
@@ -108,10 +105,10 @@ class PeersCommand:
         #: How many lookups, announces and unannounces were served.
         self.served: Dict[str, int] = {"lookup": 0, "announce": 0, "unannounce": 0}
 
-    def _fail(self, reason: str, text: str, request) -> Exception:
+    def _fail(self, reason: str, text: Optional[str], request) -> Exception:
         self.errors[reason] = self.errors.get(reason, 0) + 1
         self.log.debug("bad peers request from {node}: {reason}", node=request.node, reason=reason)
-        return _command_error(text)
+        return CommandError(text) if text is not None else IgnoreRequest(reason)
 
     def _parse(self, request):
         value = request.value
@@ -123,7 +120,7 @@ class PeersCommand:
         try:
             inp = decode_peers_input(value)
         except DecodeError:
-            raise self._fail("bad-value", "Invalid value", request) from None
+            raise self._fail("bad-value", None, request) from None
         host, src_port = request.node
         port = inp.port or src_port
         if not 0 < port < 65536:
@@ -407,10 +404,7 @@ class Announcement:
         self._timer = None
         if self._on_reply is not None:
             self._on_reply.seen.clear()
-            d = self._node.query_and_update(COMMAND, self.topic, self._value, on_reply=self._on_reply) \
-                if _accepts_on_reply(self._node) else self._node.query_and_update(COMMAND, self.topic, self._value)
-        else:
-            d = self._node.query_and_update(COMMAND, self.topic, self._value)
+        d = self._node.query_and_update(COMMAND, self.topic, self._value, on_reply=self._on_reply)
         self._walk = d
         d.addBoth(self._walk_ended)
 
@@ -425,9 +419,6 @@ class Announcement:
                           err=result.getErrorMessage())
         else:
             self.announces += 1
-            if self._on_reply is not None and isinstance(result, list):
-                for reply in result:
-                    self._on_reply(reply)
         if not self.ready.called:
             if isinstance(result, Failure):
                 self.ready.errback(result)
@@ -483,12 +474,3 @@ def _chain(d: defer.Deferred) -> defer.Deferred:
 
     d.addBoth(fire)
     return out
-
-
-def _accepts_on_reply(node) -> bool:
-    import inspect
-
-    try:
-        return "on_reply" in inspect.signature(node.query_and_update).parameters
-    except (TypeError, ValueError):
-        return False
