@@ -31,6 +31,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from txhyperswarm.dht import _wire
+from txhyperswarm.dht._wire import _SMALL, varint
 from txhyperswarm.dht.messages import (
     Holepunch,
     Message,
@@ -177,6 +178,8 @@ class RPC:
         self._reactor = reactor
         self._send = send
         self._ctx = ctx
+        self._id: Optional[bytes] = None
+        self._id_field: Optional[bytes] = None
         self.id = node_id
         self.dropped = dropped if dropped is not None else Counter()
         self.tokens = TokenStore(random_bytes)
@@ -194,6 +197,16 @@ class RPC:
         self.destroyed = False
         #: Outgoing requests by command: (command bytes) -> count.
         self.sent: Counter = Counter()
+
+    @property
+    def id(self) -> Optional[bytes]:
+        """The id sent in every message (``None``: ephemeral, no id field)."""
+        return self._id
+
+    @id.setter
+    def id(self, node_id: Optional[bytes]) -> None:
+        self._id = node_id
+        self._id_field = None if node_id is None else b"\x1a\x20" + node_id
 
     # -- lifecycle --------------------------------------------------------
 
@@ -428,12 +441,25 @@ class RPC:
         """A RESPONSE to ``host:port`` with our token for ``host``."""
         if self.destroyed:
             return
+        # The per-request responder path: _wire.encode_response, unrolled.
         if to is None:
             to = encode_peer(host, port)
-        self._send(
-            _wire.encode_response(rid, to, self.id, closer_nodes, self.tokens.token(host), None, value),
-            (host, port),
-        )
+        parts = [_wire.RESPONSE_HEAD, _SMALL[rid] if rid < 128 else varint(rid), b"\x52\x06", to]
+        if self._id_field is not None:
+            parts.append(self._id_field)
+        if closer_nodes is not None:
+            n = len(closer_nodes)
+            parts.append(b"\x2a")
+            parts.append(_SMALL[n] if n < 128 else varint(n))
+            parts.append(closer_nodes)
+        parts.append(b"\x32\x20")
+        parts.append(self.tokens.token(host))
+        if value is not None:
+            n = len(value)
+            parts.append(b"\x4a")
+            parts.append(_SMALL[n] if n < 128 else varint(n))
+            parts.append(value)
+        self._send(b"".join(parts), (host, port))
 
     def error(
         self,
