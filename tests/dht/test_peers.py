@@ -596,3 +596,40 @@ def test_5000_announces_over_loopback_stay_within_the_caps(reactor, network):
         assert store.count_for_topic(t) <= caps["max_per_topic"]
     assert all(store.refused[r] > 0 for r in ("ip-cap", "topic-cap", "evicted"))
     assert network.commands[0].served["announce"] == answered
+
+
+@pytest_twisted.inlineCallbacks
+def test_what_goes_on_the_wire_is_what_hyperswarm_sends(reactor, network):
+    # dht.md 2.4b: announce carries port (0 by default) explicitly, lookup
+    # none; unannounce = _find_node walk + UPDATE unannounce; a peers request
+    # always carries a value field (Node crashes without one).
+    yield network.start(persistent=2)
+    client = yield network.client()
+    sent = []
+    real_send = client.udp.send
+
+    def spy(data, addr):
+        sent.append(decode_message(data))
+        return real_send(data, addr)
+
+    client.udp.send = spy
+    try:
+        yield peers.lookup(client, TOPIC)
+        a = peers.announce(client, TOPIC)
+        yield a.ready
+        yield a.stop()
+    finally:
+        client.udp.send = real_send
+    requests = [m for m in sent if m.type in (QUERY, UPDATE) and m.command == b"peers"]
+    assert requests and all(m.HasField("value") for m in requests)
+    lookups, announces, unannounces = [], [], []
+    for m in requests:
+        v = decode_peers_input(m.value)
+        (unannounces if v.unannounce else announces if v.HasField("port") else lookups).append((m.type, v))
+        if not v.unannounce and not v.HasField("port"):
+            assert m.type == QUERY and m.value == b""
+    assert lookups and {t for t, _ in announces} == {QUERY, UPDATE}
+    assert all(v.port == 0 for _, v in announces)
+    assert unannounces and {t for t, _ in unannounces} == {UPDATE}
+    # the unannounce walk is _find_node, as Node's update()
+    assert any(m.command == b"_find_node" and m.target == TOPIC for m in sent)
