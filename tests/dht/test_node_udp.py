@@ -137,3 +137,24 @@ def test_ping_timeout_errback_names_the_peer(reactor):
     finally:
         yield port.stopListening()
         yield node.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_dht_node_is_an_iservice_that_restarts(reactor):
+    from twisted.application.service import IService
+    from zope.interface.verify import verifyObject
+
+    a = DHTNode(reactor, bootstrap=[], host="127.0.0.1")
+    b = DHTNode(reactor, bootstrap=[], host="127.0.0.1")
+    assert verifyObject(IService, a)
+    a.startService()
+    b.startService()
+    yield a.stopService()
+    assert not a.running
+    a.startService()
+    try:
+        reply = yield b.ping(*a.address())
+        assert reply.id == a.id
+    finally:
+        yield a.stopService()
+        yield b.stopService()

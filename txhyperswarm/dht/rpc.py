@@ -211,7 +211,8 @@ class RPC:
     # -- lifecycle --------------------------------------------------------
 
     def start(self) -> None:
-        """Start the 750 ms tick and the 5 min token rotation."""
+        """Start the 750 ms tick and the 5 min token rotation (again after :meth:`destroy`)."""
+        self.destroyed = False
         if not self._tick_loop.running:
             self._tick_loop.start(TICK_INTERVAL, now=False)
             self._rotate_loop.start(ROTATE_INTERVAL, now=False)
