@@ -44,7 +44,7 @@ def test_node_peers_bootstrap_from_a_twist_bootstrap_node(processes, node):
     port = free_port()
     boot = processes.spawn(
         "twist",
-        [*TWIST, "hyperswarm", "--bootstrap-node", "--host", "127.0.0.1", "--port", str(port)],
+        [*TWIST, "--log-format", "text", "hyperswarm", "--bootstrap-node", "--host", "127.0.0.1", "--port", str(port)],
     )
     yield boot.wait_for(lambda o: "listening" in o.get("_text", ""), timeout=20)
 

@@ -136,11 +136,13 @@ class _ExitCleanly(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        # twist installs its handlers when the reactor starts; services start
-        # after that, so these replace them.
-        if hasattr(self._reactor, "callFromThread"):
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, self._on_signal)
+        # twist starts services before the reactor runs, and the reactor
+        # installs its own handlers as it starts: replace them after that.
+        self._reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
         log.info("signal {signum}: shutting down", signum=signum)
@@ -166,18 +168,32 @@ def build_service(reactor, config: Options) -> service.MultiService:
     top.dht = node
     if config["bootstrap-node"]:
         _attach_record_store(node)
+        _SayListening(node, "bootstrap node").setServiceParent(top)
     _ExitCleanly(reactor).setServiceParent(top)
     return top
 
 
 def _attach_record_store(node) -> None:
     """A persistent node stores peer records (the `peers` command)."""
-    try:
-        from txhyperswarm.dht.peers import serve_peers
-    except ImportError:
-        log.warn("peer records are not served: txhyperswarm.dht.peers is missing")
-        return
-    serve_peers(node)
+    from txhyperswarm.dht import peers
+
+    peers.register(node)
+
+
+class _SayListening(service.Service):
+    """One log line, once bound, saying where and who the node is."""
+
+    def __init__(self, node, role: str) -> None:
+        self._node = node
+        self._role = role
+
+    def startService(self) -> None:
+        super().startService()
+        host, port = self._node.address()
+        log.info(
+            "hyperswarm {role} listening on {host}:{port} (UDP), id {id}",
+            role=self._role, host=host, port=port, id=self._node.id.hex(),
+        )
 
 
 def makeService(config: Options) -> service.MultiService:
