@@ -32,6 +32,10 @@ def varint(n: int) -> bytes:
     """Unsigned LEB128 varint."""
     if n < 128:
         return _SMALL[n]
+    if n < 16384:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    if n < 2097152:  # every 16-bit rid
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
     out = bytearray()
     while n >= 128:
         out.append((n & 0x7F) | 0x80)

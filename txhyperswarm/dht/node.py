@@ -495,7 +495,7 @@ class DHTNode(service.Service):
             if msg.HasField("value") and msg.value != self._id:
                 self.dropped["ping_id"] += 1
                 return
-            to = encode_peer(host, port)
+            to = self._rpc.peer_bytes(host, port)
             self._rpc.response(msg.rid, host, port, to, None, to)
         elif cmd == _FIND_NODE:
             self._received[_FIND_NODE] += 1

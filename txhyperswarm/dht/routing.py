@@ -54,6 +54,7 @@ class Peer:
         "fast_holepunch",
         "queried",
         "distance",
+        "seen",
         "_compact",
     )
 
@@ -69,6 +70,7 @@ class Peer:
         self.fast_holepunch = False
         self.queried = False
         self.distance = 0
+        self.seen = 0
         self._compact: Optional[bytes] = None
 
     def compact(self) -> bytes:
@@ -85,6 +87,10 @@ class Peer:
     def __repr__(self) -> str:
         nid = self.id.hex()[:12] if self.id is not None else None
         return f"<Peer {nid} {self.host}:{self.port}>"
+
+
+def _seen(contact: Peer) -> int:
+    return contact.seen
 
 
 class _Node:
@@ -119,6 +125,7 @@ class KBucket:
         self.nodes_to_ping = nodes_to_ping
         self.on_ping = on_ping
         self.root = _Node()
+        self._clock = 0
 
     @staticmethod
     def _right(int_id: int, bit: int) -> bool:
@@ -150,18 +157,32 @@ class KBucket:
             contacts = node.contacts
             i = self._index(contacts, contact.id)
             if i >= 0:
-                # k-bucket's arbiter keeps the candidate: move it to the end.
-                del contacts[i]
-                contacts.append(contact)
+                # k-bucket's arbiter keeps the candidate and moves it to the
+                # newest end; "newest" is kept as a counter (see touch()).
+                contacts[i] = contact
+                self.touch(contact)
                 return True
             if len(contacts) < self.k:
                 contacts.append(contact)
+                self.touch(contact)
                 return True
             if node.dont_split:
                 if self.on_ping is not None:
-                    self.on_ping(contacts[: self.nodes_to_ping], contact)
+                    oldest = sorted(contacts, key=_seen)[: self.nodes_to_ping]
+                    self.on_ping(oldest, contact)
                 return False
             self._split(node, bit)
+
+    def touch(self, contact: Peer) -> None:
+        """
+        Mark a contact already in the table as the newest of its bucket.
+
+        k-bucket reorders its bucket array on every refresh; the order only
+        matters for which contacts a full bucket pings, so a counter does
+        the same work in O(1) on the per-request path.
+        """
+        self._clock += 1
+        contact.seen = self._clock
 
     def _split(self, node: _Node, bit: int) -> None:
         node.left = _Node()
@@ -306,7 +327,7 @@ class RoutingTable:
         node.tick = self.tick
         del nodes[node_id]
         nodes[node_id] = node
-        self.bucket.add(node)
+        self.bucket.touch(node)
 
     def remove_node(self, node: Peer) -> None:
         """Forget ``node`` (it failed to answer, or answered with another id)."""
@@ -337,7 +358,7 @@ class RoutingTable:
         reping = []
         for old in old_contacts:
             if self.tick == old.tick and self.nodes.get(old.id) is old:
-                self.bucket.add(old)  # seen this tick: keep it, newest
+                self.bucket.touch(old)  # seen this tick: keep it, newest
                 continue
             reping.append(old)
         if reping:

@@ -193,7 +193,7 @@ class RPC:
         self._tick_loop.clock = reactor
         self._rotate_loop = LoopingCall(self.tokens.rotate)
         self._rotate_loop.clock = reactor
-        self._holepunch_calls: Dict[int, object] = {}
+        self._to_cache: Dict[Tuple[str, int], bytes] = {}
         self.destroyed = False
         #: Outgoing requests by command: (command bytes) -> count.
         self.sent: Counter = Counter()
@@ -425,6 +425,17 @@ class RPC:
 
     # -- sending ----------------------------------------------------------
 
+    def peer_bytes(self, host: str, port: int) -> bytes:
+        """``encode_peer``, cached: responses echo the same few addresses."""
+        key = (host, port)
+        to = self._to_cache.get(key)
+        if to is None:
+            to = encode_peer(host, port)
+            if len(self._to_cache) >= 4096:
+                self._to_cache.clear()
+            self._to_cache[key] = to
+        return to
+
     def send(self, data: bytes, addr: Tuple[str, int]) -> None:
         if self.destroyed:
             return
@@ -444,7 +455,7 @@ class RPC:
             return
         # The per-request responder path: _wire.encode_response, unrolled.
         if to is None:
-            to = encode_peer(host, port)
+            to = self.peer_bytes(host, port)
         parts = [_wire.RESPONSE_HEAD, _SMALL[rid] if rid < 128 else varint(rid), b"\x52\x06", to]
         if self._id_field is not None:
             parts.append(self._id_field)
