@@ -633,3 +633,22 @@ def test_what_goes_on_the_wire_is_what_hyperswarm_sends(reactor, network):
     assert unannounces and {t for t, _ in unannounces} == {UPDATE}
     # the unannounce walk is _find_node, as Node's update()
     assert any(m.command == b"_find_node" and m.target == TOPIC for m in sent)
+
+
+def test_refresh_announces_now_and_keeps_the_schedule():
+    clock = Clock()
+    node = FakeNode(clock)
+    a = peers.announce(node, TOPIC, reactor=clock)
+    a.refresh()  # a walk is running: nothing
+    assert len(node.calls) == 1
+    node.calls[0][-1].callback(None)
+    a.refresh()
+    assert len(node.calls) == 2
+    node.calls[1][-1].callback(None)
+    clock.advance(299)
+    assert len(node.calls) == 2
+    clock.advance(301)
+    assert len(node.calls) == 3
+    a.stop()
+    a.refresh()
+    assert node.calls[-1][0] == "update"

@@ -307,6 +307,9 @@ def lookup_stream(
         return the LAN peers sharing its first two octets.
     :returns: Deferred firing with ``None`` when the walk has ended;
         errbacks as :meth:`DHTNode.query_stream` (no node answered).
+        Cancelling it stops the walk.
+    :raises ValueError: ``topic`` is not 32 bytes or ``local_address`` is
+        not an IPv4 ``(host, port)``.
     """
     _check_topic(topic)
     collect = _Collector(topic, local_address, on_peer)
@@ -359,6 +362,8 @@ def announce(
         record for peers on the same /16.
     :returns: an :class:`Announcement`; its ``ready`` fires after the first
         announce.
+    :raises ValueError: ``topic`` is not 32 bytes, ``port`` is out of range,
+        or ``local_address`` is not an IPv4 ``(host, port)``.
     """
     _check_topic(topic)
     if port is not None and not 0 <= port < 65536:
@@ -428,6 +433,18 @@ class Announcement:
             delay = REANNOUNCE_WAIT + self._random.random() * REANNOUNCE_WAIT
             self._timer = self._reactor.callLater(delay, self._start)
         return None
+
+    def refresh(self) -> None:
+        """
+        Announce again now instead of at the scheduled time (Node's
+        ``topic.update()``); does nothing while a walk is running or after
+        :meth:`stop`.
+        """
+        if self._stopped or self._walk is not None:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._start()
 
     @property
     def active(self) -> bool:
