@@ -162,3 +162,53 @@ def test_mixed_network_of_40_finds_the_closest_nodes(reactor, node, processes):
         assert good >= 0.95 * total, f"{good}/{total} walks found the true 20 closest"
     finally:
         yield defer.gatherResults([p.stopService() for p in pys])
+
+
+@pytest_twisted.inlineCallbacks
+def test_updates_with_roundtrip_tokens_work_both_ways(reactor, node, processes):
+    """query_and_update from Python stores on Node nodes and vice versa."""
+    stores = {}
+
+    def serve(n):
+        store = stores.setdefault(n.id, {})
+        n.add_command(
+            "kv",
+            query=lambda req: store.get(req.target),
+            update=lambda req: store.__setitem__(req.target, req.value),
+        )
+        return n
+
+    pys = [serve(py_node(reactor, bootstrap=[]))]
+    yield pys[0].bootstrapped()
+    boot = pys[0].address()
+    js = start_node_dht(processes, count=6, bootstrap=["127.0.0.1:%d" % boot[1]])
+    try:
+        for _ in range(5):
+            pys.append(serve(py_node(reactor, bootstrap=[boot])))
+        yield defer.gatherResults([p.bootstrapped() for p in pys])
+        ready = yield js.wait_for(lambda o: o.get("ready"), timeout=30)
+        js_ids = [n["id"] for n in ready["nodes"]]
+
+        t1 = random.randbytes(32)
+        replies = yield pys[2].query_and_update("kv", t1, b"from python")
+        # query replies + update replies from each of the 11 other nodes
+        assert len(replies) == 22 and len({r.id for r in replies}) == 11
+        got = yield ask(js, op="get", i=3, target=t1.hex())
+        assert got.get("error") is None
+        # every node but the writer (and the reader itself) stored it: the
+        # Node nodes accepted the Python node's tokens
+        holders = {i for i, v in got["values"] if v == b"from python".hex()}
+        want = {p.id.hex() for p in pys if p is not pys[2]} | set(js_ids)
+        assert holders == want - {js_ids[3]}
+
+        t2 = random.randbytes(32)
+        put = yield ask(js, op="put", i=1, target=t2.hex(), value=b"from node".hex())
+        assert put.get("error") is None
+        # all 6 Python nodes accepted the Node writer's UPDATEs (tokens)
+        assert sum(1 for s in stores.values() if s.get(t2) == b"from node") == 6
+        replies = yield pys[4].query("kv", t2)
+        holders = {r.id.hex() for r in replies if r.value == b"from node"}
+        everyone = {p.id.hex() for p in pys} | set(js_ids)
+        assert holders == everyone - {js_ids[1], pys[4].id.hex()}
+    finally:
+        yield defer.gatherResults([p.stopService() for p in pys])

@@ -9,6 +9,9 @@
 //   {"op": "ping", "i": 0, "host": h, "port": p}     -> {id, to: {host, port}} or {error}
 //   {"op": "find", "i": 0, "targets": [hex...]}      -> {results: [[responder id hex...]...]}
 //   {"op": "table", "i": 0}                          -> {ids: [hex...]}
+//   {"op": "put", "i": 0, "target": hex, "value": hex} -> queryAndUpdate('kv') {replies: n}
+//   {"op": "get", "i": 0, "target": hex}             -> query('kv') {values: [[id hex, value hex]...]}
+// Every node serves 'kv': UPDATE stores value under target, QUERY returns it.
 const dht = require('dht-rpc')
 const peers = require('ipv4-peers')
 
@@ -27,6 +30,11 @@ function start (i, bootstrap) {
   return new Promise((resolve) => {
     const node = dht({ ephemeral: !!opts.ephemeral, bootstrap })
     node.on('warning', () => {})
+    const store = new Map()
+    node.command('kv', {
+      update (q, cb) { store.set(q.target.toString('hex'), q.value); cb(null, null) },
+      query (q, cb) { cb(null, store.get(q.target.toString('hex')) || null) }
+    })
     node.listen(0, '127.0.0.1', () => {
       node.ready(() => resolve(node))
     })
@@ -68,6 +76,16 @@ async function handle (cmd) {
       results.push(...await Promise.all(cmd.targets.slice(j, j + par).map(t => find(node, t))))
     }
     out({ tag: cmd.tag, results })
+  } else if (cmd.op === 'put') {
+    node.queryAndUpdate('kv', Buffer.from(cmd.target, 'hex'), Buffer.from(cmd.value, 'hex'), (err, res) => {
+      if (err) return out({ tag: cmd.tag, error: err.message })
+      out({ tag: cmd.tag, replies: res.length })
+    })
+  } else if (cmd.op === 'get') {
+    node.query('kv', Buffer.from(cmd.target, 'hex'), (err, res) => {
+      if (err) return out({ tag: cmd.tag, error: err.message })
+      out({ tag: cmd.tag, values: res.filter(r => r.value).map(r => [r.node.id.toString('hex'), r.value.toString('hex')]) })
+    })
   } else if (cmd.op === 'table') {
     out({ tag: cmd.tag, ids: node.getNodes().map(n => n.id.toString('hex')) })
   }
