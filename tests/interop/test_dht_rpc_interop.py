@@ -212,3 +212,28 @@ def test_updates_with_roundtrip_tokens_work_both_ways(reactor, node, processes):
         assert holders == everyone - {js_ids[1], pys[4].id.hex()}
     finally:
         yield defer.gatherResults([p.stopService() for p in pys])
+
+
+@pytest_twisted.inlineCallbacks
+def test_holepunch_relay_between_python_and_node(reactor, node, processes):
+    js = start_node_dht(processes, count=2, chain=True)
+    ready = yield js.wait_for(lambda o: o.get("ready"))
+    relay_port, target_port = (n["port"] for n in ready["nodes"])
+    target_id = bytes.fromhex(ready["nodes"][1]["id"])
+    e = py_node(reactor, bootstrap=[], ephemeral=True)
+    relay = py_node(reactor, bootstrap=[])
+    target = py_node(reactor, bootstrap=[])
+    try:
+        # Python asks a Node relay to poke a Node target; the target answers us
+        reply = yield e.holepunch("127.0.0.1", target_port, referrer=("127.0.0.1", relay_port))
+        assert reply.id == target_id and reply.node == ("127.0.0.1", target_port)
+        assert reply.to == e.address()
+        # Node asks a Python relay to poke a Python target
+        res = yield ask(
+            js, op="holepunch", i=0, host="127.0.0.1", port=target.address()[1],
+            referrer={"host": "127.0.0.1", "port": relay.address()[1]},
+        )
+        assert res.get("error") is None and res["id"] == target.id.hex()
+        assert relay.rpc_requests[("_holepunch", "in")] >= 1
+    finally:
+        yield defer.gatherResults([n.stopService() for n in (e, relay, target)])

@@ -11,6 +11,7 @@
 //   {"op": "table", "i": 0}                          -> {ids: [hex...]}
 //   {"op": "put", "i": 0, "target": hex, "value": hex} -> queryAndUpdate('kv') {replies: n}
 //   {"op": "get", "i": 0, "target": hex}             -> query('kv') {values: [[id hex, value hex]...]}
+//   {"op": "holepunch", "i": 0, "host": h, "port": p, "referrer": {host, port}} -> {ok} or {error}
 // Every node serves 'kv': UPDATE stores value under target, QUERY returns it.
 const dht = require('dht-rpc')
 const peers = require('ipv4-peers')
@@ -76,6 +77,11 @@ async function handle (cmd) {
       results.push(...await Promise.all(cmd.targets.slice(j, j + par).map(t => find(node, t))))
     }
     out({ tag: cmd.tag, results })
+  } else if (cmd.op === 'holepunch') {
+    node.holepunch({ host: cmd.host, port: cmd.port, referrer: cmd.referrer }, (err, res) => {
+      if (err) return out({ tag: cmd.tag, error: err.message })
+      out({ tag: cmd.tag, ok: true, id: res.id ? res.id.toString('hex') : null })
+    })
   } else if (cmd.op === 'put') {
     node.queryAndUpdate('kv', Buffer.from(cmd.target, 'hex'), Buffer.from(cmd.value, 'hex'), (err, res) => {
       if (err) return out({ tag: cmd.tag, error: err.message })
