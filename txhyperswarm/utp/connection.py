@@ -1,0 +1,1158 @@
+"""
+One uTP connection: the state machine, reliability, flow control, and the
+Twisted transport a :class:`~twisted.internet.protocol.Protocol` runs on.
+
+Behaviour follows libutp as built into utp-native 2.5.3 (``shared/spec/utp.md``):
+
+* ids (1.3): the initiator picks ``seed``; ``recv_id = seed``,
+  ``send_id = seed + 1``; the SYN carries ``seed``. The acceptor's
+  ``recv_id = id + 1``, ``send_id = id``.
+* handshake numbering (1.7): the SYN-reply STATE carries the acceptor's
+  first number R unconsumed; the initiator sets ``ack_nr = R - 1``; the
+  acceptor sends nothing until the initiator's first DATA/FIN arrives (2.2).
+* acks (2.3, 3.6): incoming ``ack_nr`` range check, cumulative acks,
+  selective acks with fast resend once three later packets are acked (at
+  most 4 per ACK), and (beyond libutp) a fast resend after 3 duplicate ACKs.
+* RTT/RTO (3.2–3.4): integer milliseconds, ``rto = max(rtt + 4 rtt_var,
+  1000)``, SYN timeout 3000 ms, doubling per expiry, death after 4 timed-out
+  retransmissions (SYN: 2), i.e. ≈31·RTO (connect ≈21 s).
+* keep-alive (3.5): a STATE with ``ack_nr - 1`` after 29 s without sending.
+* windows (4.1): bytes in flight ≤ min(LEDBAT window, peer window, 1 MiB),
+  ≤ 1023 packets; the window we advertise is our receive buffer minus what
+  the paused application has not read; a zero peer window is probed after
+  15 s.
+* delayed acks (4.5): data schedules one ACK per reactor turn (batched by the
+  socket); any outgoing DATA carries the ack instead.
+* FIN/EOF (2.5, 5.4): FIN consumes a number; EOF when ``ack_nr`` reaches it.
+
+The state machine is a handful of integer states checked on the per-packet
+path rather than an automat machine: the packet handler runs tens of
+thousands of times a second and its transitions depend on packet fields.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Optional
+
+from twisted.internet import error, interfaces
+from twisted.internet.address import IPv4Address
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txhyperswarm.utp.congestion import LEDBAT
+from txhyperswarm.utp.packet import (
+    EXT_SACK,
+    HEADER,
+    ST_DATA,
+    ST_FIN,
+    ST_RESET,
+    ST_STATE,
+    ST_SYN,
+)
+
+__all__ = [
+    "UTPConnection",
+    "UTPError",
+    "UTPTimeoutError",
+    "UTPConnectionRefusedError",
+    "UTPConnectionResetError",
+    "SYN_SENT",
+    "SYN_RECV",
+    "CONNECTED",
+    "CLOSED",
+]
+
+# states
+SYN_SENT = "SYN_SENT"
+SYN_RECV = "SYN_RECV"
+CONNECTED = "CONNECTED"
+CLOSED = "CLOSED"
+
+M16 = 0xFFFF
+M32 = 0xFFFFFFFF
+
+#: Max payload of one DATA packet (IPv4, libutp's 1402-byte datagrams).
+PACKET_SIZE = 1382
+#: libutp's PACKET_SIZE constant, the zero-window probe cap.
+PROBE_WINDOW = 1435
+#: Cap on bytes in flight, whatever the peer advertises (libutp opt_sndbuf).
+SEND_CAP = 1048576
+#: Default receive buffer: the window advertised while nothing is unread.
+RECV_BUFFER = 1048576
+MAX_OUTSTANDING = 1023
+REORDER_LIMIT = 1024
+KEEPALIVE = 29.0
+ZERO_WINDOW_PROBE = 15.0
+SYN_TIMEOUT_MS = 3000
+MIN_RTO_MS = 1000
+MAX_RETRANSMITS = 4
+MAX_SYN_RETRANSMITS = 2
+MAX_FAST_RESENDS = 4
+#: After our side is closed, keep acking the peer's data/FIN this long.
+LINGER = 10.0
+#: How long an accepted connection waits for the initiator's first packet
+#: once the application closed it (libutp would wait forever).
+SYN_RECV_CLOSE_WAIT = 30.0
+#: Send-buffer marks for pausing/resuming a registered producer (bytes not
+#: yet packetised; up to SEND_CAP more may be in flight).
+HIGH_WATER = 256 * 1024
+LOW_WATER = 128 * 1024
+
+_PACK_HEADER = HEADER.pack
+_EMPTY = b""
+
+
+class UTPError(Exception):
+    """Base class of the errors a uTP connection fails with."""
+
+
+class UTPTimeoutError(UTPError, error.TimeoutError):
+    """No answer after the retry limit (libutp's ``UTP_ETIMEDOUT``)."""
+
+
+class UTPConnectionRefusedError(UTPError, error.ConnectionRefusedError):
+    """A RESET answered our SYN (``UTP_ECONNREFUSED``)."""
+
+
+class UTPConnectionResetError(UTPError, error.ConnectionLost):
+    """The peer sent a RESET on an established connection (``UTP_ECONNRESET``)."""
+
+
+def _cdiv(a: int, b: int) -> int:
+    """C integer division (truncates towards zero)."""
+    q = abs(a) // b
+    return q if a >= 0 else -q
+
+
+class _Out:
+    """An outgoing packet that has a sequence number and awaits its ack."""
+
+    __slots__ = ("seq", "type", "payload", "transmissions", "sent_us", "lost")
+
+    def __init__(self, seq: int, type: int, payload: bytes) -> None:
+        self.seq = seq
+        self.type = type
+        self.payload = payload
+        self.transmissions = 0
+        self.sent_us = 0
+        self.lost = False
+
+
+@implementer(
+    interfaces.ITransport,
+    interfaces.IPushProducer,
+    interfaces.IConsumer,
+    interfaces.IHalfCloseableDescriptor,
+)
+class UTPConnection:
+    """
+    A uTP connection and the transport its protocol writes to.
+
+    Made by :class:`txhyperswarm.utp.socket.UTPSocket`; users get it as
+    ``protocol.transport``.
+
+    Transport: :meth:`write`, :meth:`writeSequence`, :meth:`loseConnection`
+    (flush, FIN, ``connectionLost(ConnectionDone)`` once the FIN is acked),
+    :meth:`loseWriteConnection` (half-close), :meth:`abortConnection`
+    (RESET now, ``connectionLost(ConnectionAborted)``), :meth:`getPeer` /
+    :meth:`getHost` (``IPv4Address("UDP", host, port)``).
+
+    Producer (reading): :meth:`pauseProducing` stops ``dataReceived`` calls;
+    unread data shrinks the advertised window so the peer stops sending.
+
+    Consumer (writing): :meth:`registerProducer`; a streaming producer is
+    paused when more than ``HIGH_WATER`` bytes wait to be sent and resumed
+    below ``LOW_WATER``.
+
+    A protocol providing ``IHalfCloseableProtocol`` gets
+    ``readConnectionLost()`` at the peer's FIN; any other protocol's
+    connection is closed from our side then (like ``@hyperswarm/network``
+    does with ``socket.on('end', () => socket.end())``).
+
+    ``connectionLost`` reasons: ``ConnectionDone`` (orderly),
+    ``ConnectionAborted`` (:meth:`abortConnection`),
+    :class:`UTPConnectionResetError`, :class:`UTPTimeoutError`.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        owner,
+        clock,
+        addr,
+        recv_id: int,
+        send_id: int,
+        seq_nr: int,
+        *,
+        initiator: bool,
+        recv_buffer: int = RECV_BUFFER,
+    ) -> None:
+        self._owner = owner
+        self._clock = clock
+        self._addr = addr
+        self._peer = IPv4Address("UDP", addr[0], addr[1])
+        self.recv_id = recv_id
+        self.send_id = send_id
+        self.initiator = initiator
+        self.state = SYN_SENT if initiator else SYN_RECV
+        self.protocol = None
+        self.connected = False
+        self.disconnecting = False
+        self.disconnected = False
+        # send side
+        self._seq_nr = seq_nr & M16  # next number to allocate
+        self._oldest = self._seq_nr  # oldest un-acked
+        self._inflight = {}
+        self._cur_window = 0
+        self._sendbuf = bytearray()
+        self._resend = deque()
+        self._fin_seq: Optional[int] = None
+        self._want_fin = False
+        self._fin_acked = False
+        self._peer_wnd = 255 * PROBE_WINDOW
+        self._zero_window_at: Optional[float] = None
+        self._fast_resend_seq = self._seq_nr
+        self._dup_acks = 0
+        self._flush_call = None
+        # receive side
+        self._ack_nr = 0
+        self._reorder = {}
+        self._reorder_bytes = 0
+        self._eof_seq: Optional[int] = None
+        self._eof = False  # reached the peer's FIN in order
+        self._eof_told = False
+        self._reading_paused = False
+        self._readbuf = deque()
+        self._readbuf_bytes = 0
+        self._recv_buffer = recv_buffer
+        self._reply_micro = 0
+        self._ack_pending = False
+        self._syn_seq = 0
+        # timers (seconds / milliseconds as libutp)
+        self._rtt = 0
+        self._rtt_var = 800
+        self.rto = 3000
+        self._retransmit_timeout = SYN_TIMEOUT_MS
+        self._retransmit_count = 0
+        self._rto_at: Optional[float] = None
+        self._last_send = clock.seconds()
+        self._timer = None
+        self._timer_at = 0.0
+        self._linger_at: Optional[float] = None
+        self._close_wait_at: Optional[float] = None
+        self.cc = LEDBAT(PACKET_SIZE, SEND_CAP)
+        # write side flow control
+        self._producer = None
+        self._streaming = False
+        self._producer_paused = False
+        self._pulling = False
+        self._write_closed = False  # loseWriteConnection / loseConnection asked
+        self._close_requested = False  # loseConnection asked
+        self._write_lost_told = False
+        self._lost = False
+        # initiator: how to finish connecting
+        self._factory = None
+        self._connect_d = None
+        # counters
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.packets_resent = 0
+
+    # ------------------------------------------------------------------ time
+
+    def _now_us(self, now: float) -> int:
+        return int(now * 1_000_000) & M32
+
+    def _arm(self, at: float) -> None:
+        """Make sure the timer fires no later than ``at``."""
+        t = self._timer
+        if t is not None:
+            if self._timer_at <= at:
+                return
+            if t.active():
+                t.cancel()
+        self._timer_at = at
+        self._timer = self._clock.callLater(max(0.0, at - self._clock.seconds()), self._on_timer)
+
+    def _stop_timer(self) -> None:
+        t, self._timer = self._timer, None
+        if t is not None and t.active():
+            t.cancel()
+
+    def _next_deadline(self) -> Optional[float]:
+        cands = []
+        if self._rto_at is not None:
+            cands.append(self._rto_at)
+        if self.state == CONNECTED and self._fin_seq is None and not self._lost:
+            cands.append(self._last_send + KEEPALIVE)
+        if self._zero_window_at is not None:
+            cands.append(self._zero_window_at)
+        if self._linger_at is not None:
+            cands.append(self._linger_at)
+        if self._close_wait_at is not None:
+            cands.append(self._close_wait_at)
+        return min(cands) if cands else None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self._clock.seconds()
+        eps = 1e-6
+        if self._linger_at is not None and now + eps >= self._linger_at:
+            self._linger_at = None
+            self._forget()
+            return
+        if self._close_wait_at is not None and now + eps >= self._close_wait_at:
+            self._close_wait_at = None
+            self._finish(Failure(error.ConnectionDone()))
+            return
+        if self._rto_at is not None and now + eps >= self._rto_at:
+            self._on_rto(now)
+            if self.state == CLOSED:
+                return
+        if self._zero_window_at is not None and now + eps >= self._zero_window_at:
+            self._zero_window_at = None
+            if self._peer_wnd == 0:
+                self._peer_wnd = PROBE_WINDOW
+                self._flush()
+        if (
+            self.state == CONNECTED
+            and self._fin_seq is None
+            and not self._lost
+            and now + eps >= self._last_send + KEEPALIVE
+        ):
+            self._send_state(keepalive=True)
+        if self.state == CLOSED and self._linger_at is None:
+            return
+        at = self._next_deadline()
+        if at is not None:
+            self._arm(at)
+
+    def _on_rto(self, now: float) -> None:
+        outstanding = (self._seq_nr - self._oldest) & M16
+        if not outstanding:
+            self._rto_at = None
+            return
+        if self._retransmit_count >= MAX_RETRANSMITS or (
+            self.state == SYN_SENT and self._retransmit_count >= MAX_SYN_RETRANSMITS
+        ):
+            what = "connect" if self.state == SYN_SENT else "connection"
+            self._fail(
+                UTPTimeoutError(
+                    f"uTP {what} to {self._addr[0]}:{self._addr[1]} timed out after "
+                    f"{self._retransmit_count + 1} transmissions"
+                )
+            )
+            return
+        self._retransmit_timeout *= 2
+        self._rto_at = now + self._retransmit_timeout / 1000.0
+        self.cc.on_timeout(self._cur_window)
+        self._dup_acks = 0
+        # every sent, un-acked packet is presumed lost; resend the oldest now
+        inflight = self._inflight
+        resend = deque()
+        seq = self._oldest
+        for _ in range(outstanding):
+            e = inflight.get(seq)
+            if e is not None:
+                if not e.lost:
+                    e.lost = True
+                    self._cur_window -= len(e.payload)
+                resend.append(seq)
+            seq = (seq + 1) & M16
+        self._resend = resend
+        self._retransmit_count += 1
+        self._fast_resend_seq = self._seq_nr
+        while resend:
+            e = inflight.get(resend.popleft())
+            if e is not None:
+                e.lost = False
+                self._cur_window += len(e.payload)
+                self.packets_resent += 1
+                self._transmit(e)
+                break
+
+    # ------------------------------------------------------------------ sending
+
+    def _send_raw(self, data: bytes) -> None:
+        self._last_send = self._clock.seconds()
+        self._owner._send(data, self._addr)
+
+    def _adv_window(self) -> int:
+        w = self._recv_buffer - self._readbuf_bytes
+        return w if w > 0 else 0
+
+    def _transmit(self, e: _Out) -> None:
+        now = self._clock.seconds()
+        now_us = int(now * 1_000_000) & M32
+        e.transmissions += 1
+        e.sent_us = now_us
+        t = e.type
+        if t == ST_SYN:
+            data = _PACK_HEADER(0x41, 0, self.recv_id, now_us, 0, self._adv_window(), e.seq, 0)
+        else:
+            data = _PACK_HEADER(
+                (t << 4) | 1,
+                0,
+                self.send_id,
+                now_us,
+                self._reply_micro,
+                self._adv_window(),
+                e.seq,
+                self._ack_nr,
+            )
+            self._ack_pending = False
+            if e.payload:
+                data += e.payload
+        self._last_send = now
+        self._owner._send(data, self._addr)
+        if self._rto_at is None:
+            self._rto_at = now + self._retransmit_timeout / 1000.0
+            self._arm(self._rto_at)
+
+    def _send_state(self, keepalive: bool = False, syn_reply: bool = False) -> None:
+        now_us = self._now_us(self._clock.seconds())
+        self._ack_pending = False
+        ack = self._ack_nr
+        if keepalive:
+            ack = (ack - 1) & M16
+        if syn_reply:
+            self._send_raw(
+                _PACK_HEADER(0x21, 0, self.send_id, now_us, 0, self._adv_window(), self._seq_nr, ack)
+            )
+            return
+        head = _PACK_HEADER
+        if self._reorder and not self._eof and not keepalive:
+            mask = bytearray(4)
+            base = ack + 2
+            reorder = self._reorder
+            for i in range(32):
+                if ((base + i) & M16) in reorder:
+                    mask[i >> 3] |= 1 << (i & 7)
+            data = (
+                head(0x21, EXT_SACK, self.send_id, now_us, self._reply_micro,
+                     self._adv_window(), self._seq_nr, ack)
+                + b"\x00\x04"
+                + bytes(mask)
+            )
+        else:
+            data = head(0x21, 0, self.send_id, now_us, self._reply_micro,
+                        self._adv_window(), self._seq_nr, ack)
+        self._send_raw(data)
+
+    def _send_ack(self) -> None:
+        """Flush a deferred ACK (called by the socket once per reactor turn)."""
+        if self._ack_pending and (self.state == CONNECTED or self.state == CLOSED):
+            self._send_state()
+
+    def _schedule_ack(self) -> None:
+        if not self._ack_pending:
+            self._ack_pending = True
+            self._owner._schedule_ack(self)
+
+    def _send_syn(self) -> None:
+        e = _Out(self._seq_nr, ST_SYN, _EMPTY)
+        self._syn_seq = self._seq_nr
+        self._inflight[self._seq_nr] = e
+        self._seq_nr = (self._seq_nr + 1) & M16
+        self._transmit(e)
+
+    def _send_reset(self) -> None:
+        self._send_raw(_PACK_HEADER(0x31, 0, self.send_id, 0, 0, 0, self._seq_nr, self._ack_nr))
+
+    def _flush(self, tail: bool = True) -> None:
+        """Send what the windows allow: resends first, then new data, then FIN."""
+        if self.state != CONNECTED:
+            return
+        inflight = self._inflight
+        limit = self.cc.max_window
+        if self._peer_wnd < limit:
+            limit = self._peer_wnd
+        if SEND_CAP < limit:
+            limit = SEND_CAP
+        resend = self._resend
+        while resend:
+            e = inflight.get(resend[0])
+            if e is None or not e.lost:
+                resend.popleft()
+                continue
+            n = len(e.payload)
+            if self._cur_window and self._cur_window + n > limit:
+                self.cc.last_window_limited = self._clock.seconds()
+                return
+            resend.popleft()
+            e.lost = False
+            self._cur_window += n
+            self.packets_resent += 1
+            self._transmit(e)
+        buf = self._sendbuf
+        sent = False
+        while buf:
+            n = len(buf)
+            if n > PACKET_SIZE:
+                n = PACKET_SIZE
+            elif not tail and n < PACKET_SIZE:
+                break
+            if ((self._seq_nr - self._oldest) & M16) >= MAX_OUTSTANDING:
+                self.cc.last_window_limited = self._clock.seconds()
+                break
+            cw = self._cur_window
+            if cw + n > limit and (cw or limit == 0):
+                self.cc.last_window_limited = self._clock.seconds()
+                if self._peer_wnd == 0 and not cw and self._zero_window_at is None:
+                    self._zero_window_at = self._clock.seconds() + ZERO_WINDOW_PROBE
+                    self._arm(self._zero_window_at)
+                break
+            seq = self._seq_nr
+            if n == len(buf):
+                payload = bytes(buf)
+                buf.clear()
+            else:
+                payload = bytes(buf[:n])
+                del buf[:n]
+            e = _Out(seq, ST_DATA, payload)
+            inflight[seq] = e
+            self._seq_nr = (seq + 1) & M16
+            self._cur_window = cw + n
+            self.bytes_sent += n
+            self._transmit(e)
+            sent = True
+        if (
+            not buf
+            and self._want_fin
+            and self._fin_seq is None
+            and ((self._seq_nr - self._oldest) & M16) < MAX_OUTSTANDING
+        ):
+            seq = self._seq_nr
+            e = _Out(seq, ST_FIN, _EMPTY)
+            inflight[seq] = e
+            self._fin_seq = seq
+            self._seq_nr = (seq + 1) & M16
+            self._transmit(e)
+        if sent or self._producer is not None:
+            self._check_producer()
+
+    def _scheduled_flush(self) -> None:
+        self._flush_call = None
+        self._flush()
+
+    # ------------------------------------------------------------------ receiving
+
+    def _packet_received(self, p) -> None:
+        """Handle one decoded packet addressed to this connection."""
+        t = p.type
+        state = self.state
+        if t == ST_RESET:
+            self._on_reset()
+            return
+        if t == ST_SYN:
+            if state == SYN_RECV and p.seq_nr == self._ack_nr:
+                # the initiator did not get our reply: say it again (libutp
+                # stays silent; answering only helps)
+                self._send_state(syn_reply=True)
+            return
+        seq_nr = self._seq_nr
+        outstanding = (seq_nr - self._oldest) & M16
+        ack = p.ack_nr
+        if ((seq_nr - 1 - ack) & M16) > outstanding + 3:
+            self._owner.dropped["bad_ack"] += 1
+            return
+        now = self._clock.seconds()
+        now_us = int(now * 1_000_000) & M32
+        if p.timestamp:
+            rm = (now_us - p.timestamp) & M32
+            self._reply_micro = rm if rm else 1
+        if state == SYN_SENT:
+            self._ack_nr = (p.seq_nr - 1) & M16
+        d = (p.seq_nr - self._ack_nr - 1) & M16
+        if d >= REORDER_LIMIT:
+            if d >= 65536 - REORDER_LIMIT and t != ST_STATE:
+                self._schedule_ack()  # an old duplicate: re-ack it
+            return
+        if state == CLOSED:
+            self._zombie_packet(p, d)
+            return
+        # the peer's window
+        wnd = p.wnd_size
+        self._peer_wnd = wnd
+        if wnd and self._zero_window_at is not None:
+            self._zero_window_at = None
+        # cumulative ack
+        acked_bytes = 0
+        min_rtt = None
+        acks = (ack - self._oldest + 1) & M16
+        if acks > outstanding:
+            acks = 0
+        if acks:
+            acked_bytes, min_rtt = self._ack_through(acks, now_us)
+            self._retransmit_timeout = self.rto
+            self._retransmit_count = 0
+            self._dup_acks = 0
+            if self._oldest != self._seq_nr:
+                self._rto_at = at = now + self.rto / 1000.0
+                if at < self._timer_at or self._timer is None:
+                    self._arm(at)
+            else:
+                self._rto_at = None
+            if self._fin_seq is not None and not self._fin_acked and self._fin_seq not in self._inflight:
+                self._fin_acked = True
+        exts = p.extensions
+        if exts:
+            for et, data in exts:
+                if et == EXT_SACK:
+                    b, r = self._selective_ack(ack, data, now, now_us)
+                    acked_bytes += b
+                    if r is not None and (min_rtt is None or r < min_rtt):
+                        min_rtt = r
+                    break
+        elif t == ST_STATE and not acks and outstanding and ack == ((self._oldest - 1) & M16):
+            self._dup_acks += 1
+            if self._dup_acks >= 3:
+                self._fast_resend_oldest(now)
+        if acked_bytes:
+            tsd = p.timestamp_diff
+            if tsd and tsd != 0x7FFFFFFF:
+                self.cc.on_ack(acked_bytes, tsd, min_rtt, now)
+        # state changes
+        if state == SYN_SENT:
+            if t != ST_STATE:
+                return  # libutp discards data before the connect completes
+            self._on_connected()
+            if self._lost:
+                return
+        elif state == SYN_RECV:
+            if t == ST_STATE:
+                return
+            self.state = CONNECTED
+            self._close_wait_at = None
+            self._arm(now + KEEPALIVE)
+            acks = acks or -1  # flush what the application parked
+        # data
+        if t == ST_DATA or t == ST_FIN:
+            if t == ST_FIN and self._eof_seq is None:
+                self._eof_seq = p.seq_nr
+            if d == 0:
+                self._ack_nr = p.seq_nr
+                if p.payload:
+                    self._deliver(p.payload)
+                reorder = self._reorder
+                if reorder:
+                    nxt = (self._ack_nr + 1) & M16
+                    while nxt in reorder:
+                        payload = reorder.pop(nxt)
+                        self._reorder_bytes -= len(payload)
+                        self._ack_nr = nxt
+                        if payload:
+                            self._deliver(payload)
+                        nxt = (nxt + 1) & M16
+                if self._eof_seq is not None and self._ack_nr == self._eof_seq and not self._eof:
+                    self._reached_eof()
+                else:
+                    self._schedule_ack()
+            else:
+                if p.seq_nr not in self._reorder and not (
+                    self._eof_seq is not None and ((p.seq_nr - self._eof_seq) & M16) < 0x8000
+                    and p.seq_nr != self._eof_seq
+                ):
+                    if self._reorder_bytes < 2 * self._recv_buffer:
+                        self._reorder[p.seq_nr] = p.payload
+                        self._reorder_bytes += len(p.payload)
+                self._schedule_ack()
+        if self._lost:
+            return
+        if acks or acked_bytes or self._resend or (wnd and self._sendbuf):
+            self._flush(tail=self._flush_call is None)
+        if self._fin_acked:
+            self._maybe_finish()
+
+    def _ack_through(self, acks: int, now_us: int):
+        """Pop ``acks`` packets from the oldest; returns (payload bytes, min rtt µs)."""
+        inflight = self._inflight
+        seq = self._oldest
+        acked = 0
+        min_rtt = None
+        pop = inflight.pop
+        for _ in range(acks):
+            e = pop(seq, None)
+            if e is not None:
+                n = len(e.payload)
+                if not e.lost:
+                    self._cur_window -= n
+                acked += n
+                if e.transmissions == 1:
+                    r = (now_us - e.sent_us) & M32
+                    self._rtt_sample(r // 1000)
+                    if min_rtt is None or r < min_rtt:
+                        min_rtt = r
+            seq = (seq + 1) & M16
+        self._oldest = seq
+        return acked, min_rtt
+
+    def _rtt_sample(self, ms: int) -> None:
+        if self._rtt == 0:
+            self._rtt = ms
+            self._rtt_var = ms // 2
+        else:
+            delta = self._rtt - ms
+            self._rtt_var += _cdiv(abs(delta) - self._rtt_var, 4)
+            self._rtt = self._rtt - self._rtt // 8 + ms // 8
+        rto = self._rtt + 4 * self._rtt_var
+        self.rto = rto if rto > MIN_RTO_MS else MIN_RTO_MS
+
+    def _selective_ack(self, ack: int, mask: bytes, now: float, now_us: int):
+        outstanding = (self._seq_nr - self._oldest) & M16
+        if not outstanding:
+            return 0, None
+        inflight = self._inflight
+        base = ack + 2
+        seq_nr = self._seq_nr
+        count = 0
+        acked = 0
+        min_rtt = None
+        resends = []
+        fast = self._fast_resend_seq
+        bits = len(mask) * 8 - 1
+        if bits > 1023:
+            bits = 1023
+        while bits >= -1:
+            v = (base + bits) & M16
+            i = bits
+            bits -= 1
+            if ((seq_nr - v - 1) & M16) >= outstanding - 1:
+                continue  # not sent yet, or at/below the cumulative ack
+            bit_set = i >= 0 and (mask[i >> 3] >> (i & 7)) & 1
+            if bit_set:
+                count += 1
+            e = inflight.get(v)
+            if e is None or not e.transmissions:
+                continue
+            if bit_set:
+                del inflight[v]
+                n = len(e.payload)
+                if not e.lost:
+                    self._cur_window -= n
+                acked += n
+                if e.transmissions == 1:
+                    r = (now_us - e.sent_us) & M32
+                    self._rtt_sample(r // 1000)
+                    if min_rtt is None or r < min_rtt:
+                        min_rtt = r
+                continue
+            if count >= 3 and ((v - fast) & M16) <= MAX_OUTSTANDING + 1:
+                resends.append(v)
+        if count >= 3 and ((base - 1 - fast) & M16) <= MAX_OUTSTANDING + 1:
+            resends.append((base - 1) & M16)
+        if resends:
+            done = 0
+            for v in reversed(resends):
+                e = inflight.get(v)
+                if e is None:
+                    continue
+                if e.lost:
+                    e.lost = False
+                    self._cur_window += len(e.payload)
+                self.packets_resent += 1
+                self._transmit(e)
+                self._fast_resend_seq = (v + 1) & M16
+                done += 1
+                if done >= MAX_FAST_RESENDS:
+                    break
+            if done:
+                self.cc.on_loss(now)
+        if self._fin_seq is not None and not self._fin_acked and self._fin_seq not in inflight:
+            self._fin_acked = True
+        return acked, min_rtt
+
+    def _fast_resend_oldest(self, now: float) -> None:
+        oldest = self._oldest
+        if ((oldest - self._fast_resend_seq) & M16) > MAX_OUTSTANDING + 1:
+            return  # already fast-resent in this window
+        e = self._inflight.get(oldest)
+        if e is None:
+            return
+        if e.lost:
+            e.lost = False
+            self._cur_window += len(e.payload)
+        self.packets_resent += 1
+        self._transmit(e)
+        self._fast_resend_seq = (oldest + 1) & M16
+        self._dup_acks = 0
+        self.cc.on_loss(now)
+
+    def _deliver(self, payload: bytes) -> None:
+        self.bytes_received += len(payload)
+        if self._reading_paused or self._readbuf:
+            self._readbuf.append(payload)
+            self._readbuf_bytes += len(payload)
+            return
+        if self._lost or self.protocol is None:
+            return
+        self.protocol.dataReceived(payload)
+
+    def _reached_eof(self) -> None:
+        self._eof = True
+        # the reorder buffer beyond the FIN is garbage now
+        if self._reorder:
+            self._reorder.clear()
+            self._reorder_bytes = 0
+        self._send_state()  # ack the FIN at once
+        if not self._readbuf:
+            self._tell_eof()
+
+    def _tell_eof(self) -> None:
+        if self._eof_told or self._lost:
+            return
+        self._eof_told = True
+        proto = self.protocol
+        if proto is not None and interfaces.IHalfCloseableProtocol.providedBy(proto):
+            try:
+                proto.readConnectionLost()
+            except Exception:
+                self.log.failure("readConnectionLost failed")
+                self.loseConnection()
+            self._maybe_finish()
+        else:
+            self.loseConnection()
+
+    def _on_reset(self) -> None:
+        if self.state == CLOSED:
+            self._forget()
+            return
+        if self.state == SYN_SENT:
+            self._fail(
+                UTPConnectionRefusedError(
+                    f"uTP connect to {self._addr[0]}:{self._addr[1]} refused (RESET)"
+                )
+            )
+        else:
+            self._fail(
+                UTPConnectionResetError(
+                    f"uTP connection to {self._addr[0]}:{self._addr[1]} reset by peer"
+                )
+            )
+
+    def _zombie_packet(self, p, d: int) -> None:
+        """After we are done: ack the peer's data (discarding it) until its FIN."""
+        t = p.type
+        if t != ST_DATA and t != ST_FIN:
+            return
+        if t == ST_FIN and self._eof_seq is None:
+            self._eof_seq = p.seq_nr
+        if d == 0:
+            self._ack_nr = p.seq_nr
+            nxt = (self._ack_nr + 1) & M16
+            while nxt in self._reorder:
+                del self._reorder[nxt]
+                self._ack_nr = nxt
+                nxt = (nxt + 1) & M16
+        elif len(self._reorder) < REORDER_LIMIT:
+            self._reorder[p.seq_nr] = _EMPTY
+        if self._eof_seq is not None and self._ack_nr == self._eof_seq:
+            self._eof = True
+            self._reorder.clear()
+            self._send_state()
+            self._linger_at = None
+            self._forget()
+        else:
+            self._schedule_ack()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _start_connect(self, factory, d) -> None:
+        self._factory = factory
+        self._connect_d = d
+        self._send_syn()
+
+    def _on_connected(self) -> None:
+        self.state = CONNECTED
+        self._retransmit_count = 0
+        self._arm(self._clock.seconds() + KEEPALIVE)
+        d, self._connect_d = self._connect_d, None
+        factory, self._factory = self._factory, None
+        try:
+            proto = factory.buildProtocol(self._peer)
+        except Exception as e:
+            self._abort_silently()
+            if d is not None:
+                d.errback(e)
+            return
+        if proto is None:
+            self._abort_silently(reset=True)
+            if d is not None:
+                d.errback(error.ConnectError("factory refused the connection"))
+            return
+        self._attach(proto)
+        if d is not None:
+            d.callback(proto)
+
+    def _attach(self, proto) -> None:
+        self.protocol = proto
+        self.connected = True
+        proto.makeConnection(self)
+
+    def _cancel_connect(self, d) -> None:
+        """Canceller of the connect Deferred: drop the half-open connection."""
+        self._connect_d = None
+        self._abort_silently()
+        d.errback(error.ConnectingCancelledError(self._peer))
+
+    def _abort_silently(self, reset: bool = False) -> None:
+        if reset:
+            self._send_reset()
+        self.state = CLOSED
+        self._lost = True
+        self._stop_timer()
+        self._owner._forget(self)
+
+    def _fail(self, exc: Exception) -> None:
+        """Die with ``exc`` (timeout, reset)."""
+        if self.state == SYN_SENT:
+            d, self._connect_d = self._connect_d, None
+            self._abort_silently()
+            if d is not None:
+                d.errback(exc)
+            return
+        self._finish(Failure(exc))
+
+    def _maybe_finish(self) -> None:
+        """Orderly end: our FIN acked, and the peer's EOF reached or closing."""
+        if self._lost or not self._fin_acked:
+            return
+        proto = self.protocol
+        if not self._write_lost_told and not self._close_requested:
+            self._write_lost_told = True
+            if proto is not None and interfaces.IHalfCloseableProtocol.providedBy(proto):
+                try:
+                    proto.writeConnectionLost()
+                except Exception:
+                    self.log.failure("writeConnectionLost failed")
+        if self._eof and self._eof_told:
+            self._finish(Failure(error.ConnectionDone()))
+        elif self._close_requested:
+            self._finish(Failure(error.ConnectionDone()), linger=not self._eof)
+
+    def _finish(self, reason: Failure, linger: bool = False) -> None:
+        """Tell the protocol ``connectionLost(reason)`` once; free the connection."""
+        if self._lost:
+            return
+        self._lost = True
+        self.connected = False
+        self.disconnected = True
+        self.state = CLOSED
+        self._rto_at = None
+        self._zero_window_at = None
+        self._close_wait_at = None
+        self._sendbuf.clear()
+        self._readbuf.clear()
+        self._readbuf_bytes = 0
+        self._resend.clear()
+        self._inflight.clear()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        if linger:
+            self._stop_timer()
+            self._linger_at = self._clock.seconds() + LINGER
+            self._arm(self._linger_at)
+        else:
+            self._forget()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.stopProducing()
+            except Exception:
+                self.log.failure("stopProducing failed")
+        proto = self.protocol
+        if proto is not None:
+            try:
+                proto.connectionLost(reason)
+            except Exception:
+                self.log.failure("connectionLost failed")
+
+    def _forget(self) -> None:
+        self._stop_timer()
+        self._linger_at = None
+        self._owner._forget(self)
+
+    # ------------------------------------------------------------------ ITransport
+
+    def write(self, data) -> None:
+        """Queue bytes for sending (ignored once the write side is closed)."""
+        if self._write_closed or self._lost or not data:
+            return
+        buf = self._sendbuf
+        buf += data
+        if self.state == CONNECTED:
+            if len(buf) >= PACKET_SIZE:
+                self._flush(tail=False)
+            if buf and self._flush_call is None:
+                self._flush_call = self._clock.callLater(0, self._scheduled_flush)
+        if self._producer is not None and len(buf) > HIGH_WATER:
+            self._check_producer()
+
+    def writeSequence(self, data) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        """
+        Send what is buffered, then a FIN; ``connectionLost(ConnectionDone)``
+        once the FIN is acked (the peer's later data is acked and dropped).
+        """
+        if self._lost or self._close_requested:
+            return
+        self._close_requested = True
+        self.disconnecting = True
+        if self.state == SYN_RECV:
+            # libutp acceptors cannot send before the initiator's first packet
+            self._want_fin = True
+            self._write_closed = True
+            self._close_wait_at = self._clock.seconds() + SYN_RECV_CLOSE_WAIT
+            self._arm(self._close_wait_at)
+            return
+        self._close_write()
+
+    def loseWriteConnection(self) -> None:
+        """Half-close: send buffered data and a FIN, keep reading."""
+        if self._lost or self._write_closed:
+            return
+        self._close_write()
+
+    def _close_write(self) -> None:
+        self._write_closed = True
+        self._want_fin = True
+        if self._fin_acked:
+            self._maybe_finish()
+            return
+        if self.state == CONNECTED and self._producer is None:
+            self._flush()
+
+    def abortConnection(self) -> None:
+        """Send a RESET and drop everything: ``connectionLost(ConnectionAborted)``."""
+        if self._lost:
+            return
+        if self.state == CONNECTED or self.state == SYN_RECV:
+            self._send_reset()
+        self._finish(Failure(error.ConnectionAborted()))
+
+    def getPeer(self) -> IPv4Address:
+        return self._peer
+
+    def getHost(self) -> IPv4Address:
+        host, port = self._owner.address()
+        return IPv4Address("UDP", host, port)
+
+    # ------------------------------------------------------------------ IPushProducer (reading)
+
+    def pauseProducing(self) -> None:
+        """Stop delivering data; the advertised window shrinks as data waits."""
+        self._reading_paused = True
+
+    def resumeProducing(self) -> None:
+        """Deliver what waited, then tell the peer the window opened."""
+        if not self._reading_paused:
+            return
+        self._reading_paused = False
+        self._drain_readbuf()
+
+    def stopProducing(self) -> None:
+        """As for TCP: close the connection (orderly)."""
+        self.loseConnection()
+
+    def _drain_readbuf(self) -> None:
+        rb = self._readbuf
+        was_small = self._readbuf_bytes > self._recv_buffer // 2
+        while rb and not self._reading_paused and not self._lost:
+            data = rb.popleft()
+            self._readbuf_bytes -= len(data)
+            if self.protocol is not None:
+                self.protocol.dataReceived(data)
+        if self._lost:
+            return
+        if not rb and self._eof and not self._eof_told:
+            self._tell_eof()
+        elif was_small and self._readbuf_bytes <= self._recv_buffer // 2 and self.state == CONNECTED:
+            self._send_state()  # window update
+
+    # ------------------------------------------------------------------ IConsumer (writing)
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        if self._producer is not None:
+            raise RuntimeError(f"Cannot register producer {producer!r}: {self._producer!r} is registered")
+        if self._lost:
+            producer.stopProducing()
+            return
+        self._producer = producer
+        self._streaming = bool(streaming)
+        self._producer_paused = False
+        if not streaming:
+            self._pull()
+        else:
+            self._check_producer()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        self._producer_paused = False
+        if self._want_fin and self.state == CONNECTED:
+            self._flush()
+
+    def _check_producer(self) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        n = len(self._sendbuf)
+        if self._streaming:
+            if not self._producer_paused and n > HIGH_WATER:
+                self._producer_paused = True
+                producer.pauseProducing()
+            elif self._producer_paused and n <= LOW_WATER:
+                self._producer_paused = False
+                producer.resumeProducing()
+        elif n <= LOW_WATER:
+            self._pull()
+
+    def _pull(self) -> None:
+        if self._pulling:
+            return
+        self._pulling = True
+        try:
+            for _ in range(1024):
+                producer = self._producer
+                if producer is None or self._streaming or self._lost:
+                    break
+                if len(self._sendbuf) > LOW_WATER:
+                    break
+                before = len(self._sendbuf)
+                producer.resumeProducing()
+                if len(self._sendbuf) == before:
+                    break
+        finally:
+            self._pulling = False
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def rtt(self) -> int:
+        """Smoothed RTT in ms (libutp's integer estimate)."""
+        return self._rtt
+
+    @property
+    def retransmit_timeout(self) -> int:
+        """The current retransmission timeout in ms (doubles on each expiry)."""
+        return self._retransmit_timeout
+
+    @property
+    def send_buffer_size(self) -> int:
+        """Bytes written and not yet packetised."""
+        return len(self._sendbuf)
+
+    @property
+    def bytes_in_flight(self) -> int:
+        return self._cur_window
+
+    def __repr__(self) -> str:
+        return (
+            f"<UTPConnection {self.state} {self._addr[0]}:{self._addr[1]}"
+            f" recv_id={self.recv_id} send_id={self.send_id}>"
+        )
