@@ -108,6 +108,20 @@ def test_unannounce_removes_the_record():
     assert h.served == {"lookup": 1, "announce": 1, "unannounce": 1}
 
 
+def test_announced_records_expire_unless_reannounced():
+    clock = Clock()
+    h = peers.PeersCommand(RecordStore(clock))
+    h.update(Req(("127.0.0.1", 5555), TOPIC, ann(port=4000)))
+    h.update(Req(("127.0.0.2", 5555), TOPIC, ann(port=4000)))
+    asker = Req(("127.0.0.9", 1), TOPIC, b"")
+    for _ in range(6):  # 127.0.0.1 re-announces every 5 min (discovery's minimum)
+        clock.advance(300)
+        h.update(Req(("127.0.0.1", 5555), TOPIC, ann(port=4000)))
+    assert out(h.query(asker)).peers == encode_peer("127.0.0.1", 4000)
+    clock.advance(16 * 60)
+    assert h.query(asker) == b""
+
+
 def test_unannounce_in_a_query_is_a_lookup():
     h = handler()
     h.update(Req(("127.0.0.1", 5555), TOPIC, ann(port=4000)))
