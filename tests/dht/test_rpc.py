@@ -338,3 +338,28 @@ def test_stop_service_fails_pending_requests_and_walks():
     # stopped: no timers left on the clock
     net.clock.advance(1000)
     assert net.clock.getDelayedCalls() == []
+
+
+def test_requests_after_stop_fail_at_once():
+    net = FakeNetwork()
+    a, b = started(net, 2)
+    a.stopService()
+    errors = []
+    a.ping(*b.address()).addErrback(errors.append)
+    assert len(errors) == 1 and "cancelled" in str(errors[0].value)
+    a.query("_find_node", b"\x01" * 32).addErrback(errors.append)
+    assert len(errors) == 2 and "not running" in str(errors[1].value)
+
+
+def test_holepunch_request_is_relayed_again_after_500ms_if_unanswered():
+    net = FakeNetwork()
+    relay, = started(net)
+    e, = started(net)
+    dead = ("127.0.0.1", 9)
+    net.down.add(dead)
+    d = e.holepunch(*dead, referrer=relay.address())
+    d.addErrback(lambda f: None)
+    assert len(net.sent(src=e.address(), dst=relay.address())) == 1
+    net.run(0.6)
+    relayed = net.sent(src=e.address(), dst=relay.address())
+    assert len(relayed) == 2 and relayed[0].rid == relayed[1].rid

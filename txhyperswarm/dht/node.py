@@ -727,7 +727,6 @@ class DHTNode(service.Service):
 
         peer = Peer(None, host, port)
         peer.referrer = (referrer[0], int(referrer[1]))
-        peer.fast_holepunch = True  # the request forwards right away itself
         self._rpc.query(_HOLEPUNCH, None, None, peer, cb)
         return d
 

@@ -227,8 +227,7 @@ class RPC:
                 loop.stop()
         pending, self._pending = self._pending, deque()
         for entry in pending:
-            peer, callback, command = entry[5], entry[6], entry[1]
-            callback(RequestCancelled(command.decode("utf-8", "replace"), peer.host, peer.port), None, None, None)
+            self._refuse(entry)
         for req in list(self._requests.values()):
             self._cancel(req)
 
@@ -298,7 +297,9 @@ class RPC:
         ``immediately``). ``callback(err, msg, addr, req)`` runs exactly once.
         """
         entry = (_wire.QUERY_HEAD, command, target, value, None, peer, callback)
-        if immediately or not (self._pending or self._saturated()):
+        if self.destroyed:
+            self._refuse(entry)
+        elif immediately or not (self._pending or self._saturated()):
             self._request_immediately(entry)
         else:
             self._pending.append(entry)
@@ -313,10 +314,17 @@ class RPC:
     ) -> None:
         """Send an UPDATE carrying ``peer.token``."""
         entry = (_wire.UPDATE_HEAD, command, target, value, peer.token, peer, callback)
-        if self._pending or self._saturated():
+        if self.destroyed:
+            self._refuse(entry)
+        elif self._pending or self._saturated():
             self._pending.append(entry)
         else:
             self._request_immediately(entry)
+
+    @staticmethod
+    def _refuse(entry: tuple) -> None:
+        command, peer, callback = entry[1], entry[5], entry[6]
+        callback(RequestCancelled(command.decode("utf-8", "replace"), peer.host, peer.port), None, None, None)
 
     def _request_immediately(self, entry: tuple) -> None:
         head, command, target, value, token, peer, callback = entry
