@@ -363,3 +363,49 @@ def test_holepunch_request_is_relayed_again_after_500ms_if_unanswered():
     net.run(0.6)
     relayed = net.sent(src=e.address(), dst=relay.address())
     assert len(relayed) == 2 and relayed[0].rid == relayed[1].rid
+
+
+# -- hostile input, in process ---------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_FUZZ = FakeNetwork()
+_FUZZ_NODE = _FUZZ.node()
+_FUZZ_NODE.add_command("thing", query=lambda req: req.value, update=lambda req: None)
+_FUZZ.clock.advance(0)
+
+_cmd = st.sampled_from([b"_ping", b"_find_node", b"_holepunch", b"thing", b"", b"\xff\xfe"])
+_bytes = st.none() | st.binary(max_size=80) | st.binary(min_size=32, max_size=32) | st.binary(min_size=6, max_size=6)
+
+
+@st.composite
+def _envelopes(draw):
+    msg = m.Message()
+    if draw(st.booleans()):
+        msg.version = draw(st.integers(0, 3))
+    msg.type = draw(st.sampled_from([m.QUERY, m.UPDATE, m.RESPONSE]))
+    msg.rid = draw(st.integers(0, 70000))
+    for name in ("to", "id", "target", "closerNodes", "roundtripToken", "value", "error"):
+        v = draw(_bytes)
+        if v is not None:
+            setattr(msg, name, v)
+    c = draw(st.none() | _cmd)
+    if c is not None:
+        msg.command = c
+    return msg.SerializeToString()
+
+
+@given(st.one_of(st.binary(max_size=300), _envelopes()), st.integers(0, 65535))
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+def test_any_datagram_is_handled_or_counted_never_raised(data, port):
+    before = sum(_FUZZ_NODE.dropped.values())
+    _FUZZ_NODE._rpc.datagram_received(data, ("127.0.0.1", port))
+    _FUZZ.clock.advance(0.02)
+    assert _FUZZ_NODE.dropped["error"] == 0
+    try:
+        m.decode_message(data)
+        decodable = port != 0
+    except m.DecodeError:
+        decodable = False
+    if not decodable:
+        assert sum(_FUZZ_NODE.dropped.values()) == before + 1
