@@ -117,9 +117,13 @@ class Options(usage.Options):
             raise usage.UsageError("give --bootstrap-node, or at least one --topic")
         if self["bootstrap-node"] and self["topic"]:
             raise usage.UsageError("--bootstrap-node runs a DHT node only: it takes no --topic")
-        if self["expose"] or self["listen"]:
+        if self["topic"]:
+            # Joining topics (and --expose/--listen) is the swarm's job; until
+            # that layer exists, say so instead of starting a node that
+            # silently ignores the topics.
             raise usage.UsageError(
-                "--expose/--listen need the swarm connection layer, which this version does not have yet"
+                "joining topics (--topic, --expose, --listen) needs the swarm layer, "
+                "which this version does not have yet; --bootstrap-node runs"
             )
 
 
