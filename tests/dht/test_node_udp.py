@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest_twisted
-from twisted.internet import defer, protocol, task
+from twisted.internet import protocol, task
 
 from txhyperswarm.dht import messages as m
 from txhyperswarm.dht.node import DHTNode

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import os
 
-import pytest
 from twisted.internet import defer
 
 from txhyperswarm.dht import messages as m
-from txhyperswarm.dht.node import CommandError, IgnoreRequest, RemoteError
+from txhyperswarm.dht.node import CommandError, IgnoreRequest
 from txhyperswarm.dht.routing import Peer
 from txhyperswarm.dht.rpc import RequestTimeout, TICK_INTERVAL
 from txhyperswarm.dht.tokens import TokenStore, roundtrip_token

@@ -10,7 +10,6 @@ import itertools
 import json
 import random
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer
 

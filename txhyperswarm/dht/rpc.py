@@ -37,7 +37,6 @@ from txhyperswarm.dht.messages import (
     Message,
     QUERY,
     RESPONSE,
-    UPDATE,
     encode_peer,
     is_ipv4_literal,
 )
