@@ -34,7 +34,8 @@ def test_bucket_splits_only_on_our_side():
     pinged = []
     bucket = KBucket(local, on_ping=lambda old, new: pinged.append((old, new)))
     far = [Peer(b"\x80" + os.urandom(31), "10.0.0.1", 1) for _ in range(21)]
-    near = [Peer(b"\x00" + os.urandom(31), "10.0.0.1", 1) for _ in range(30)]
+    # byte 1 = 0..29: every bucket on the far side of a split gets <= 20
+    near = [Peer(b"\x00" + bytes([i]) + os.urandom(30), "10.0.0.1", 1) for i in range(30)]
     for p in far[:20]:
         assert bucket.add(p)
     assert not bucket.add(far[20])  # split; the far half may not split again
