@@ -125,3 +125,15 @@ class RecorderFactory(Factory):
         p.addr = addr
         self.built.append(p)
         return p
+
+
+def run_events(clock: Clock, seconds: float) -> None:
+    """Advance ``clock`` by ``seconds``, stopping exactly at each scheduled call."""
+    end = clock.seconds() + seconds
+    for _ in range(1_000_000):
+        calls = [c.getTime() for c in clock.getDelayedCalls()]
+        nxt = min(calls) if calls else end
+        if nxt > end:
+            clock.advance(end - clock.seconds())
+            return
+        clock.advance(max(0.0, nxt - clock.seconds()))

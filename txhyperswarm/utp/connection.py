@@ -820,6 +820,11 @@ class UTPConnection:
         if self.state == CLOSED:
             self._forget()
             return
+        if self._eof and (self._fin_seq is not None or self._close_requested):
+            # utp-native frees its socket once its FIN is acked; our late
+            # packets then draw a RESET (utp.md 5.4): that is an orderly end
+            self._finish(Failure(error.ConnectionDone()))
+            return
         if self.state == SYN_SENT:
             self._fail(
                 UTPConnectionRefusedError(

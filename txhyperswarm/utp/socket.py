@@ -61,6 +61,8 @@ class UTPSocket:
         to ``host``/``port``.
     :param recv_buffer: bytes each connection advertises as its window when
         nothing is unread.
+    :param close_udp: whether :meth:`close` closes the UDP socket (default:
+        only when this object made it).
     """
 
     log = Logger()
@@ -73,9 +75,10 @@ class UTPSocket:
         host: str = "0.0.0.0",
         port: int = 0,
         recv_buffer: int = RECV_BUFFER,
+        close_udp: Optional[bool] = None,
     ) -> None:
         self._reactor = default_reactor(reactor)
-        self._owns_udp = udp is None
+        self._owns_udp = udp is None if close_udp is None else close_udp
         if udp is None:
             from txhyperswarm.udp import UDPSocket
 
@@ -153,7 +156,7 @@ class UTPSocket:
             if (host, port, cid) in conns:
                 return defer.fail(RuntimeError(f"uTP connection id {cid} to {host}:{port} is in use"))
         if seq_nr is None:
-            seq_nr = secrets.randbelow(0x10000)
+            seq_nr = self._initial_seq()
         conn = UTPConnection(
             self,
             self._reactor,
@@ -202,6 +205,10 @@ class UTPSocket:
 
     # ------------------------------------------------------------------ used by connections
 
+    def _initial_seq(self) -> int:
+        """A random initial sequence number (tests override it)."""
+        return secrets.randbelow(0x10000)
+
     def _send(self, data: bytes, addr: Address) -> None:
         self.udp.send(data, addr)
 
@@ -220,7 +227,7 @@ class UTPSocket:
         key = (conn._addr[0], conn._addr[1], conn.recv_id)
         if self.connections.get(key) is conn:
             del self.connections[key]
-        if not self.connections and self._on_idle is not None:
+        if not self.connections and self._on_idle is not None and not self._closed:
             self._on_idle()
 
     # ------------------------------------------------------------------ receiving
@@ -267,7 +274,7 @@ class UTPSocket:
             addr,
             recv_id,
             p.connection_id,
-            secrets.randbelow(0x10000),
+            self._initial_seq(),
             initiator=False,
             recv_buffer=self._recv_buffer,
         )

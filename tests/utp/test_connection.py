@@ -1,0 +1,467 @@
+"""
+uTP connection behaviour on a fake network driven by a ``Clock``:
+handshake numbering, timers (RTO, backoff, connect timeout, keep-alive),
+fast retransmit, RESET, close/half-close, flow control, regressions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import error
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.task import Clock
+from zope.interface import implementer
+
+from tests.utp.fakes import FakeNetwork, Recorder, RecorderFactory, run, run_events, run_until
+from tests.utp.streams import HalfCloseSource, OneFactory, Sink, Source
+from txhyperswarm.utp.connection import (
+    CONNECTED,
+    UTPConnectionRefusedError,
+    UTPConnectionResetError,
+    UTPTimeoutError,
+)
+from txhyperswarm.utp.packet import (
+    HEADER,
+    ST_DATA,
+    ST_FIN,
+    ST_RESET,
+    ST_STATE,
+    ST_SYN,
+    Packet,
+    decode,
+    encode,
+)
+from txhyperswarm.utp.socket import UTPSocket
+
+A = ("10.0.0.1", 1111)
+B = ("10.0.0.2", 2222)
+
+
+class Net:
+    """Two UTPSockets, A (client) and B (listening), on one Clock."""
+
+    def __init__(self, latency: float = 0.001, seq_b=None) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000.0)
+        self.net = FakeNetwork(self.clock, latency)
+        self.a = UTPSocket(self.clock, self.net.udp(A))
+        self.b = UTPSocket(self.clock, self.net.udp(B))
+        if seq_b is not None:
+            self.b._initial_seq = lambda: seq_b
+
+    def connect(self, client_proto=None, server_proto=None, **kw):
+        server_proto = server_proto or Recorder()
+        client_proto = client_proto or Recorder()
+        self.b.listen(OneFactory(server_proto))
+        d = self.a.connect(B[0], B[1], OneFactory(client_proto), **kw)
+        run_until(self.clock, lambda: d.called, 1.0)
+        assert d.called
+        return client_proto, server_proto
+
+    def sent(self, src=None, dst=None, types=None):
+        out = self.net.packets(src, dst)
+        if types is not None:
+            out = [(t, p) for t, p in out if p.type in types]
+        return out
+
+
+def test_handshake_numbers_and_ids_are_libutps():
+    n = Net(seq_b=39017)
+    c, s = n.connect(connection_id=0x4567, seq_nr=9158)
+    c.transport.write(b"hello")
+    run(n.clock, 0.1)
+    syn = n.sent(A, B)[0][1]
+    assert (syn.type, syn.connection_id, syn.seq_nr, syn.ack_nr, syn.timestamp_diff) == (ST_SYN, 0x4567, 9158, 0, 0)
+    reply = n.sent(B, A)[0][1]
+    assert (reply.type, reply.connection_id, reply.seq_nr, reply.ack_nr, reply.timestamp_diff) == (
+        ST_STATE, 0x4567, 39017, 9158, 0,
+    )
+    data = n.sent(A, B, {ST_DATA})[0][1]
+    assert (data.connection_id, data.seq_nr, data.ack_nr, data.payload) == (0x4568, 9159, 39016, b"hello")
+    assert data.timestamp_diff != 0  # a real delay sample, or libutp never grows its window
+    assert s.received == b"hello"
+    s.transport.write(b"pong")
+    run(n.clock, 0.1)
+    pong = n.sent(B, A, {ST_DATA})[0][1]
+    assert (pong.connection_id, pong.seq_nr, pong.ack_nr) == (0x4567, 39017, 9159)
+    assert c.received == b"pong"
+    assert c.transport.getPeer().type == "UDP"
+    assert (c.transport.getPeer().host, c.transport.getPeer().port) == B
+    assert (s.transport.getPeer().host, s.transport.getPeer().port) == A
+    assert (c.transport.getHost().host, c.transport.getHost().port) == A
+
+
+def test_acceptor_holds_data_until_the_initiators_first_packet():
+    n = Net()
+
+    class Greeter(Recorder):
+        def connectionMade(self):
+            self.transport.write(b"server first")
+
+    c, s = n.connect(server_proto=Greeter())
+    run(n.clock, 1.0)
+    assert n.sent(B, A, {ST_DATA}) == []
+    c.transport.write(b"x")
+    run(n.clock, 0.1)
+    assert c.received == b"server first"
+
+
+def test_connect_timeout_after_three_syns_at_libutp_times():
+    n = Net()
+    d = n.a.connect("10.0.0.9", 9, RecorderFactory())  # nobody there
+    failures = []
+    d.addErrback(failures.append)
+    run_events(n.clock, 20.99)
+    assert failures == []
+    run_events(n.clock, 0.02)
+    assert failures and failures[0].check(UTPTimeoutError)
+    assert "10.0.0.9:9" in str(failures[0].value)
+    times = [t - 1000.0 for t, p in n.sent(A, ("10.0.0.9", 9))]
+    assert times == pytest.approx([0.0, 3.0, 9.0], abs=1e-6)  # SYN, +3 s, +6 s; error at +12 s more
+    assert n.a.connections == {}
+
+
+def test_rto_backoff_and_death_after_the_retry_limit():
+    n = Net()
+    c, s = n.connect()
+    assert c.transport.rto == 1000  # floor: loopback RTT is ~2 ms
+    n.net.drop = lambda data, src, dst: src == A  # the path dies
+    start = n.clock.seconds()
+    c.transport.write(b"x" * 100)
+    n.clock.advance(0)
+    run_events(n.clock, 30.99)
+    assert c.lost is None
+    times = [t - start for t, p in n.sent(A, B, {ST_DATA})]
+    # RTO 1 s, doubling: 1, 2, 4, 8
+    assert times == pytest.approx([0.0, 1.0, 3.0, 7.0, 15.0], abs=1e-6)
+    assert c.transport.retransmit_timeout == 16000
+    run_events(n.clock, 0.02)
+    assert c.lost is not None and c.lost.check(UTPTimeoutError)
+    assert "10.0.0.2:2222" in str(c.lost.value)
+    assert n.a.connections == {}
+
+
+def test_rto_from_measured_rtt():
+    n = Net(latency=0.3)  # RTT 600 ms: rto = 600 + 4 * 300
+    c, s = n.connect()
+    rtt = c.transport.rtt
+    assert abs(rtt - 600) <= 1  # µs rounding of float clock
+    assert c.transport.rto == rtt + 4 * (rtt // 2)
+
+
+def test_an_ack_resets_the_backoff():
+    n = Net()
+    c, s = n.connect()
+    drop = {"on": True}
+    n.net.drop = lambda data, src, dst: drop["on"] and src == A
+    c.transport.write(b"x" * 100)
+    run(n.clock, 3.5, step=0.05)
+    assert c.transport.retransmit_timeout == 4000
+    drop["on"] = False
+    run(n.clock, 4.0, step=0.05)
+    assert s.received == b"x" * 100
+    assert c.transport.retransmit_timeout == c.transport.rto
+
+
+def test_fast_retransmit_after_three_duplicate_acks():
+    n = Net()
+    c, s = n.connect()
+    conn = c.transport
+    conn.cc.max_window = 100_000
+    n.net.drop = lambda data, src, dst: src == A  # we play B by hand
+    conn.write(os.urandom(1382 * 4))
+    n.clock.advance(0)
+    first = n.sent(A, B, {ST_DATA})[0][1]
+    assert len(n.sent(A, B, {ST_DATA})) == 4
+    peer_next = n.sent(B, A)[0][1].seq_nr
+    dup = HEADER.pack(0x21, 0, conn.recv_id, 1, 5000, 1048576, peer_next, (first.seq_nr - 1) & 0xFFFF)
+    for i in range(3):
+        n.a._datagram_received(dup, B)
+    resent = n.sent(A, B, {ST_DATA})[4:]
+    assert [p.seq_nr for t, p in resent] == [first.seq_nr]
+    assert n.clock.seconds() - n.sent(A, B, {ST_DATA})[0][0] < 0.5  # well before the RTO
+    # more duplicates in the same window do not resend it again
+    for i in range(3):
+        n.a._datagram_received(dup, B)
+    assert len(n.sent(A, B, {ST_DATA})) == 5
+
+
+def test_selective_ack_fast_resend_before_rto():
+    n = Net()
+    c, s = n.connect()
+    c.transport.cc.max_window = 100_000
+    dropped = []
+
+    def drop(data, src, dst):
+        p = decode(data)
+        if src == A and p.type == ST_DATA and not dropped and len(n.sent(A, B, {ST_DATA})) == 2:
+            dropped.append(p.seq_nr)
+            return True
+        return False
+
+    n.net.drop = drop
+    blob = os.urandom(1382 * 20)
+    c.transport.write(blob)
+    run_until(n.clock, lambda: len(s.received) == len(blob), 0.5)
+    assert bytes(s.received) == blob
+    sacks = [p for t, p in n.sent(B, A, {ST_STATE}) if p.sack]
+    assert sacks  # the receiver told us what it had
+    resends = [t for t, p in n.sent(A, B, {ST_DATA}) if p.seq_nr == dropped[0]]
+    assert len(resends) == 2 and resends[1] - resends[0] < 0.1
+
+
+def test_keepalive_is_a_duplicate_ack_after_29_idle_seconds():
+    n = Net()
+    c, s = n.connect()
+    c.transport.write(b"hi")
+    run(n.clock, 0.1)
+    before = len(n.sent(A, B))
+    last_ack = n.sent(A, B)[-1][1].ack_nr
+    run(n.clock, 28.5, step=0.5)
+    assert len(n.sent(A, B)) == before
+    run(n.clock, 1.0, step=0.5)
+    ka = n.sent(A, B)[before:]
+    assert len(ka) == 1
+    assert ka[0][1].type == ST_STATE and ka[0][1].ack_nr == (last_ack - 1) & 0xFFFF
+    run(n.clock, 60, step=1)
+    assert c.lost is None and s.lost is None  # keep-alives are harmless
+
+
+def test_unknown_connection_packet_is_answered_with_libutps_reset():
+    n = Net()
+    probe = encode(Packet(ST_DATA, 4242, 777, 5, timestamp=1, wnd_size=1000, payload=b"x"))
+    n.b._datagram_received(probe, A)
+    n.clock.advance(0)
+    (t, rst), = n.sent(B, A)
+    assert (rst.type, rst.connection_id, rst.ack_nr, rst.timestamp, rst.timestamp_diff, rst.wnd_size) == (
+        ST_RESET, 4242, 777, 0, 0, 0,
+    )
+    # rate limit: the same offender is not answered again within 10 s
+    n.b._datagram_received(probe, A)
+    assert len(n.sent(B, A)) == 1
+    # a RESET or a SYN (not listening) for nobody gets no answer
+    n.b._datagram_received(encode(Packet(ST_RESET, 4242, 1, 2)), A)
+    n.b._datagram_received(encode(Packet(ST_SYN, 4242, 1, 0)), A)
+    assert len(n.sent(B, A)) == 1
+
+
+def test_reset_during_connect_is_refused():
+    n = Net()
+    d = n.a.connect(B[0], B[1], RecorderFactory())  # B does not listen: silence
+    failures = []
+    d.addErrback(failures.append)
+    syn = n.sent(A, B)[0][1]
+    n.a._datagram_received(encode(Packet(ST_RESET, syn.connection_id, 1, syn.seq_nr)), B)
+    assert failures and failures[0].check(UTPConnectionRefusedError)
+
+
+def test_reset_on_an_established_connection_is_reported():
+    n = Net()
+    c, s = n.connect()
+    c.transport.write(b"x")
+    run(n.clock, 0.1)
+    s.transport.abortConnection()
+    run(n.clock, 0.1)
+    assert s.lost.check(error.ConnectionAborted)
+    assert c.lost is not None and c.lost.check(UTPConnectionResetError)
+    assert n.a.connections == {} and n.b.connections == {}
+
+
+def test_reset_matches_either_id_of_the_connection():
+    n = Net()
+    c, s = n.connect()
+    conn = c.transport
+    # libutp matches a RESET carrying our send_id too (utp.md 2.7)
+    n.a._datagram_received(encode(Packet(ST_RESET, conn.send_id, 1, 2)), B)
+    assert c.lost is not None and c.lost.check(UTPConnectionResetError)
+
+
+def test_clean_close_both_ways():
+    n = Net()
+    c, s = n.connect()
+    c.transport.write(b"request")
+    c.transport.loseConnection()
+    run(n.clock, 0.5)
+    assert s.received == b"request"
+    assert c.lost.check(error.ConnectionDone)
+    assert s.lost.check(error.ConnectionDone)  # not half-closeable: closed on EOF
+    fins = n.sent(None, None, {ST_FIN})
+    assert len(fins) == 2
+    run(n.clock, 15)
+    assert n.a.connections == {} and n.b.connections == {}
+    assert not [p for t, p in n.sent() if p.type == ST_RESET]
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloser(Recorder):
+    read_lost = write_lost = False
+
+    def readConnectionLost(self):
+        self.read_lost = True
+        self.transport.write(b"answer after your EOF")
+        self.transport.loseWriteConnection()
+
+    def writeConnectionLost(self):
+        self.write_lost = True
+
+
+def test_half_close():
+    n = Net()
+    c, s = n.connect(client_proto=HalfCloser(), server_proto=HalfCloser())
+    c.transport.write(b"question")
+    c.transport.loseWriteConnection()
+    run(n.clock, 0.5)
+    assert s.received == b"question" and s.read_lost
+    assert c.received == b"answer after your EOF" and c.read_lost and c.write_lost
+    assert c.lost.check(error.ConnectionDone) and s.lost.check(error.ConnectionDone)
+
+
+def test_lossy_python_to_python_transfer_with_integrity():
+    n = Net(latency=0.005)
+    rng = random.Random(7)
+    n.net.drop = lambda data, src, dst: rng.random() < 0.05
+    blob = os.urandom(2 * 1024 * 1024)
+    src, sink = Source(blob), Sink(hello=b"")
+    n.connect(client_proto=src, server_proto=sink)
+    assert run_until(n.clock, lambda: sink.done.called and src.done.called, 120, step=0.005)
+    assert sink.count == len(blob) and sink.hash.digest() == hashlib.sha256(blob).digest()
+    assert src.transport.packets_resent > 0
+
+
+def test_sequence_numbers_wrap_mid_transfer():
+    n = Net(latency=0.002, seq_b=65500)
+    rng = random.Random(3)
+    n.net.drop = lambda data, src, dst: rng.random() < 0.02
+    blob = os.urandom(1382 * 300)
+    up, down = HalfCloseSource(blob, half_close=True), HalfCloseSource(blob, half_close=True)
+    n.b.listen(OneFactory(down))
+    d = n.a.connect(B[0], B[1], OneFactory(up), seq_nr=65400)
+    assert run_until(n.clock, lambda: up.done.called and down.done.called, 60, step=0.002)
+    assert bytes(up.received) == blob and bytes(down.received) == blob
+    seqs = {p.seq_nr for t, p in n.sent(None, None, {ST_DATA})}
+    assert 65535 in seqs and 0 in seqs and 100 in seqs  # both directions crossed zero
+
+
+def test_paused_reader_closes_the_window_and_is_not_counted_as_loss():
+    """Regression: a send stalled by a full window must not be treated as loss."""
+    n = Net()
+    blob = os.urandom(3 * 1024 * 1024)
+    src, sink = Source(blob), Recorder()
+    n.connect(client_proto=src, server_proto=sink)
+    sink.transport.pauseProducing()
+    run(n.clock, 2.0, step=0.005)
+    conn = src.transport
+    assert conn.bytes_in_flight == 0  # everything sent was acked, window 0
+    received_while_paused = sink.transport._readbuf_bytes
+    assert received_while_paused <= 1024 * 1024 + 1382
+    # far longer than the 31 s a lost connection would take to die
+    run(n.clock, 120.0, step=0.05)
+    assert not src.done.called and sink.lost is None
+    assert conn.packets_resent == 0 and conn._retransmit_count == 0
+    assert sink.transport._readbuf_bytes <= received_while_paused + 10 * 1382  # only probes
+    sink.transport.resumeProducing()
+    assert run_until(n.clock, lambda: len(sink.received) == len(blob), 30, step=0.002)
+    assert bytes(sink.received) == blob
+
+
+def test_a_full_send_buffer_pauses_the_producer_and_never_deadlocks():
+    """Regression: both sides write far more than the windows at once."""
+    n = Net(latency=0.003)
+    rng = random.Random(11)
+    n.net.drop = lambda data, src, dst: rng.random() < 0.01
+    a_blob, b_blob = os.urandom(3 * 1024 * 1024), os.urandom(3 * 1024 * 1024)
+    a = HalfCloseSource(a_blob, half_close=True)
+    b = HalfCloseSource(b_blob, half_close=True, wait_first=True)
+    n.connect(client_proto=a, server_proto=b)
+    assert run_until(n.clock, lambda: a.done.called and b.done.called, 60, step=0.003)
+    assert bytes(a.received) == b_blob and bytes(b.received) == a_blob
+    assert a.pauses > 0 and b.pauses > 0  # the high-water mark paused both writers
+    assert a.max_send_buffer <= 512 * 1024 and b.max_send_buffer <= 512 * 1024
+
+
+def test_unregistered_writer_is_still_flushed():
+    n = Net()
+    c, s = n.connect()
+    blob = os.urandom(500_000)
+    c.transport.write(blob)
+    run(n.clock, 2.0)
+    assert bytes(s.received) == blob
+
+
+def test_duplicate_syn_is_answered_again_without_a_second_connection():
+    n = Net()
+    drops = {"n": 0}
+
+    def drop(data, src, dst):
+        if src == B and decode(data).type == ST_STATE and drops["n"] == 0:
+            drops["n"] += 1
+            return True
+        return False
+
+    n.net.drop = drop
+    factory = RecorderFactory()
+    n.b.listen(factory)
+    d = n.a.connect(B[0], B[1], RecorderFactory())
+    run(n.clock, 3.5, step=0.05)
+    assert d.called
+    assert len(factory.built) == 1 and len(n.b.connections) == 1
+
+
+def test_cancel_connect():
+    n = Net()
+    d = n.a.connect("10.0.0.9", 9, RecorderFactory())
+    d.cancel()
+    failures = []
+    d.addErrback(failures.append)
+    assert failures[0].check(error.ConnectingCancelledError)
+    assert n.a.connections == {}
+
+
+def _connected_pair():
+    n = Net()
+    c, s = n.connect()
+    c.transport.write(b"abc")
+    run(n.clock, 0.05)
+    return n, c, s
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 4),
+            st.integers(-40, 40),
+            st.integers(-40, 40),
+            st.integers(0, 0xFFFFFFFF),
+            st.sampled_from([b"", b"\x01\x00\x00\x00", b"\xff\xff\xff\xff", b"\x0f" * 16, b"\x00"]),
+            st.binary(max_size=64),
+        ),
+        max_size=40,
+    )
+)
+def test_random_packets_at_a_connection_never_raise(ops):
+    n, c, s = _connected_pair()
+    conn = s.transport
+    for ptype, dseq, dack, wnd, sack, payload in ops:
+        p = Packet(
+            ptype,
+            conn.recv_id if ptype != ST_SYN else conn.send_id,
+            (conn._ack_nr + 1 + dseq) & 0xFFFF,
+            (conn._seq_nr - 1 + dack) & 0xFFFF,
+            timestamp=12345,
+            timestamp_diff=wnd & 0xFFFF,
+            wnd_size=wnd,
+            extensions=((1, sack),) if sack else (),
+            payload=payload,
+        )
+        n.b._datagram_received(encode(p), A)
+        n.clock.advance(0.01)
+    run(n.clock, 40, step=0.5)
+    assert n.b.dropped["connection_error"] == 0
+    assert n.a.dropped["connection_error"] == 0
