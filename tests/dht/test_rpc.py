@@ -408,3 +408,47 @@ def test_any_datagram_is_handled_or_counted_never_raised(data, port):
         decodable = False
     if not decodable:
         assert sum(_FUZZ_NODE.dropped.values()) == before + 1
+
+
+# -- node state ------------------------------------------------------------------
+
+
+def test_persistent_starts_sending_the_id_and_rebootstraps():
+    net = FakeNetwork()
+    a, = started(net)
+    e, = started(net, ephemeral=True, bootstrap=[a.address()])
+    net.run(1)
+    assert a.routing_table_size == 0
+    d = e.persistent()
+    net.run(1)
+    assert d.called and not e.ephemeral
+    assert a.routing_table.get(e.id) is not None
+
+
+def test_remote_address_needs_three_agreeing_nodes():
+    net = FakeNetwork()
+    a, = started(net)
+    others = started(net, 3)
+    for o in others[:2]:
+        a.ping(*o.address())
+    net.run(0.1)
+    assert a.remote_address() is None and not a.holepunchable()
+    a.ping(*others[2].address())
+    net.run(0.1)
+    assert a.remote_address() == a.address() and a.holepunchable()
+
+
+def test_nodes_snapshot_round_trips():
+    net = FakeNetwork()
+    a, = started(net)
+    others = started(net, 5)
+    for o in others:
+        a.ping(*o.address())
+    net.run(0.1)
+    snapshot = a.nodes()
+    assert {i for i, _, _ in snapshot} == {o.id for o in others}
+    b, = started(net)
+    b.add_nodes(snapshot + [(b"short", "127.0.0.1", 1), (b"x" * 32, "not-an-ip", 1)])
+    assert b.nodes() == snapshot
+    target = others[0].id
+    assert b.closest_nodes(target, 1)[0][0] == target

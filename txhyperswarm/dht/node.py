@@ -706,6 +706,9 @@ class DHTNode(service.Service):
         :returns: Deferred firing with a :class:`Reply`, errbacks like
             :meth:`ping`.
         """
+        return self._with_ip(host, lambda ip: self._holepunch(ip, int(port), referrer))
+
+    def _holepunch(self, host: str, port: int, referrer: Address) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
 
         def cb(err, msg, addr, req):
