@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from tests.harness import NODE_MODULES, ProcessPool, node_binary
+import sys
+
+from tests.harness import NODE_MODULES, ProcessPool, free_port, node_binary
 
 _NETNS_STATE = {"private": False, "why": ""}
 
@@ -108,3 +110,19 @@ def processes(reactor):
     pool = ProcessPool(reactor)
     yield pool
     pytest_twisted.blockon(pool.stop_all())
+
+
+@pytest.fixture
+def twist_bootstrap_node(processes):
+    """
+    A real ``twist hyperswarm --bootstrap-node`` process on 127.0.0.1, up and
+    listening; yields ``(process, port)``.
+    """
+    port = free_port()
+    boot = processes.spawn(
+        "twist",
+        [sys.executable, "-m", "twisted", "--log-format", "text", "hyperswarm",
+         "--bootstrap-node", "--host", "127.0.0.1", "--port", str(port)],
+    )
+    pytest_twisted.blockon(boot.wait_for(lambda o: "listening" in o.get("_text", ""), timeout=20))
+    return boot, port

@@ -9,9 +9,11 @@ import pytest
 from tests.harness import REPO, free_port
 
 CLI = [sys.executable, "-m", "txhyperswarm.cli"]
+TOPIC = "11" * 32
 
 
-def _cli(*args, timeout=30):
+def cli(*args, timeout=30):
+    """Run ``hyperswarm ARGS`` to completion."""
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
 
 
@@ -24,10 +26,19 @@ def _cli(*args, timeout=30):
         (["ping", "127.0.0.1:99999"], "port"),
         (["ping", "127.0.0.1:1", "--timeout", "-1"], "timeout"),
         (["nosuchcommand"], "invalid choice"),
+        (["lookup", ""], "empty topic"),
+        (["announce", "", "--port", "4000"], "empty topic"),
+        (["lookup", TOPIC, "--bootstrap", "127.0.0.1"], "HOST:PORT"),
+        (["lookup", TOPIC, "--bootstrap", "nohost:port"], "port"),
+        (["announce", TOPIC, "--port", "4000", "--bootstrap", ":4000"], "HOST:PORT"),
+        (["announce", TOPIC, "--port", "4000", "--local-address", "10.0.0.1"], "HOST:PORT"),
+        (["announce", TOPIC], "--port"),
+        (["announce", TOPIC, "--port", "0"], "port"),
+        (["lookup", TOPIC, "--timeout", "0"], "timeout"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, says):
-    result = _cli(*args)
+    result = cli(*args)
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], result.stderr
@@ -36,7 +47,7 @@ def test_bad_input_is_one_line_and_exit_2(args, says):
 
 def test_ping_nobody_times_out_with_exit_1():
     port = free_port()
-    result = _cli("ping", f"127.0.0.1:{port}", "--timeout", "1")
+    result = cli("ping", f"127.0.0.1:{port}", "--timeout", "1")
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert result.stdout == ""
     assert f"127.0.0.1:{port}" in result.stderr

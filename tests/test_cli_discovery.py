@@ -4,42 +4,13 @@ a ``twist hyperswarm --bootstrap-node`` process and Node peers (DHT), and
 against a Node hyperswarm on the LAN (mDNS, private namespace only).
 """
 
-import subprocess
 import sys
 
 import pytest
 import pytest_twisted
 
-from tests.harness import REPO, free_port
-
-CLI = [sys.executable, "-m", "txhyperswarm.cli"]
-TOPIC = "11" * 32
-
-
-def _cli(*args, timeout=30):
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
-
-
-@pytest.mark.parametrize(
-    "args, says",
-    [
-        (["lookup", ""], "empty topic"),
-        (["announce", "", "--port", "4000"], "empty topic"),
-        (["lookup", TOPIC, "--bootstrap", "127.0.0.1"], "HOST:PORT"),
-        (["lookup", TOPIC, "--bootstrap", "nohost:port"], "port"),
-        (["announce", TOPIC, "--port", "4000", "--bootstrap", ":4000"], "HOST:PORT"),
-        (["announce", TOPIC, "--port", "4000", "--local-address", "10.0.0.1"], "HOST:PORT"),
-        (["announce", TOPIC], "--port"),
-        (["announce", TOPIC, "--port", "0"], "port"),
-        (["lookup", TOPIC, "--timeout", "0"], "timeout"),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(args, says):
-    result = _cli(*args)
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and says in lines[0], result.stderr
-    assert result.stdout == ""
+from tests.harness import free_port
+from tests.test_cli import TOPIC, cli as _cli
 
 
 def test_lookup_with_no_bootstrap_and_no_mdns_fails_with_exit_1():
@@ -49,22 +20,9 @@ def test_lookup_with_no_bootstrap_and_no_mdns_fails_with_exit_1():
     assert "DHT walk failed" in result.stderr
 
 
-@pytest.fixture
-def bootstrap_node(processes):
-    """A real ``twist hyperswarm --bootstrap-node`` on 127.0.0.1; yields its port."""
-    port = free_port()
-    boot = processes.spawn(
-        "twist",
-        [sys.executable, "-m", "twisted", "--log-format", "text", "hyperswarm",
-         "--bootstrap-node", "--host", "127.0.0.1", "--port", str(port)],
-    )
-    pytest_twisted.blockon(boot.wait_for(lambda o: "listening" in o.get("_text", ""), timeout=20))
-    return port
-
-
 @pytest_twisted.inlineCallbacks
-def test_cli_announce_is_found_by_node_and_gone_after_sigterm(processes, node, bootstrap_node):
-    boot = f"127.0.0.1:{bootstrap_node}"
+def test_cli_announce_is_found_by_node_and_gone_after_sigterm(processes, node, twist_bootstrap_node):
+    boot = f"127.0.0.1:{twist_bootstrap_node[1]}"
     announcer = processes.python("-m", "txhyperswarm.cli", "announce", TOPIC, "--port", "4000",
                                  "--bootstrap", boot, "--no-mdns")
     line = yield announcer.wait_for(lambda o: "announced" in o, timeout=30)
@@ -86,8 +44,8 @@ def test_cli_announce_is_found_by_node_and_gone_after_sigterm(processes, node, b
 
 
 @pytest_twisted.inlineCallbacks
-def test_cli_lookup_prints_a_node_announce(processes, node, bootstrap_node):
-    boot = f"127.0.0.1:{bootstrap_node}"
+def test_cli_lookup_prints_a_node_announce(processes, node, twist_bootstrap_node):
+    boot = f"127.0.0.1:{twist_bootstrap_node[1]}"
     js = processes.node("peers_node.js", f'{{"bootstrap": ["{boot}"]}}')
     yield js.wait_for(lambda o: o.get("event") == "ready", timeout=30)
     js.send({"cmd": "announce", "topic": TOPIC, "port": 5000, "id": 1})

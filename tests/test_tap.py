@@ -7,7 +7,7 @@ import sys
 import pytest
 import pytest_twisted
 
-from tests.harness import REPO, free_port
+from tests.harness import REPO
 
 TWIST = [sys.executable, "-m", "twisted"]
 
@@ -40,13 +40,8 @@ def test_bad_input_is_one_line_and_exit_2(args, says):
 
 
 @pytest_twisted.inlineCallbacks
-def test_node_peers_bootstrap_from_a_twist_bootstrap_node(processes, node):
-    port = free_port()
-    boot = processes.spawn(
-        "twist",
-        [*TWIST, "--log-format", "text", "hyperswarm", "--bootstrap-node", "--host", "127.0.0.1", "--port", str(port)],
-    )
-    yield boot.wait_for(lambda o: "listening" in o.get("_text", ""), timeout=20)
+def test_node_peers_bootstrap_from_a_twist_bootstrap_node(processes, node, twist_bootstrap_node):
+    boot, port = twist_bootstrap_node
 
     # hyperswarm ping reaches it and reports its id.
     ping = processes.spawn("ping", [sys.executable, "-m", "txhyperswarm.cli", "ping", f"127.0.0.1:{port}"])
