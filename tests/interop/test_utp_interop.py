@@ -73,3 +73,109 @@ def test_utp_native_sends_64mib_to_python(reactor, node, processes, utp_socket):
     assert sink.hash.hexdigest() == sent["sha256"]
     yield peer.wait_for(event("close"), timeout=10)
     assert not [o for o in peer.lines if o.get("event") == "error"]
+
+
+def _collector(reactor):
+    """A UDPSocket on 127.0.0.1 whose uTP datagrams land in a list."""
+    udp = UDPSocket(reactor, host="127.0.0.1")
+    got = []
+    waiters = []
+
+    def receive(data, addr):
+        got.append((data, addr))
+        while waiters:
+            waiters.pop().callback(None)
+
+    udp.set_utp_receiver(receive)
+    udp.listen()
+
+    def wait(timeout=5):
+        if got:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        waiters.append(d)
+        return d.addTimeout(timeout, reactor)
+
+    return udp, got, wait
+
+
+@pytest_twisted.inlineCallbacks
+def test_unknown_connection_reset_matches_libutps(reactor, node, processes, utp_socket):
+    """Both stacks answer a DATA for an unknown id with the same RESET."""
+    peer = processes.node("utp_peer.js", "listen", "0", "hold")
+    node_port = (yield peer.wait_for(event("listening")))["port"]
+    probe = HEADER.pack(0x01, 0, 4242, 123456, 0, 1048576, 777, 5) + b"stray"
+    answers = {}
+    for name, port in (("node", node_port), ("python", utp_socket.address()[1])):
+        udp, got, wait = _collector(reactor)
+        try:
+            udp.send(probe, ("127.0.0.1", port))
+            yield wait()
+            # libutp's rate limit: the same offender again gets no second RESET
+            udp.send(probe, ("127.0.0.1", port))
+            yield defer.Deferred(lambda d: None).addTimeout(0.3, reactor).addErrback(lambda f: None)
+            assert len(got) == 1, name
+            answers[name] = decode(got[0][0])
+        finally:
+            yield udp.close()
+    for p in answers.values():
+        assert (p.type, p.connection_id, p.ack_nr, p.timestamp, p.timestamp_diff, p.wnd_size, p.extensions) == (
+            ST_RESET, 4242, 777, 0, 0, 0, (),
+        )
+
+
+@pytest_twisted.inlineCallbacks
+def test_reset_from_utp_native_for_a_forgotten_connection(reactor, node, processes, utp_socket):
+    """utp-native restarted on the same port answers our packets with RESET."""
+    peer = processes.node("utp_peer.js", "listen", "0", "hold")
+    port = (yield peer.wait_for(event("listening")))["port"]
+    sink = Sink(hello=b"hi")
+    yield utp_socket.connect("127.0.0.1", port, OneFactory(sink))
+    yield peer.wait_for(event("data"))
+    peer.signal("KILL")  # vanishes without a packet
+    yield peer.ended
+    again = processes.node("utp_peer.js", "listen", str(port), "hold")
+    yield again.wait_for(event("listening"))
+    sink.transport.write(b"anyone there?")
+    reason = yield sink.done.addTimeout(10, reactor)
+    assert isinstance(reason, UTPConnectionResetError)
+    assert utp_socket.connections == {}
+
+
+@pytest_twisted.inlineCallbacks
+def test_abort_reaches_utp_native_as_a_reset(reactor, node, processes, utp_socket):
+    peer = processes.node("utp_peer.js", "listen", "0", "hold")
+    port = (yield peer.wait_for(event("listening")))["port"]
+    sink = Sink(hello=b"hi")
+    yield utp_socket.connect("127.0.0.1", port, OneFactory(sink))
+    yield peer.wait_for(event("data"))
+    sink.transport.abortConnection()
+    reason = yield sink.done
+    assert isinstance(reason, error.ConnectionAborted)
+    err = yield peer.wait_for(event("error"), timeout=10)
+    assert err["code"] == "UTP_ECONNRESET"
+
+
+@pytest_twisted.inlineCallbacks
+def test_utp_native_half_close_then_answer(reactor, node, processes, utp_socket):
+    """Node ends first; our (non-half-closeable) protocol answers and closes: no errors."""
+    got = []
+
+    class Answer(Sink):
+        def dataReceived(self, data):
+            got.append(data)
+            self.transport.write(b"pong:" + data)
+
+    proto = Answer()
+    utp_socket.listen(OneFactory(proto))
+    peer = processes.node("utp_peer.js", "connect", "127.0.0.1", str(utp_socket.address()[1]), "hold")
+    yield peer.wait_for(event("bound"))
+    peer.send({"cmd": "write", "hex": b"ping".hex()})
+    data = yield peer.wait_for(event("data"))
+    assert bytes.fromhex(data["hex"]) == b"pong:ping"
+    peer.send({"cmd": "end"})
+    reason = yield proto.done.addTimeout(10, reactor)
+    assert isinstance(reason, error.ConnectionDone)
+    yield peer.wait_for(event("end"))
+    yield peer.wait_for(event("close"))
+    assert not [o for o in peer.lines if o.get("event") == "error"]

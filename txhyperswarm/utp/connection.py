@@ -461,6 +461,7 @@ class UTPConnection:
 
     def _send_reset(self) -> None:
         self._send_raw(_PACK_HEADER(0x31, 0, self.send_id, 0, 0, 0, self._seq_nr, self._ack_nr))
+        self._owner._aborted(self)
 
     def _flush(self, tail: bool = True) -> None:
         """Send what the windows allow: resends first, then new data, then FIN."""

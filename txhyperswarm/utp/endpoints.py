@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-from twisted.internet import defer, interfaces
+from twisted.internet import defer, error, interfaces
 from twisted.internet.address import IPv4Address
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txhyperswarm._reactor import default_reactor
 from txhyperswarm.udp import UDPSocket
+from txhyperswarm.utp.connection import UTPTimeoutError
 from txhyperswarm.utp.socket import UTPSocket
 
 __all__ = ["UTPServerEndpoint", "UTPClientEndpoint", "UTPListeningPort"]
@@ -123,7 +125,7 @@ class UTPClientEndpoint:
     def connect(self, protocolFactory) -> defer.Deferred:
         """
         :returns: Deferred firing with the connected protocol; errbacks with
-            ``UTPTimeoutError``, ``UTPConnectionRefusedError``,
+            ``UTPTimeoutError`` (also when ``timeout`` passed), ``UTPConnectionRefusedError``,
             ``CannotListenError``, or ``ConnectingCancelledError`` when cancelled.
         """
         try:
@@ -139,7 +141,26 @@ class UTPClientEndpoint:
             utp.close()
             return f
 
-        d.addErrback(failed)
         if self._timeout is not None:
-            d.addTimeout(self._timeout, self._reactor)
+            timed_out = []
+
+            def expire():
+                timed_out.append(True)
+                d.cancel()
+
+            call = self._reactor.callLater(self._timeout, expire)
+
+            def done(result):
+                if call.active():
+                    call.cancel()
+                if timed_out and isinstance(result, Failure) and result.check(error.ConnectingCancelledError):
+                    return Failure(
+                        UTPTimeoutError(
+                            f"uTP connect to {self._host}:{self._port} timed out after {self._timeout}s"
+                        )
+                    )
+                return result
+
+            d.addBoth(done)
+        d.addErrback(failed)
         return d

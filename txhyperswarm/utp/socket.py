@@ -90,6 +90,7 @@ class UTPSocket:
         self._ack_queue = []
         self._ack_call = None
         self._resets: Dict[tuple, float] = {}
+        self._quiet: Dict[tuple, float] = {}
         self._on_idle: Optional[Callable[[], None]] = None
         self._closed = False
         #: packets dropped, by reason
@@ -303,9 +304,27 @@ class UTPSocket:
                 return
         self.dropped["reset_unknown"] += 1
 
+    def _aborted(self, conn: UTPConnection) -> None:
+        """
+        ``conn`` sent a RESET: its peer's late packets (a deferred ACK) get no
+        second RESET — utp-native never reports the first one if a second
+        follows before its socket is freed (observed with utp-native 2.5.3).
+        """
+        now = self._reactor.seconds()
+        quiet = self._quiet
+        if len(quiet) >= RESET_MEMORY_SIZE:
+            for k in [k for k, t in quiet.items() if t <= now]:
+                del quiet[k]
+        if len(quiet) < RESET_MEMORY_SIZE:
+            quiet[(conn._addr[0], conn._addr[1], conn.recv_id)] = now + RESET_MEMORY
+
     def _answer_unknown(self, p, addr: Address) -> None:
         self.dropped["unknown_connection"] += 1
         now = self._reactor.seconds()
+        if self._quiet:
+            until = self._quiet.get((addr[0], addr[1], p.connection_id))
+            if until is not None and until > now:
+                return
         key = (addr[0], addr[1], p.connection_id, p.seq_nr)
         resets = self._resets
         if key in resets and resets[key] > now:
