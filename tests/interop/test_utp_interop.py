@@ -12,6 +12,7 @@ import socket as pysocket
 import pytest
 import pytest_twisted
 from twisted.internet import defer, error
+from twisted.internet.task import deferLater
 
 from tests.utp.streams import OneFactory, Sink, Source, random_blob
 from txhyperswarm.udp import UDPSocket
@@ -179,3 +180,55 @@ def test_utp_native_half_close_then_answer(reactor, node, processes, utp_socket)
     yield peer.wait_for(event("end"))
     yield peer.wait_for(event("close"))
     assert not [o for o in peer.lines if o.get("event") == "error"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_python_sender_recovers_losses_at_utp_natives_default_buffer(reactor, node, processes, utp_socket):
+    """utp-native's ~208 KiB kernel buffer overflows: SACK/RTO recovery against libutp."""
+    peer = processes.node("utp_peer.js", "listen", "0", "sink")
+    port = (yield peer.wait_for(event("listening")))["port"]
+    blob = random_blob(4 * 1024 * 1024)
+    src = Source(blob)
+    yield utp_socket.connect("127.0.0.1", port, OneFactory(src))
+    end = yield peer.wait_for(event("end"), timeout=60)
+    assert end["bytes"] == len(blob)
+    assert end["sha256"] == hashlib.sha256(blob).hexdigest()
+    assert isinstance((yield src.done), error.ConnectionDone)
+
+
+@pytest_twisted.inlineCallbacks
+def test_paused_python_reader_throttles_utp_native(reactor, node, processes, utp_socket):
+    """Our advertised window (receive buffer minus unread bytes) holds libutp back."""
+    size = 8 * 1024 * 1024
+
+    class Pausing(Sink):
+        paused_at = None
+
+        def dataReceived(self, data):
+            Sink.dataReceived(self, data)
+            if self.paused_at is None and self.count > 1024 * 1024:
+                self.paused_at = self.count
+                self.transport.pauseProducing()
+
+    sink = Pausing()
+    utp_socket.listen(OneFactory(sink))
+    peer = processes.node(
+        "utp_peer.js", "connect", "127.0.0.1", str(utp_socket.address()[1]), f"source:{size}", env=BIG_RCVBUF
+    )
+    yield peer.wait_for(event("connect"))
+    for _ in range(100):
+        if sink.paused_at is not None:
+            break
+        yield deferLater(reactor, 0.05)
+    assert sink.paused_at is not None
+    yield deferLater(reactor, 2.0)
+    conn = sink.transport
+    unread = conn._readbuf_bytes
+    assert sink.count == sink.paused_at  # nothing delivered while paused
+    assert unread <= 1024 * 1024 + 64 * 1024  # the 1 MiB window held libutp back
+    assert not [o for o in peer.lines if o.get("event") == "sent"]
+    conn.resumeProducing()
+    sent = yield peer.wait_for(event("sent"), timeout=30)
+    reason = yield sink.done.addTimeout(30, reactor)
+    assert isinstance(reason, error.ConnectionDone)
+    assert sink.count == size and sink.hash.hexdigest() == sent["sha256"]

@@ -465,3 +465,73 @@ def test_random_packets_at_a_connection_never_raise(ops):
     run(n.clock, 40, step=0.5)
     assert n.b.dropped["connection_error"] == 0
     assert n.a.dropped["connection_error"] == 0
+
+
+def test_connection_provides_the_transport_interfaces():
+    from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
+    from zope.interface.verify import verifyObject
+
+    n = Net()
+    c, s = n.connect()
+    for iface in (ITransport, IPushProducer, IConsumer):
+        verifyObject(iface, c.transport)
+        verifyObject(iface, s.transport)
+    assert callable(c.transport.loseWriteConnection)  # half-close, as ITCPTransport
+
+
+def test_a_protocol_exception_drops_the_connection_with_it():
+    class Boom(Recorder):
+        def dataReceived(self, data):
+            raise ZeroDivisionError("bad protocol")
+
+    n = Net()
+    c, s = n.connect(server_proto=Boom())
+    c.transport.write(b"x")
+    run(n.clock, 0.1)
+    assert s.lost.check(ZeroDivisionError)
+    assert c.lost.check(UTPConnectionResetError)
+    assert n.a.dropped["connection_error"] == 0 and n.b.dropped["connection_error"] == 0
+
+
+def test_no_second_reset_for_late_packets_of_an_aborted_connection():
+    n = Net()
+    c, s = n.connect()
+    c.transport.write(b"x")
+    run(n.clock, 0.1)
+    conn = s.transport
+    late = encode(Packet(ST_STATE, conn.recv_id, 5, 6, timestamp=1, wnd_size=100))
+    conn.abortConnection()
+    n.net.log.clear()
+    n.b._datagram_received(late, A)
+    assert n.sent(B, A) == []
+    run(n.clock, 11.0, step=0.5)  # after 10 s libutp's rule applies again
+    n.b._datagram_received(late, A)
+    assert [p.type for t, p in n.sent(B, A)] == [ST_RESET]
+
+
+def test_pull_producer_is_driven_until_done():
+    from twisted.internet.interfaces import IPullProducer
+
+    @implementer(IPullProducer)
+    class Pull:
+        def __init__(self, transport, chunks):
+            self.transport, self.chunks = transport, chunks
+
+        def resumeProducing(self):
+            if self.chunks:
+                self.transport.write(self.chunks.pop(0))
+            else:
+                self.transport.unregisterProducer()
+                self.transport.loseConnection()
+
+        def stopProducing(self):
+            pass
+
+    n = Net()
+    c, s = n.connect()
+    chunks = [os.urandom(10_000) for _ in range(100)]
+    expected = b"".join(chunks)
+    c.transport.registerProducer(Pull(c.transport, list(chunks)), False)
+    assert run_until(n.clock, lambda: s.lost is not None, 10)
+    assert bytes(s.received) == expected
+    assert s.lost.check(error.ConnectionDone)

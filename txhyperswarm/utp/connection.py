@@ -144,7 +144,6 @@ class _Out:
     interfaces.ITransport,
     interfaces.IPushProducer,
     interfaces.IConsumer,
-    interfaces.IHalfCloseableDescriptor,
 )
 class UTPConnection:
     """
@@ -444,7 +443,9 @@ class UTPConnection:
 
     def _send_ack(self) -> None:
         """Flush a deferred ACK (called by the socket once per reactor turn)."""
-        if self._ack_pending and (self.state == CONNECTED or self.state == CLOSED):
+        if self._ack_pending and (
+            self.state == CONNECTED or (self.state == CLOSED and self._linger_at is not None)
+        ):
             self._send_state()
 
     def _schedule_ack(self) -> None:
@@ -648,6 +649,8 @@ class UTPConnection:
                         if payload:
                             self._deliver(payload)
                         nxt = (nxt + 1) & M16
+                if self._lost:
+                    return  # the protocol aborted while reading
                 if self._eof_seq is not None and self._ack_nr == self._eof_seq and not self._eof:
                     self._reached_eof()
                 else:
@@ -790,7 +793,19 @@ class UTPConnection:
             return
         if self._lost or self.protocol is None:
             return
-        self.protocol.dataReceived(payload)
+        try:
+            self.protocol.dataReceived(payload)
+        except Exception:
+            self._protocol_failed()
+
+    def _protocol_failed(self) -> None:
+        """The protocol raised: like Twisted's TCP, drop the connection with that error."""
+        f = Failure()
+        self.log.failure("uTP protocol {proto!r} failed", f, proto=self.protocol)
+        if not self._lost:
+            if self.state == CONNECTED or self.state == SYN_RECV:
+                self._send_reset()
+            self._finish(f)
 
     def _reached_eof(self) -> None:
         self._eof = True
@@ -1031,7 +1046,7 @@ class UTPConnection:
         if self._fin_acked:
             self._maybe_finish()
             return
-        if self.state == CONNECTED and self._producer is None:
+        if self.state == CONNECTED:
             self._flush()
 
     def abortConnection(self) -> None:
@@ -1073,7 +1088,10 @@ class UTPConnection:
             data = rb.popleft()
             self._readbuf_bytes -= len(data)
             if self.protocol is not None:
-                self.protocol.dataReceived(data)
+                try:
+                    self.protocol.dataReceived(data)
+                except Exception:
+                    self._protocol_failed()
         if self._lost:
             return
         if not rb and self._eof and not self._eof_told:
