@@ -21,7 +21,6 @@ from zope.interface import implementer
 from tests.utp.fakes import FakeNetwork, Recorder, RecorderFactory, run, run_events, run_until
 from tests.utp.streams import HalfCloseSource, OneFactory, Sink, Source
 from txhyperswarm.utp.connection import (
-    CONNECTED,
     UTPConnectionRefusedError,
     UTPConnectionResetError,
     UTPTimeoutError,
@@ -341,7 +340,7 @@ def test_sequence_numbers_wrap_mid_transfer():
     blob = os.urandom(1382 * 300)
     up, down = HalfCloseSource(blob, half_close=True), HalfCloseSource(blob, half_close=True)
     n.b.listen(OneFactory(down))
-    d = n.a.connect(B[0], B[1], OneFactory(up), seq_nr=65400)
+    n.a.connect(B[0], B[1], OneFactory(up), seq_nr=65400)
     assert run_until(n.clock, lambda: up.done.called and down.done.called, 60, step=0.002)
     assert bytes(up.received) == blob and bytes(down.received) == blob
     seqs = {p.seq_nr for t, p in n.sent(None, None, {ST_DATA})}

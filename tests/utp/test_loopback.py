@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, error
+from twisted.internet import error
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, IStreamServerEndpoint
 from zope.interface.verify import verifyObject

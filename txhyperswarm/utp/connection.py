@@ -578,6 +578,7 @@ class UTPConnection:
             return
         # the peer's window
         wnd = p.wnd_size
+        same_window = wnd == self._peer_wnd
         self._peer_wnd = wnd
         if wnd and self._zero_window_at is not None:
             self._zero_window_at = None
@@ -609,7 +610,13 @@ class UTPConnection:
                     if r is not None and (min_rtt is None or r < min_rtt):
                         min_rtt = r
                     break
-        elif t == ST_STATE and not acks and outstanding and ack == ((self._oldest - 1) & M16):
+        elif (
+            t == ST_STATE
+            and not acks
+            and outstanding
+            and same_window  # a window update is not a duplicate ack
+            and ack == ((self._oldest - 1) & M16)
+        ):
             self._dup_acks += 1
             if self._dup_acks >= 3:
                 self._fast_resend_oldest(now)
