@@ -534,3 +534,13 @@ def test_pull_producer_is_driven_until_done():
     assert run_until(n.clock, lambda: s.lost is not None, 10)
     assert bytes(s.received) == expected
     assert s.lost.check(error.ConnectionDone)
+
+
+def test_an_accepted_connection_without_data_times_out():
+    n = Net()
+    c, s = n.connect()  # the client never writes: the acceptor stays in SYN_RECV
+    run(n.clock, 59.5, step=0.5)
+    assert s.lost is None
+    run(n.clock, 1.0, step=0.5)
+    assert s.lost is not None and s.lost.check(UTPTimeoutError)
+    assert n.b.connections == {}

@@ -92,8 +92,10 @@ MAX_SYN_RETRANSMITS = 2
 MAX_FAST_RESENDS = 4
 #: After our side is closed, keep acking the peer's data/FIN this long.
 LINGER = 10.0
-#: How long an accepted connection waits for the initiator's first packet
-#: once the application closed it (libutp would wait forever).
+#: How long an accepted connection waits for the initiator's first DATA/FIN
+#: (libutp waits forever; this bounds what spoofed SYNs can hold), and how
+#: long once the application closed it.
+SYN_RECV_TIMEOUT = 60.0
 SYN_RECV_CLOSE_WAIT = 30.0
 #: Send-buffer marks for pausing/resuming a registered producer (bytes not
 #: yet packetised; up to SEND_CAP more may be in flight).
@@ -305,7 +307,17 @@ class UTPConnection:
             return
         if self._close_wait_at is not None and now + eps >= self._close_wait_at:
             self._close_wait_at = None
-            self._finish(Failure(error.ConnectionDone()))
+            if self._close_requested:
+                self._finish(Failure(error.ConnectionDone()))
+            else:
+                self._finish(
+                    Failure(
+                        UTPTimeoutError(
+                            f"uTP connection from {self._addr[0]}:{self._addr[1]} sent no data"
+                            f" within {SYN_RECV_TIMEOUT:g}s of its SYN"
+                        )
+                    )
+                )
             return
         if self._rto_at is not None and now + eps >= self._rto_at:
             self._on_rto(now)
@@ -915,6 +927,15 @@ class UTPConnection:
         if d is not None:
             d.callback(proto)
 
+    def _accepted(self, syn) -> None:
+        """Set up from the initiator's SYN and answer it (acceptor side)."""
+        self._ack_nr = syn.seq_nr
+        self._syn_seq = syn.seq_nr
+        self._peer_wnd = syn.wnd_size
+        self._send_state(syn_reply=True)
+        self._close_wait_at = self._clock.seconds() + SYN_RECV_TIMEOUT
+        self._arm(self._close_wait_at)
+
     def _attach(self, proto) -> None:
         self.protocol = proto
         self.connected = True
@@ -1036,8 +1057,10 @@ class UTPConnection:
             # libutp acceptors cannot send before the initiator's first packet
             self._want_fin = True
             self._write_closed = True
-            self._close_wait_at = self._clock.seconds() + SYN_RECV_CLOSE_WAIT
-            self._arm(self._close_wait_at)
+            at = self._clock.seconds() + SYN_RECV_CLOSE_WAIT
+            if self._close_wait_at is None or at < self._close_wait_at:
+                self._close_wait_at = at
+                self._arm(at)
             return
         self._close_write()
 

@@ -279,11 +279,8 @@ class UTPSocket:
             initiator=False,
             recv_buffer=self._recv_buffer,
         )
-        conn._ack_nr = p.seq_nr
-        conn._syn_seq = p.seq_nr
-        conn._peer_wnd = p.wnd_size
         self.connections[(host, port, recv_id)] = conn
-        conn._send_state(syn_reply=True)
+        conn._accepted(p)
         try:
             proto = factory.buildProtocol(IPv4Address("UDP", host, port))
         except Exception:
