@@ -7,7 +7,6 @@ Node helper: ``tests/node/utp_peer.js``.
 from __future__ import annotations
 
 import hashlib
-import socket as pysocket
 
 import pytest
 import pytest_twisted
