@@ -24,6 +24,13 @@ Behaviour follows libutp as built into utp-native 2.5.3 (``shared/spec/utp.md``)
 * delayed acks (4.5): data schedules one ACK per reactor turn (batched by the
   socket); any outgoing DATA carries the ack instead.
 * FIN/EOF (2.5, 5.4): FIN consumes a number; EOF when ``ack_nr`` reaches it.
+  Unlike libutp, our FIN is not held back until earlier data is acked, and
+  after ``loseConnection`` we keep acking the peer's data and FIN for up to
+  ``LINGER`` seconds instead of answering them with RESETs.
+* beyond libutp: an accepted connection that gets no DATA/FIN within
+  ``SYN_RECV_TIMEOUT`` ends with :class:`UTPTimeoutError`; duplicate SYNs are
+  answered again; a RESET after the peer's FIN ended an orderly close counts
+  as ``ConnectionDone``.
 
 The state machine is a handful of integer states checked on the per-packet
 path rather than an automat machine: the packet handler runs tens of
