@@ -231,3 +231,19 @@ def test_paused_python_reader_throttles_utp_native(reactor, node, processes, utp
     reason = yield sink.done.addTimeout(30, reactor)
     assert isinstance(reason, error.ConnectionDone)
     assert sink.count == size and sink.hash.hexdigest() == sent["sha256"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_utp_native_destroy_is_an_orderly_close_for_us(reactor, node, processes, utp_socket):
+    """utp-native's destroy() sends FIN and frees its socket once acked; our
+    FIN then draws a RESET, which must still end as ConnectionDone."""
+    peer = processes.node("utp_peer.js", "listen", "0", "hold")
+    port = (yield peer.wait_for(event("listening")))["port"]
+    sink = Sink(hello=b"hi")
+    yield utp_socket.connect("127.0.0.1", port, OneFactory(sink))
+    yield peer.wait_for(event("data"))
+    peer.send({"cmd": "destroy"})
+    reason = yield sink.done.addTimeout(10, reactor)
+    assert isinstance(reason, error.ConnectionDone)
+    yield peer.wait_for(event("close"))
+    assert not [o for o in peer.lines if o.get("event") == "error"]
