@@ -544,3 +544,46 @@ def test_an_accepted_connection_without_data_times_out():
     run(n.clock, 1.0, step=0.5)
     assert s.lost is not None and s.lost.check(UTPTimeoutError)
     assert n.b.connections == {}
+
+
+def test_a_selectively_acked_fin_does_not_end_the_connection_early():
+    """Regression: data lost just before a FIN that arrives must still be resent."""
+    n = Net()
+    c, s = n.connect(client_proto=HalfCloser(), server_proto=HalfCloser())
+    c.transport.cc.max_window = 100_000
+    dropped = []
+
+    def drop(data, src, dst):
+        p = decode(data)
+        if src == A and p.type == ST_DATA and len(p.payload) == 1 and not dropped:
+            dropped.append(p.seq_nr)
+            return True
+        return False
+
+    n.net.drop = drop
+    c.transport.write(b"x" * 1382 * 3 + b"!")
+    c.transport.loseWriteConnection()  # FIN goes right after the lost 1-byte packet
+    run(n.clock, 5.0)
+    assert dropped
+    assert bytes(s.received) == b"x" * 1382 * 3 + b"!"
+    assert c.lost.check(error.ConnectionDone) and s.lost.check(error.ConnectionDone)
+
+
+def test_rto_estimate_stays_sane_under_heavy_loss():
+    """Regression: packets acked only once a hole is refilled are not RTT samples
+    (Karn); otherwise the RTO estimate grew to minutes and transfers stalled."""
+    n = Net(latency=0.005)
+    rng = random.Random(11)
+    n.net.drop = lambda data, src, dst: rng.random() < 0.12
+    blob = os.urandom(600_000)
+    src, sink = Source(blob), Sink()
+    n.connect(client_proto=src, server_proto=sink)
+    worst = 0
+    for _ in range(6000):
+        if sink.done.called:
+            break
+        run(n.clock, 0.05, step=0.005)
+        if src.transport is not None and src.transport.connected:
+            worst = max(worst, src.transport.rto)
+    assert sink.count == len(blob) and sink.hash.digest() == hashlib.sha256(blob).digest()
+    assert worst < 5000

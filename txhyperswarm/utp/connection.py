@@ -94,6 +94,8 @@ KEEPALIVE = 29.0
 ZERO_WINDOW_PROBE = 15.0
 SYN_TIMEOUT_MS = 3000
 MIN_RTO_MS = 1000
+#: Not in libutp (no upper bound there): a cap on the RTO estimate.
+MAX_RTO_MS = 60000
 MAX_RETRANSMITS = 4
 MAX_SYN_RETRANSMITS = 2
 MAX_FAST_RESENDS = 4
@@ -238,6 +240,7 @@ class UTPConnection:
         self._recv_buffer = recv_buffer
         self._reply_micro = 0
         self._ack_pending = False
+        self._ack_clean = True
         self._syn_seq = 0
         # timers (seconds / milliseconds as libutp)
         self._rtt = 0
@@ -294,7 +297,7 @@ class UTPConnection:
         cands = []
         if self._rto_at is not None:
             cands.append(self._rto_at)
-        if self.state == CONNECTED and self._fin_seq is None and not self._lost:
+        if self.state == CONNECTED and not self._lost:
             cands.append(self._last_send + KEEPALIVE)
         if self._zero_window_at is not None:
             cands.append(self._zero_window_at)
@@ -337,10 +340,11 @@ class UTPConnection:
                 self._flush()
         if (
             self.state == CONNECTED
-            and self._fin_seq is None
             and not self._lost
             and now + eps >= self._last_send + KEEPALIVE
         ):
+            # unlike libutp, also after our FIN: a half-closed connection
+            # whose peer vanished learns it from the RESET this draws
             self._send_state(keepalive=True)
         if self.state == CLOSED and self._linger_at is None:
             return
@@ -604,6 +608,7 @@ class UTPConnection:
         # cumulative ack
         acked_bytes = 0
         min_rtt = None
+        self._ack_clean = True
         acks = (ack - self._oldest + 1) & M16
         if acks > outstanding:
             acks = 0
@@ -618,7 +623,10 @@ class UTPConnection:
                     self._arm(at)
             else:
                 self._rto_at = None
-            if self._fin_seq is not None and not self._fin_acked and self._fin_seq not in self._inflight:
+            if self._fin_seq is not None and self._oldest == self._seq_nr:
+                # every packet up to and including our FIN is acked
+                # (libutp's fin_sent_acked); a selective ack of the FIN alone
+                # does not count
                 self._fin_acked = True
         exts = p.extensions
         if exts:
@@ -698,11 +706,20 @@ class UTPConnection:
             self._maybe_finish()
 
     def _ack_through(self, acks: int, now_us: int):
-        """Pop ``acks`` packets from the oldest; returns (payload bytes, min rtt µs)."""
+        """
+        Pop ``acks`` packets from the oldest; returns (payload bytes, min rtt µs).
+
+        RTT samples come from packets sent once (Karn), and — unlike libutp —
+        none at all when this ack also covers a retransmitted packet: then
+        the later packets sat in the peer's reorder buffer waiting for the
+        hole to be filled, and their "RTT" would be the whole stall (seen as
+        80 s RTOs under heavy loss).
+        """
         inflight = self._inflight
         seq = self._oldest
         acked = 0
-        min_rtt = None
+        samples = None
+        clean = True
         pop = inflight.pop
         for _ in range(acks):
             e = pop(seq, None)
@@ -712,13 +729,22 @@ class UTPConnection:
                     self._cur_window -= n
                 acked += n
                 if e.transmissions == 1:
-                    r = (now_us - e.sent_us) & M32
-                    self._rtt_sample(r // 1000)
-                    if min_rtt is None or r < min_rtt:
-                        min_rtt = r
+                    if clean:
+                        r = (now_us - e.sent_us) & M32
+                        if samples is None:
+                            samples = [r]
+                        else:
+                            samples.append(r)
+                else:
+                    clean = False
             seq = (seq + 1) & M16
         self._oldest = seq
-        return acked, min_rtt
+        self._ack_clean = clean
+        if not clean or samples is None:
+            return acked, None
+        for r in samples:
+            self._rtt_sample(r // 1000)
+        return acked, min(samples)
 
     def _rtt_sample(self, ms: int) -> None:
         if self._rtt == 0:
@@ -729,7 +755,7 @@ class UTPConnection:
             self._rtt_var += _cdiv(abs(delta) - self._rtt_var, 4)
             self._rtt = self._rtt - self._rtt // 8 + ms // 8
         rto = self._rtt + 4 * self._rtt_var
-        self.rto = rto if rto > MIN_RTO_MS else MIN_RTO_MS
+        self.rto = MIN_RTO_MS if rto < MIN_RTO_MS else MAX_RTO_MS if rto > MAX_RTO_MS else rto
 
     def _selective_ack(self, ack: int, mask: bytes, now: float, now_us: int):
         outstanding = (self._seq_nr - self._oldest) & M16
@@ -764,7 +790,9 @@ class UTPConnection:
                 if not e.lost:
                     self._cur_window -= n
                 acked += n
-                if e.transmissions == 1:
+                if e.transmissions == 1 and self._ack_clean:
+                    # (not after a hole was filled by a retransmission: the
+                    # packets entering the mask may have waited for it)
                     r = (now_us - e.sent_us) & M32
                     self._rtt_sample(r // 1000)
                     if min_rtt is None or r < min_rtt:
@@ -791,8 +819,6 @@ class UTPConnection:
                     break
             if done:
                 self.cc.on_loss(now)
-        if self._fin_seq is not None and not self._fin_acked and self._fin_seq not in inflight:
-            self._fin_acked = True
         return acked, min_rtt
 
     def _fast_resend_oldest(self, now: float) -> None:
