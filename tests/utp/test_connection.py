@@ -587,3 +587,22 @@ def test_rto_estimate_stays_sane_under_heavy_loss():
             worst = max(worst, src.transport.rto)
     assert sink.count == len(blob) and sink.hash.digest() == hashlib.sha256(blob).digest()
     assert worst < 5000
+
+
+def test_a_reset_after_the_peers_fin_keeps_what_a_paused_reader_has_not_read():
+    """The sender closed and forgot the connection; our keep-alive draws a RESET
+    while our reader is paused: the buffered data is still delivered, and the
+    end is orderly."""
+    n = Net()
+    blob = os.urandom(300_000)
+    src, sink = Source(blob), Sink()
+    n.connect(client_proto=src, server_proto=sink)
+    sink.transport.pauseProducing()
+    run(n.clock, 45.0, step=0.01)  # past the sender's linger and our keep-alive
+    assert isinstance(src.done.result, error.ConnectionDone)
+    assert n.a.connections == {}
+    assert any(p.type == ST_RESET for t, p in n.sent(A, B))  # the forgotten sender's answer
+    assert not sink.done.called
+    sink.transport.resumeProducing()
+    assert sink.count == len(blob) and sink.hash.digest() == hashlib.sha256(blob).digest()
+    assert isinstance(sink.done.result, error.ConnectionDone)

@@ -264,6 +264,7 @@ class UTPConnection:
         self._close_requested = False  # loseConnection asked
         self._write_lost_told = False
         self._lost = False
+        self._peer_gone = False  # RESET after the peer's FIN, unread data left
         # initiator: how to finish connecting
         self._factory = None
         self._connect_d = None
@@ -888,9 +889,21 @@ class UTPConnection:
         if self.state == CLOSED:
             self._forget()
             return
-        if self._eof and (self._fin_seq is not None or self._close_requested):
-            # utp-native frees its socket once its FIN is acked; our late
-            # packets then draw a RESET (utp.md 5.4): that is an orderly end
+        if self._eof and not self._sendbuf and not any(e.payload for e in self._inflight.values()):
+            # The peer sent everything (its FIN is consumed) and nothing of
+            # ours is lost: utp-native frees its socket once its FIN is acked
+            # and our late packets draw a RESET (utp.md 5.4). An orderly end,
+            # once a paused reader has had what is buffered.
+            if self._readbuf:
+                self._peer_gone = True
+                self._write_closed = True
+                self.state = CLOSED
+                self._rto_at = None
+                self._zero_window_at = None
+                self._inflight.clear()
+                self._resend.clear()
+                self._forget()
+                return
             self._finish(Failure(error.ConnectionDone()))
             return
         if self.state == SYN_SENT:
@@ -1159,6 +1172,8 @@ class UTPConnection:
             return
         if not rb and self._eof and not self._eof_told:
             self._tell_eof()
+            if self._peer_gone and not self._lost:
+                self._finish(Failure(error.ConnectionDone()))
         elif was_small and self._readbuf_bytes <= self._recv_buffer // 2 and self.state == CONNECTED:
             self._send_state()  # window update
 
