@@ -452,3 +452,19 @@ def test_nodes_snapshot_round_trips():
     assert b.nodes() == snapshot
     target = others[0].id
     assert b.closest_nodes(target, 1)[0][0] == target
+
+
+def test_cancelling_a_ping_forgets_the_request():
+    net = FakeNetwork()
+    a, = started(net)
+    dead = ("127.0.0.1", 9)
+    net.down.add(dead)
+    d = a.ping(*dead)
+    d.addTimeout(1.0, net.clock)
+    failures = []
+    d.addErrback(failures.append)
+    net.clock.advance(1.0)
+    assert failures and failures[0].check(defer.TimeoutError)
+    assert a._rpc.inflight_count == 0
+    net.run(10)
+    assert len(net.sent(dst=dead)) == 1  # no retries after the cancel

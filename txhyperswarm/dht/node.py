@@ -665,36 +665,19 @@ class DHTNode(service.Service):
             ``to`` = our address as it saw us, ``value`` = the raw pong.
             Errbacks with :class:`RequestTimeout` (no answer after 3 tries,
             about 7 s), :class:`RemoteError` (error response or a bad pong),
-            :class:`RequestCancelled` (the node stopped).
+            :class:`RequestCancelled` (the node stopped). Cancelling it
+            (e.g. ``addTimeout``) forgets the request.
         """
 
+        def pong(msg: Message, addr: Address) -> Reply:
+            to = self._pong(msg)
+            if to is None:
+                raise RemoteError(f"Invalid pong from {addr[0]}:{addr[1]}")
+            return Reply(addr, msg.id if msg.HasField("id") else None,
+                         msg.value if msg.HasField("value") else None, to)
+
         def go(ip: str) -> defer.Deferred:
-            d: defer.Deferred = defer.Deferred()
-
-            def cb(err, msg, addr, req):
-                if d.called:
-                    return
-                if err is not None:
-                    d.errback(err)
-                    return
-                if msg.error:
-                    d.errback(RemoteError(msg.error.decode("utf-8", "replace")))
-                    return
-                pong = self._pong(msg)
-                if pong is None:
-                    d.errback(RemoteError(f"Invalid pong from {ip}:{port}"))
-                    return
-                d.callback(
-                    Reply(
-                        addr,
-                        msg.id if msg.HasField("id") else None,
-                        msg.value if msg.HasField("value") else None,
-                        pong,
-                    )
-                )
-
-            self._rpc.query(_PING, None, id, Peer(id, ip, port), cb)
-            return d
+            return self._request(_PING, id, Peer(id, ip, int(port)), pong)
 
         return self._with_ip(host, go)
 
@@ -709,28 +692,47 @@ class DHTNode(service.Service):
         return self._with_ip(host, lambda ip: self._holepunch(ip, int(port), referrer))
 
     def _holepunch(self, host: str, port: int, referrer: Address) -> defer.Deferred:
-        d: defer.Deferred = defer.Deferred()
+        def reply(msg: Message, addr: Address) -> Reply:
+            return Reply(
+                addr,
+                msg.id if msg.HasField("id") else None,
+                msg.value if msg.HasField("value") else None,
+                decode_to(msg.to) if msg.HasField("to") else None,
+            )
 
-        def cb(err, msg, addr, req):
-            if d.called:
+        peer = Peer(None, host, port)
+        peer.referrer = (referrer[0], int(referrer[1]))
+        return self._request(_HOLEPUNCH, None, peer, reply)
+
+    def _request(
+        self, command: bytes, value: Optional[bytes], peer: Peer, convert: Callable[[Message, Address], Reply]
+    ) -> defer.Deferred:
+        """One QUERY as a cancellable Deferred; error responses errback RemoteError."""
+        state = {"req": None, "cancelled": False}
+
+        def cancel(d: defer.Deferred) -> None:
+            state["cancelled"] = True
+            if state["req"] is not None:
+                self._rpc.cancel(state["req"])
+
+        d: defer.Deferred = defer.Deferred(cancel)
+
+        def cb(err, msg, addr, req) -> None:
+            if d.called or state["cancelled"]:
                 return
             if err is not None:
                 d.errback(err)
             elif msg.error:
                 d.errback(RemoteError(msg.error.decode("utf-8", "replace")))
             else:
-                d.callback(
-                    Reply(
-                        addr,
-                        msg.id if msg.HasField("id") else None,
-                        msg.value if msg.HasField("value") else None,
-                        decode_to(msg.to) if msg.HasField("to") else None,
-                    )
-                )
+                try:
+                    result = convert(msg, addr)
+                except RemoteError as e:
+                    d.errback(e)
+                else:
+                    d.callback(result)
 
-        peer = Peer(None, host, port)
-        peer.referrer = (referrer[0], int(referrer[1]))
-        self._rpc.query(_HOLEPUNCH, None, None, peer, cb)
+        state["req"] = self._rpc.query(command, None, value, peer, cb)
         return d
 
     def _walk(

@@ -290,18 +290,22 @@ class RPC:
         peer: Peer,
         callback: Callback,
         immediately: bool = False,
-    ) -> None:
+    ) -> Optional[_Request]:
         """
         Send a QUERY to ``peer`` (queued when saturated unless
         ``immediately``). ``callback(err, msg, addr, req)`` runs exactly once.
+
+        :returns: the in-flight request (for :meth:`cancel`), or ``None``
+            when it was queued or refused.
         """
         entry = (_wire.QUERY_HEAD, command, target, value, None, peer, callback)
         if self.destroyed:
             self._refuse(entry)
         elif immediately or not (self._pending or self._saturated()):
-            self._request_immediately(entry)
+            return self._request_immediately(entry)
         else:
             self._pending.append(entry)
+        return None
 
     def update(
         self,
@@ -325,7 +329,7 @@ class RPC:
         command, peer, callback = entry[1], entry[5], entry[6]
         callback(RequestCancelled(command.decode("utf-8", "replace"), peer.host, peer.port), None, None, None)
 
-    def _request_immediately(self, entry: tuple) -> None:
+    def _request_immediately(self, entry: tuple) -> _Request:
         head, command, target, value, token, peer, callback = entry
         rid = self._free()
         host = peer.host
@@ -355,6 +359,7 @@ class RPC:
         self.send(buffer, (host, peer.port))
         if command == _HOLEPUNCH:
             self._holepunch(req)
+        return req
 
     def _holepunch(self, req: _Request) -> None:
         """Ask ``req.peer.referrer`` to poke ``req.peer`` (dht.md 1.9)."""
