@@ -152,10 +152,14 @@ def test_bootstrap_nodes_are_forced_into_small_walks():
 
 def test_cancelling_a_walk_stops_it():
     net, nodes = network(20)
+    size = nodes[1].routing_table_size
     d = nodes[1].query("_find_node", os.urandom(32))
+    assert nodes[1]._rpc.inflight_count > 0
     d.cancel()
     failures = []
     d.addErrback(failures.append)
     assert failures[0].check(defer.CancelledError)
+    assert nodes[1]._rpc.inflight_count == 0  # its requests are forgotten
+    assert nodes[1].inflight_queries == 0 and not nodes[1]._walks
     net.run(10)
-    assert nodes[1].inflight_queries == 0
+    assert nodes[1].routing_table_size == size  # cancelling evicts nobody

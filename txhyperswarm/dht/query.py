@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from txhyperswarm.dht.messages import decode_nodes, decode_peer, DecodeError
 from txhyperswarm.dht.routing import K, Peer
+from txhyperswarm.dht.rpc import RequestTimeout
 
 __all__ = ["Reply", "QueryError", "QueryTable", "Walk"]
 
@@ -220,19 +221,23 @@ class Walk:
             if not peer.token:
                 cb(QueryError("Roundtrip token is required"), None, None, None)
                 return True
-            rpc.update(self.command, self.target, self.value, peer, cb)
+            req = rpc.update(self.command, self.target, self.value, peer, cb)
         elif self.query:
-            rpc.query(self.command, self.target, self.value, peer, cb)
+            req = rpc.query(self.command, self.target, self.value, peer, cb)
         else:
-            rpc.query(_FIND_NODE, self.target, None, peer, cb)
+            req = rpc.query(_FIND_NODE, self.target, None, peer, cb)
+        if req is not None and not req.done:
+            self._requests.add(req)
         return True
 
     def _on_response(self, err, msg, addr, req) -> None:
         self.inflight -= 1
         node = self._node
-        if err is not None and req is not None and req.peer.id is not None:
-            # request and its retries failed: forget the node
-            node._table.remove_id(req.peer.id)
+        if req is not None:
+            self._requests.discard(req)
+            if isinstance(err, RequestTimeout) and req.peer.id is not None:
+                # the request and its retries failed: forget the node
+                node._table.remove_id(req.peer.id)
         if self._status == _FINALIZED:
             if not self.inflight:
                 self._node._walks.discard(self)
@@ -340,10 +345,13 @@ class Walk:
         self._finalize(error)
 
     def _cancelled(self, d: defer.Deferred) -> None:
-        # Deferred.cancel: stop sending; outstanding requests are left to
-        # time out on their own (their responses still refresh the table).
+        # Deferred.cancel: stop sending and forget the requests in flight.
         if self._status != _FINALIZED:
             self._status = _FINALIZED
             self._node.inflight_queries -= 1
-            if not self.inflight:
-                self._node._walks.discard(self)
+        rpc = self._node._rpc
+        for req in list(self._requests):
+            rpc.cancel(req)
+        self._requests.clear()
+        if not self.inflight:
+            self._node._walks.discard(self)

@@ -314,15 +314,16 @@ class RPC:
         value: Optional[bytes],
         peer: Peer,
         callback: Callback,
-    ) -> None:
-        """Send an UPDATE carrying ``peer.token``."""
+    ) -> Optional[_Request]:
+        """Send an UPDATE carrying ``peer.token`` (returns like :meth:`query`)."""
         entry = (_wire.UPDATE_HEAD, command, target, value, peer.token, peer, callback)
         if self.destroyed:
             self._refuse(entry)
         elif self._pending or self._saturated():
             self._pending.append(entry)
         else:
-            self._request_immediately(entry)
+            return self._request_immediately(entry)
+        return None
 
     @staticmethod
     def _refuse(entry: tuple) -> None:
