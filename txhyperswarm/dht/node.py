@@ -407,14 +407,9 @@ class DHTNode(service.Service):
             :class:`QueryError` when no node responded.
         """
         if not self.bootstrap_nodes:
-            d: defer.Deferred = defer.Deferred()
-
-            def no_nodes():
-                self._set_bootstrapped()
-                d.callback(None)
-
-            self._reactor.callLater(0, no_nodes)
-            return d
+            # the first node of a network: nothing to walk
+            self._set_bootstrapped()
+            return defer.succeed(None)
 
         def walk(_):
             if self.destroyed:
