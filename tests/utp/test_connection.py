@@ -606,3 +606,19 @@ def test_a_reset_after_the_peers_fin_keeps_what_a_paused_reader_has_not_read():
     sink.transport.resumeProducing()
     assert sink.count == len(blob) and sink.hash.digest() == hashlib.sha256(blob).digest()
     assert isinstance(sink.done.result, error.ConnectionDone)
+
+
+def test_time_wait_reacks_a_duplicate_fin_instead_of_resetting():
+    n = Net()
+    c, s = n.connect()
+    c.transport.write(b"bye")
+    c.transport.loseConnection()
+    run(n.clock, 0.5)
+    assert c.lost.check(error.ConnectionDone) and s.lost.check(error.ConnectionDone)
+    server_fin = [d for t, src, dst, d in n.net.log if src == B and decode(d).type == ST_FIN][0]
+    n.net.log.clear()
+    n.a._datagram_received(server_fin, B)  # a late duplicate
+    n.clock.advance(0)
+    assert [p.type for t, p in n.sent(A, B)] == [ST_STATE]
+    run(n.clock, 5.0)
+    assert n.a.connections == {} and n.b.connections == {}

@@ -101,6 +101,9 @@ MAX_SYN_RETRANSMITS = 2
 MAX_FAST_RESENDS = 4
 #: After our side is closed, keep acking the peer's data/FIN this long.
 LINGER = 10.0
+#: After both FINs, keep the connection this long to absorb duplicates
+#: (and re-ack a retransmitted FIN) rather than RESET them.
+TIME_WAIT = 3.0
 #: How long an accepted connection waits for the initiator's first DATA/FIN
 #: (libutp waits forever; this bounds what spoofed SYNs can hold), and how
 #: long once the application closed it.
@@ -935,12 +938,14 @@ class UTPConnection:
                 nxt = (nxt + 1) & M16
         elif len(self._reorder) < REORDER_LIMIT:
             self._reorder[p.seq_nr] = _EMPTY
-        if self._eof_seq is not None and self._ack_nr == self._eof_seq:
+        if self._eof_seq is not None and self._ack_nr == self._eof_seq and not self._eof:
             self._eof = True
             self._reorder.clear()
             self._send_state()
-            self._linger_at = None
-            self._forget()
+            # the peer is done too: only absorb duplicates a little longer
+            self._linger_at = min(self._linger_at or 1e300, self._clock.seconds() + TIME_WAIT)
+            self._stop_timer()
+            self._arm(self._linger_at)
         else:
             self._schedule_ack()
 
@@ -1024,9 +1029,9 @@ class UTPConnection:
                 except Exception:
                     self.log.failure("writeConnectionLost failed")
         if self._eof and self._eof_told:
-            self._finish(Failure(error.ConnectionDone()))
+            self._finish(Failure(error.ConnectionDone()), linger=True)
         elif self._close_requested:
-            self._finish(Failure(error.ConnectionDone()), linger=not self._eof)
+            self._finish(Failure(error.ConnectionDone()), linger=True)
 
     def _finish(self, reason: Failure, linger: bool = False) -> None:
         """Tell the protocol ``connectionLost(reason)`` once; free the connection."""
@@ -1048,8 +1053,11 @@ class UTPConnection:
             self._flush_call.cancel()
         self._flush_call = None
         if linger:
+            # Stay in the table as a zombie: ack the peer's data and FIN
+            # (discarding data) until its FIN, then a short TIME_WAIT for
+            # duplicates, instead of answering them with RESETs.
             self._stop_timer()
-            self._linger_at = self._clock.seconds() + LINGER
+            self._linger_at = self._clock.seconds() + (TIME_WAIT if self._eof else LINGER)
             self._arm(self._linger_at)
         else:
             self._forget()

@@ -262,6 +262,11 @@ class UTPSocket:
         if conn is not None:
             conn._packet_received(p)  # a duplicate SYN
             return
+        if self._quiet:
+            until = self._quiet.get((host, port, recv_id))
+            if until is not None and until > self._reactor.seconds():
+                self.dropped["syn_after_reset"] += 1  # a late duplicate of an aborted one
+                return
         factory = self._factory
         if factory is None or self._closed:
             self.dropped["syn_not_listening"] += 1
