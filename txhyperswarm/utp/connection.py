@@ -25,8 +25,10 @@ Behaviour follows libutp as built into utp-native 2.5.3 (``shared/spec/utp.md``)
   socket); any outgoing DATA carries the ack instead.
 * FIN/EOF (2.5, 5.4): FIN consumes a number; EOF when ``ack_nr`` reaches it.
   Unlike libutp, our FIN is not held back until earlier data is acked, and
-  after ``loseConnection`` we keep acking the peer's data and FIN for up to
-  ``LINGER`` seconds instead of answering them with RESETs.
+  a closed connection stays in the table as a zombie: after
+  ``loseConnection`` it acks (and drops) the peer's data and FIN for up to
+  ``LINGER`` seconds, and after both FINs it re-acks duplicates for
+  ``TIME_WAIT`` seconds, instead of answering them with RESETs.
 * beyond libutp: an accepted connection that gets no DATA/FIN within
   ``SYN_RECV_TIMEOUT`` ends with :class:`UTPTimeoutError`; duplicate SYNs are
   answered again; a RESET after the peer's FIN ended an orderly close counts
