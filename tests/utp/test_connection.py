@@ -622,3 +622,21 @@ def test_time_wait_reacks_a_duplicate_fin_instead_of_resetting():
     assert [p.type for t, p in n.sent(A, B)] == [ST_STATE]
     run(n.clock, 5.0)
     assert n.a.connections == {} and n.b.connections == {}
+
+
+def test_a_peer_ignoring_our_window_cannot_grow_the_read_buffer():
+    n = Net()
+    c, s = n.connect()
+    c.transport.write(b"x")
+    run(n.clock, 0.1)
+    s.transport.pauseProducing()
+    conn = c.transport  # the sender; we bypass its windows by injecting DATA
+    server = s.transport
+    chunk = b"y" * 1382
+    for i in range(3000):  # ~4 MiB, far past a 1 MiB window
+        seq = (conn._seq_nr + i) & 0xFFFF
+        pkt = HEADER.pack(0x01, 0, server.recv_id, 1, 1000, 1048576, seq, (server._seq_nr - 1) & 0xFFFF) + chunk
+        n.b._datagram_received(pkt, A)
+    assert server._readbuf_bytes <= 2 * 1024 * 1024 + 1382
+    assert n.b.dropped["window_overrun"] > 0
+    assert n.b.dropped["connection_error"] == 0

@@ -676,6 +676,11 @@ class UTPConnection:
             if t == ST_FIN and self._eof_seq is None:
                 self._eof_seq = p.seq_nr
             if d == 0:
+                if p.payload and self._readbuf_bytes >= 2 * self._recv_buffer:
+                    # the peer ignores our advertised window while the reader
+                    # is paused: refuse (no ack), so memory stays bounded
+                    self._owner.dropped["window_overrun"] += 1
+                    return
                 self._ack_nr = p.seq_nr
                 if p.payload:
                     self._deliver(p.payload)
