@@ -5,18 +5,31 @@ Join a 32-byte topic, find the other peers on it through the DHT and
 multicast DNS, and get TCP or uTP connections to them, wire-compatible with
 Node's hyperswarm 2.15.3.
 
-The public API is what this module exports; everything else is private.
+The public API is what this module exports (``__all__``); everything else is
+private.
 """
 
 from txhyperswarm._version import __version__
 
-__all__ = ["__version__", "UDPSocket"]
+__all__ = ["__version__", "DHTNode", "MulticastDiscovery", "PeerRecord", "UDPSocket"]
+
+_LAZY = {
+    "DHTNode": "txhyperswarm.dht.node",
+    "MulticastDiscovery": "txhyperswarm.mdns",
+    "PeerRecord": "txhyperswarm.peer_record",
+    "UDPSocket": "txhyperswarm.udp",
+}
 
 
 def __getattr__(name):
     # Lazy re-exports keep `import txhyperswarm` (and the twist plugin) light.
-    if name == "UDPSocket":
-        from txhyperswarm.udp import UDPSocket
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'txhyperswarm' has no attribute {name!r}")
+    import importlib
 
-        return UDPSocket
-    raise AttributeError(f"module 'txhyperswarm' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__():
+    return sorted(__all__)

@@ -247,6 +247,11 @@ class DHTNode(service.Service):
         return self._ephemeral
 
     @property
+    def reactor(self):
+        """The reactor (``IReactorTime``) this node runs on; layers above use its clock."""
+        return self._reactor
+
+    @property
     def routing_table_size(self) -> int:
         return len(self._table)
 

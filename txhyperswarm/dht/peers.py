@@ -171,18 +171,10 @@ def register(node, store: Optional[RecordStore] = None, **store_options) -> Peer
     :returns: the :class:`PeersCommand` (its ``store`` holds the records).
     """
     if store is None:
-        store = RecordStore(_reactor_of(node), **store_options)
+        store = RecordStore(node.reactor, **store_options)
     command = PeersCommand(store)
     node.add_command(COMMAND, query=command.query, update=command.update)
     return command
-
-
-def _reactor_of(node):
-    for name in ("reactor", "_reactor", "clock", "_clock"):
-        r = getattr(node, name, None)
-        if r is not None:
-            return r
-    return None
 
 
 # -- values a client sends ------------------------------------------------------
@@ -369,7 +361,7 @@ def announce(
     if port is not None and not 0 <= port < 65536:
         raise ValueError(f"bad port {port}")
     a = Announcement(node, topic, port, local_address, on_peer,
-                     reactor if reactor is not None else _reactor_of(node), random)
+                     reactor if reactor is not None else node.reactor, random)
     a._start()
     return a
 

@@ -1,0 +1,25 @@
+"""The names interfaces.md promises import from the top-level package."""
+
+import pytest
+
+import txhyperswarm
+
+
+@pytest.mark.parametrize("name", txhyperswarm.__all__)
+def test_every_public_name_imports(name):
+    assert getattr(txhyperswarm, name) is not None
+
+
+def test_unknown_names_raise_attribute_error():
+    with pytest.raises(AttributeError):
+        txhyperswarm.NoSuchThing
+
+
+def test_the_public_classes_are_the_ones_in_their_modules():
+    from txhyperswarm.dht.node import DHTNode
+    from txhyperswarm.peer_record import PeerRecord
+    from txhyperswarm.udp import UDPSocket
+
+    assert txhyperswarm.DHTNode is DHTNode
+    assert txhyperswarm.PeerRecord is PeerRecord
+    assert txhyperswarm.UDPSocket is UDPSocket
