@@ -468,3 +468,48 @@ def test_cancelling_a_ping_forgets_the_request():
     assert a._rpc.inflight_count == 0
     net.run(10)
     assert len(net.sent(dst=dead)) == 1  # no retries after the cancel
+
+
+def test_a_datagram_the_transport_refuses_is_lost_not_raised():
+    # Twisted's UDP write raises for a host name or an oversized datagram;
+    # that must neither escape ping() nor stop the tick that resends.
+    net = FakeNetwork()
+    a, b = started(net, 2)
+    refused = ("127.0.0.1", 9)
+    real_send = a.udp.send
+
+    def send(data, addr):
+        if addr == refused:
+            raise OSError("refused by the transport")
+        return real_send(data, addr)
+
+    a.udp.send = send
+    failures = []
+    a.ping(*refused).addErrback(failures.append)
+    net.run(8)
+    assert failures and failures[0].check(RequestTimeout)
+    assert a.dropped["send_error"] == 3  # the original and both resends
+    assert a._rpc._tick_loop.running
+    d = a.ping(*b.address())
+    net.run(0.1)
+    assert d.result.id == b.id
+
+
+def test_holepunch_resolves_a_referrer_given_by_name():
+    net = FakeNetwork()
+    relay, target = started(net, 2)
+    e, = started(net, ephemeral=True)
+    names = {"relay.example": "127.0.0.1"}
+    net.clock.resolve = lambda name: defer.succeed(names[name])
+    d = e.holepunch(*target.address(), referrer=("relay.example", relay.address()[1]))
+    net.run(0.1)
+    assert d.result.id == target.id
+    assert relay.rpc_requests[("_holepunch", "in")] == 1
+
+
+def test_ping_of_a_port_out_of_range_errbacks():
+    net = FakeNetwork()
+    a, = started(net)
+    failures = []
+    a.ping("127.0.0.1", 70000).addErrback(failures.append)
+    assert failures and failures[0].check(ValueError)

@@ -687,9 +687,13 @@ class DHTNode(service.Service):
         node that told us about it), ask it to answer us (dht.md 1.9).
 
         :returns: Deferred firing with a :class:`Reply`, errbacks like
-            :meth:`ping`.
+            :meth:`ping`. Both ``host`` and the referrer's host may be names.
         """
-        return self._with_ip(host, lambda ip: self._holepunch(ip, int(port), referrer))
+        rhost, rport = referrer
+        return self._with_ip(
+            host,
+            lambda ip: self._with_ip(rhost, lambda rip: self._holepunch(ip, int(port), (rip, int(rport)))),
+        )
 
     def _holepunch(self, host: str, port: int, referrer: Address) -> defer.Deferred:
         def reply(msg: Message, addr: Address) -> Reply:
@@ -701,7 +705,7 @@ class DHTNode(service.Service):
             )
 
         peer = Peer(None, host, port)
-        peer.referrer = (referrer[0], int(referrer[1]))
+        peer.referrer = referrer
         return self._request(_HOLEPUNCH, None, peer, reply)
 
     def _request(
@@ -732,7 +736,10 @@ class DHTNode(service.Service):
                 else:
                     d.callback(result)
 
-        state["req"] = self._rpc.query(command, None, value, peer, cb)
+        try:
+            state["req"] = self._rpc.query(command, None, value, peer, cb)
+        except ValueError as e:  # not an IPv4 address and port we can encode
+            return defer.fail(e)
         return d
 
     def _walk(

@@ -450,9 +450,22 @@ class RPC:
         return to
 
     def send(self, data: bytes, addr: Tuple[str, int]) -> None:
+        """
+        Put one datagram on the wire; never raises. A transport that refuses
+        it (a host name, an oversized datagram) loses it like the network
+        would, counted in ``dropped["send_error"]``: the request then times
+        out, and the 750 ms tick that resends it keeps running.
+        """
         if self.destroyed:
             return
-        self._send(data, addr)
+        try:
+            self._send(data, addr)
+        except Exception as e:
+            self._send_failed(e, addr)
+
+    def _send_failed(self, err: Exception, addr) -> None:
+        self.dropped["send_error"] += 1
+        self.log.warn("cannot send a DHT datagram to {addr}: {err}", addr=addr, err=err)
 
     def response(
         self,
@@ -484,7 +497,10 @@ class RPC:
             parts.append(b"\x4a")
             parts.append(_SMALL[n] if n < 128 else varint(n))
             parts.append(value)
-        self._send(b"".join(parts), (host, port))
+        try:
+            self._send(b"".join(parts), (host, port))
+        except Exception as e:
+            self._send_failed(e, (host, port))
 
     def error(
         self,
@@ -496,18 +512,14 @@ class RPC:
         value: Optional[bytes] = None,
     ) -> None:
         """An error RESPONSE (no token)."""
-        if self.destroyed:
-            return
-        self._send(
-            _wire.encode_response(rid, encode_peer(host, port), self.id, closer_nodes, None, error, value),
+        self.send(
+            _wire.encode_response(rid, self.peer_bytes(host, port), self.id, closer_nodes, None, error, value),
             (host, port),
         )
 
     def forward(self, msg: Message, addr: Tuple[str, int]) -> None:
         """Send an already decoded message on (the holepunch relay)."""
-        if self.destroyed:
-            return
-        self._send(msg.SerializeToString(), addr)
+        self.send(msg.SerializeToString(), addr)
 
     @property
     def inflight_count(self) -> int:
