@@ -101,6 +101,19 @@ MAX_RTO_MS = 60000
 MAX_RETRANSMITS = 4
 MAX_SYN_RETRANSMITS = 2
 MAX_FAST_RESENDS = 4
+#: Beyond libutp: selective-ack holes we resend per ACK (libutp: 4). A
+#: kernel-buffer overflow loses runs of packets; resending only 4 per ACK
+#: leaves the rest for a 1 s timeout.
+MAX_SACK_RESENDS = 32
+#: Beyond libutp: the loss probe. When nothing was acked for
+#: ``PROBE_RTTS`` smoothed RTTs (at least ``MIN_PROBE``, at most half the
+#: RTO), every un-acked packet is presumed lost and resent as the window
+#: allows, the window halved (not collapsed), up to ``MAX_PROBES`` times in a
+#: row; then the ordinary RTO takes over. On loopback a 1 s RTO floor (libutp's)
+#: otherwise turns each tail loss after a kernel-buffer overflow into a 1 s stall.
+MIN_PROBE = 0.03
+PROBE_RTTS = 3
+MAX_PROBES = 2
 #: After our side is closed, keep acking the peer's data/FIN this long.
 LINGER = 10.0
 #: After both FINs, keep the connection this long to absorb duplicates
@@ -277,6 +290,15 @@ class UTPConnection:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.packets_resent = 0
+        #: loss probes that fired (see ``MIN_PROBE``)
+        self.probes = 0
+        self._srtt_us = 0
+        self._probe_at: Optional[float] = None
+        self._probe_count = 0
+        #: cap on the advertised window (the kernel buffer's capacity, set by the socket)
+        self.window_cap = recv_buffer
+        #: retransmission timeouts that expired (each one stalls for the RTO)
+        self.timeouts = 0
 
     # ------------------------------------------------------------------ time
 
@@ -303,6 +325,8 @@ class UTPConnection:
         cands = []
         if self._rto_at is not None:
             cands.append(self._rto_at)
+        if self._probe_at is not None:
+            cands.append(self._probe_at)
         if self.state == CONNECTED and not self._lost:
             cands.append(self._last_send + KEEPALIVE)
         if self._zero_window_at is not None:
@@ -336,9 +360,12 @@ class UTPConnection:
                 )
             return
         if self._rto_at is not None and now + eps >= self._rto_at:
+            self._probe_at = None
             self._on_rto(now)
             if self.state == CLOSED:
                 return
+        elif self._probe_at is not None and now + eps >= self._probe_at:
+            self._on_probe(now)
         if self._zero_window_at is not None and now + eps >= self._zero_window_at:
             self._zero_window_at = None
             if self._peer_wnd == 0:
@@ -374,6 +401,7 @@ class UTPConnection:
                 )
             )
             return
+        self.timeouts += 1
         self._retransmit_timeout *= 2
         self._rto_at = now + self._retransmit_timeout / 1000.0
         self.cc.on_timeout(self._cur_window)
@@ -402,6 +430,51 @@ class UTPConnection:
                 self._transmit(e)
                 break
 
+    def _probe_interval(self) -> float:
+        t = PROBE_RTTS * self._srtt_us / 1e6
+        if t < MIN_PROBE:
+            t = MIN_PROBE
+        t *= 1 << self._probe_count
+        half_rto = self._retransmit_timeout / 2000.0
+        return t if t < half_rto else half_rto
+
+    def _on_probe(self, now: float) -> None:
+        """Nothing acked for a few RTTs: resend what is outstanding (see ``MIN_PROBE``)."""
+        self._probe_at = None
+        if self.state != CONNECTED or self._probe_count >= MAX_PROBES:
+            return
+        outstanding = (self._seq_nr - self._oldest) & M16
+        if not outstanding:
+            return
+        self.probes += 1
+        self._probe_count += 1
+        self.cc.on_loss(now)
+        inflight = self._inflight
+        resend = deque()
+        seq = self._oldest
+        for _ in range(outstanding):
+            e = inflight.get(seq)
+            if e is not None and e.transmissions:
+                if not e.lost:
+                    e.lost = True
+                    self._cur_window -= len(e.payload)
+                resend.append(seq)
+            seq = (seq + 1) & M16
+        self._resend = resend
+        self._fast_resend_seq = self._seq_nr
+        self._dup_acks = 0
+        # at least the oldest goes out, whatever the window says
+        while resend:
+            e = inflight.get(resend.popleft())
+            if e is not None:
+                e.lost = False
+                self._cur_window += len(e.payload)
+                self.packets_resent += 1
+                self._transmit(e)
+                break
+        self._flush(tail=self._flush_call is None)
+        self._probe_at = now + self._probe_interval()
+
     # ------------------------------------------------------------------ sending
 
     def _send_raw(self, data: bytes) -> None:
@@ -410,6 +483,8 @@ class UTPConnection:
 
     def _adv_window(self) -> int:
         w = self._recv_buffer - self._readbuf_bytes
+        if w > self.window_cap:
+            return self.window_cap
         return w if w > 0 else 0
 
     def _transmit(self, e: _Out) -> None:
@@ -439,6 +514,10 @@ class UTPConnection:
         if self._rto_at is None:
             self._rto_at = now + self._retransmit_timeout / 1000.0
             self._arm(self._rto_at)
+        if self._probe_at is None and t != ST_SYN:
+            self._probe_at = at = now + self._probe_interval()
+            if at < self._timer_at or self._timer is None:
+                self._arm(at)
 
     def _send_state(self, keepalive: bool = False, syn_reply: bool = False) -> None:
         now_us = self._now_us(self._clock.seconds())
@@ -654,6 +733,8 @@ class UTPConnection:
             if self._dup_acks >= 3:
                 self._fast_resend_oldest(now)
         if acked_bytes:
+            self._probe_count = 0
+            self._probe_at = now + self._probe_interval() if self._oldest != self._seq_nr else None
             tsd = p.timestamp_diff
             if tsd and tsd != 0x7FFFFFFF:
                 self.cc.on_ack(acked_bytes, tsd, min_rtt, now)
@@ -754,10 +835,14 @@ class UTPConnection:
         if not clean or samples is None:
             return acked, None
         for r in samples:
-            self._rtt_sample(r // 1000)
+            self._rtt_sample(r)
         return acked, min(samples)
 
-    def _rtt_sample(self, ms: int) -> None:
+    def _rtt_sample(self, us: int) -> None:
+        if us > 0x7FFFFFFF:
+            return  # clock went backwards
+        self._srtt_us = us if not self._srtt_us else self._srtt_us + ((us - self._srtt_us) >> 3)
+        ms = us // 1000
         if self._rtt == 0:
             self._rtt = ms
             self._rtt_var = ms // 2
@@ -805,7 +890,7 @@ class UTPConnection:
                     # (not after a hole was filled by a retransmission: the
                     # packets entering the mask may have waited for it)
                     r = (now_us - e.sent_us) & M32
-                    self._rtt_sample(r // 1000)
+                    self._rtt_sample(r)
                     if min_rtt is None or r < min_rtt:
                         min_rtt = r
                 continue
@@ -826,7 +911,7 @@ class UTPConnection:
                 self._transmit(e)
                 self._fast_resend_seq = (v + 1) & M16
                 done += 1
-                if done >= MAX_FAST_RESENDS:
+                if done >= MAX_SACK_RESENDS:
                     break
             if done:
                 self.cc.on_loss(now)
@@ -909,6 +994,7 @@ class UTPConnection:
                 self._write_closed = True
                 self.state = CLOSED
                 self._rto_at = None
+                self._probe_at = None
                 self._zero_window_at = None
                 self._inflight.clear()
                 self._resend.clear()
@@ -1049,6 +1135,7 @@ class UTPConnection:
         self.disconnected = True
         self.state = CLOSED
         self._rto_at = None
+        self._probe_at = None
         self._zero_window_at = None
         self._close_wait_at = None
         self._sendbuf.clear()

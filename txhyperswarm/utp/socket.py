@@ -17,6 +17,7 @@ anything else for no connection is answered with a RESET (``ack_nr`` = its
 from __future__ import annotations
 
 import secrets
+import socket as _socket
 from collections import Counter
 from typing import Callable, Dict, Optional, Tuple
 
@@ -47,6 +48,32 @@ Address = Tuple[str, int]
 MAX_CONNECTIONS = 3000
 RESET_MEMORY = 10.0
 RESET_MEMORY_SIZE = 1000
+#: Kernel memory one full uTP datagram takes in a UDP receive queue on Linux
+#: (skb truesize; measured: a 212 992-byte SO_RCVBUF holds 92 datagrams of
+#: 1402 bytes).
+DATAGRAM_TRUESIZE = 2304
+PAYLOAD = 1382
+
+
+def kernel_window(udp) -> Optional[int]:
+    """
+    Payload bytes the UDP socket's kernel receive queue holds, with a
+    quarter kept free for ACKs and other traffic; ``None`` when unknown
+    (not bound, not a real socket).
+
+    Advertising more than this invites a peer to overflow the queue: at the
+    kernel's default (~208 KiB) that is ~92 datagrams, while libutp (and we)
+    would otherwise put up to 1 MiB in flight (utp.md 7.2).
+    """
+    port = getattr(udp, "_port", None)
+    get = getattr(port, "getHandle", None)
+    if get is None:
+        return None
+    try:
+        rcvbuf = get().getsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF)
+    except (OSError, AttributeError):
+        return None
+    return max(16, rcvbuf // DATAGRAM_TRUESIZE * 3 // 4) * PAYLOAD
 
 
 class UTPSocket:
@@ -93,6 +120,7 @@ class UTPSocket:
         self._quiet: Dict[tuple, float] = {}
         self._on_idle: Optional[Callable[[], None]] = None
         self._closed = False
+        self._window_cap: Optional[int] = None
         #: packets dropped, by reason
         self.dropped: Counter = Counter()
         udp.set_utp_receiver(self._datagram_received)
@@ -158,16 +186,7 @@ class UTPSocket:
                 return defer.fail(RuntimeError(f"uTP connection id {cid} to {host}:{port} is in use"))
         if seq_nr is None:
             seq_nr = self._initial_seq()
-        conn = UTPConnection(
-            self,
-            self._reactor,
-            addr,
-            cid,
-            (cid + 1) & 0xFFFF,
-            seq_nr,
-            initiator=True,
-            recv_buffer=self._recv_buffer,
-        )
+        conn = self._new_connection(addr, cid, (cid + 1) & 0xFFFF, seq_nr, initiator=True)
         conns[(host, port, cid)] = conn
         d = defer.Deferred(lambda d: conn._cancel_connect(d))
         conn._start_connect(factory, d)
@@ -205,6 +224,14 @@ class UTPSocket:
         return defer.succeed(None)
 
     # ------------------------------------------------------------------ used by connections
+
+    def _new_connection(self, *args, **kw) -> UTPConnection:
+        conn = UTPConnection(self, self._reactor, *args, recv_buffer=self._recv_buffer, **kw)
+        if self._window_cap is None:
+            self._window_cap = kernel_window(self.udp) or 0
+        if self._window_cap:
+            conn.window_cap = min(self._window_cap, self._recv_buffer)
+        return conn
 
     def _initial_seq(self) -> int:
         """A random initial sequence number (tests override it)."""
@@ -274,16 +301,7 @@ class UTPSocket:
         if len(self.connections) >= MAX_CONNECTIONS:
             self.dropped["syn_too_many"] += 1
             return
-        conn = UTPConnection(
-            self,
-            self._reactor,
-            addr,
-            recv_id,
-            p.connection_id,
-            self._initial_seq(),
-            initiator=False,
-            recv_buffer=self._recv_buffer,
-        )
+        conn = self._new_connection(addr, recv_id, p.connection_id, self._initial_seq(), initiator=False)
         self.connections[(host, port, recv_id)] = conn
         conn._accepted(p)
         try:
