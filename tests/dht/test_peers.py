@@ -266,6 +266,7 @@ class FakeNode:
     def __init__(self, clock):
         self.reactor = clock
         self.calls = []
+        self._stop_hooks = {}
 
     def _walk(self, kind, command, target, value, on_reply=None):
         d = defer.Deferred()
@@ -666,3 +667,31 @@ def test_refresh_announces_now_and_keeps_the_schedule():
     a.stop()
     a.refresh()
     assert node.calls[-1][0] == "update"
+
+
+def test_stopping_the_node_leaves_no_announce_timer():
+    # An announcement waits 300-600 s between walks on the node's clock;
+    # once the node stops, nothing of the DHT layer may stay scheduled.
+    from tests.dht._fakes import FakeNetwork
+
+    net = FakeNetwork()
+    servers = [net.node()]
+    net.clock.advance(0)
+    servers += [net.node(bootstrap=[servers[0].address()]) for _ in range(3)]
+    for s in servers:
+        peers.register(s)
+    client = net.node(bootstrap=[servers[0].address()], ephemeral=True)
+    net.run(1)
+    waiting = peers.announce(client, TOPIC, 4000)
+    net.run(1)
+    assert waiting.announces == 1  # now between walks, on its timer
+    walking = peers.announce(client, b"\x22" * 32, 4001)
+    failures = []
+    walking.ready.addErrback(failures.append)
+    for n in [client] + servers:
+        n.stopService()
+    net.run(1)  # datagrams in flight arrive (and are ignored)
+    assert net.clock.getDelayedCalls() == []
+    assert failures and "stopped" in failures[0].getErrorMessage()
+    assert not waiting.active and not walking.active
+    assert waiting.stop().result is False  # nothing left to unannounce through

@@ -230,6 +230,9 @@ class DHTNode(service.Service):
         )
         self._commands: Dict[bytes, _Command] = {}
         self._walks: Set[Walk] = set()
+        #: Called with no arguments when the service stops, for what keeps
+        #: timers on our clock beyond walks (a peers Announcement).
+        self._stop_hooks: Dict[Callable[[], None], None] = {}
         self._ready_waiters: List[defer.Deferred] = []
         self._tick_loop = LoopingCall(self._on_tick)
         self._tick_loop.clock = self._reactor
@@ -324,6 +327,9 @@ class DHTNode(service.Service):
         self._start_call = None
         if self._tick_loop.running:
             self._tick_loop.stop()
+        hooks, self._stop_hooks = self._stop_hooks, {}
+        for hook in hooks:
+            hook()
         self._rpc.destroy()
         for walk in list(self._walks):
             walk.abort(QueryError("DHT node stopped"))

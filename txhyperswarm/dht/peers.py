@@ -362,6 +362,7 @@ def announce(
         raise ValueError(f"bad port {port}")
     a = Announcement(node, topic, port, local_address, on_peer,
                      reactor if reactor is not None else node.reactor, random)
+    node._stop_hooks[a._node_stopped] = None
     a._start()
     return a
 
@@ -372,6 +373,9 @@ class Announcement:
 
     :ivar ready: Deferred firing with ``None`` when the first announce walk
         has ended, or errbacking with its failure (announcing goes on).
+
+    Announcing ends when the DHT node stops (no timer outlives the node's
+    ``stopService``); :meth:`stop` then has nothing to unannounce through.
     :ivar announces: how many announce walks have completed.
     """
 
@@ -440,8 +444,14 @@ class Announcement:
 
     @property
     def active(self) -> bool:
-        """``True`` until :meth:`stop` is called."""
+        """``True`` until :meth:`stop` is called or the node stops."""
         return not self._stopped
+
+    def _node_stopped(self) -> None:
+        self._stopped = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def stop(self) -> defer.Deferred:
         """
@@ -454,10 +464,8 @@ class Announcement:
         """
         if self._stopping is not None:
             return _chain(self._stopping)
-        self._stopped = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._node._stop_hooks.pop(self._node_stopped, None)
+        self._node_stopped()
         if self._walk is not None:
             self._walk.cancel()
         d = self._node.update(COMMAND, self.topic, encode_unannounce(self.port, self.local_address))
