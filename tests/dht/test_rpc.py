@@ -10,7 +10,7 @@ import os
 from twisted.internet import defer
 
 from txhyperswarm.dht import messages as m
-from txhyperswarm.dht.node import CommandError, IgnoreRequest
+from txhyperswarm.dht.node import CommandError, IgnoreRequest, QueryError
 from txhyperswarm.dht.routing import Peer
 from txhyperswarm.dht.rpc import RequestTimeout, TICK_INTERVAL
 from txhyperswarm.dht.tokens import TokenStore, roundtrip_token
@@ -330,9 +330,15 @@ def test_stop_service_fails_pending_requests_and_walks():
     p = a.ping(*dead)
     errors = []
     p.addErrback(errors.append)
+    a.add_nodes([(b"\x09" * 32, *dead)])
+    walk = a.query("_find_node", b"\x01" * 32)
+    walk.addErrback(errors.append)
+    assert a._walks and not walk.called
     d = a.stopService()
     assert d.called
-    assert len(errors) == 1 and "cancelled" in str(errors[0].value)
+    assert len(errors) == 2 and "cancelled" in str(errors[0].value)
+    assert errors[1].check(QueryError) and "stopped" in str(errors[1].value)
+    assert not a._walks and a.inflight_queries == 0
     assert a.udp.receiver is None
     # stopped: no timers left on the clock
     net.clock.advance(1000)
@@ -448,7 +454,11 @@ def test_nodes_snapshot_round_trips():
     snapshot = a.nodes()
     assert {i for i, _, _ in snapshot} == {o.id for o in others}
     b, = started(net)
-    b.add_nodes(snapshot + [(b"short", "127.0.0.1", 1), (b"x" * 32, "not-an-ip", 1)])
+    # a corrupt snapshot: a port of 0 would make Node's decoder drop every
+    # closerNodes list we send with it, one above 65535 is not encodable
+    bad = [(b"short", "127.0.0.1", 1), (b"x" * 32, "not-an-ip", 1),
+           (b"y" * 32, "127.0.0.1", 0), (b"z" * 32, "127.0.0.1", 70000)]
+    b.add_nodes(snapshot + bad)
     assert b.nodes() == snapshot
     target = others[0].id
     assert b.closest_nodes(target, 1)[0][0] == target

@@ -860,10 +860,15 @@ class DHTNode(service.Service):
         return [(p.id, p.host, p.port) for p in self._table.nodes.values()]
 
     def add_nodes(self, nodes: Iterable[Tuple[bytes, str, int]]) -> None:
-        """Add ``(id, host, port)`` nodes, e.g. from a saved snapshot."""
+        """
+        Add ``(id, host, port)`` nodes, e.g. from a saved snapshot; entries
+        that are not a 32-byte id, an IPv4 address and a port in 1-65535 are
+        skipped (a port of 0 in our closerNodes makes Node drop the list).
+        """
         for node_id, host, port in nodes:
-            if len(node_id) == 32 and is_ipv4_literal(host):
-                self._table.add_node(node_id, host, int(port))
+            port = int(port)
+            if len(node_id) == 32 and is_ipv4_literal(host) and 0 < port < 65536:
+                self._table.add_node(node_id, host, port)
 
     def closest_nodes(self, target: bytes, n: int = K) -> List[Tuple[bytes, str, int]]:
         """The ``n`` routing-table nodes closest to ``target``."""
