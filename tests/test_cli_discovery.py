@@ -4,13 +4,31 @@ a ``twist hyperswarm --bootstrap-node`` process and Node peers (DHT), and
 against a Node hyperswarm on the LAN (mDNS, private namespace only).
 """
 
-import sys
+import hashlib
 
-import pytest
 import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.task import deferLater
 
 from tests.harness import free_port
 from tests.test_cli import TOPIC, cli as _cli
+
+
+@defer.inlineCallbacks
+def stderr_says(reactor, proc, text, timeout=20.0):
+    """Wait until ``text`` is on the process's stderr (polled; bounded)."""
+    for _ in range(int(timeout / 0.05)):
+        if text in proc.stderr.decode(errors="replace"):
+            return
+        if not proc.running:
+            break
+        yield deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError(f"{text!r} not on stderr: {proc.stderr.decode(errors='replace')}")
+
+
+def silent_bootstrap():
+    """A HOST:PORT where no DHT node answers (nothing listens there)."""
+    return f"127.0.0.1:{free_port()}"
 
 
 def test_lookup_with_no_bootstrap_and_no_mdns_fails_with_exit_1():
@@ -35,7 +53,7 @@ def test_cli_announce_is_found_by_node_and_gone_after_sigterm(processes, node, t
     assert [(p["host"], p["port"]) for p in done["peers"]] == [("127.0.0.1", 4000)]
     assert done["peers"][0]["referrer"] == boot
 
-    announcer.signal("TERM")
+    announcer.signal("INT")
     assert (yield announcer.ended) == 0
 
     js.send({"cmd": "lookup", "topic": TOPIC, "id": 2})
@@ -65,13 +83,14 @@ def test_cli_lookup_over_mdns_prints_a_node_peer_and_exits(processes, node, priv
     js = processes.node("mdns_swarm.js", TOPIC, "--announce", "--no-lookup")
     listening = yield js.wait_for(lambda o: o.get("event") == "listening", timeout=30)
     started = reactor.seconds()
-    lookup = processes.python("-m", "txhyperswarm.cli", "lookup", TOPIC, "--bootstrap", "none")
+    lookup = processes.python("-m", "txhyperswarm.cli", "lookup", TOPIC, "--bootstrap", "none", "--timeout", "60")
     code = yield lookup.ended
     took = reactor.seconds() - started
     assert code == 0, lookup.stderr.decode()
     assert {"topic": TOPIC, "host": "127.0.0.1", "port": listening["port"], "local": True,
             "referrer": None, "source": "mdns"} in lookup.lines
-    assert took < 10.0  # 3 s after its first query, never past --timeout (10 s)
+    # it listens 3 s after its first query, then exits: not at --timeout
+    assert 3.0 <= took < 30.0
 
 
 @pytest_twisted.inlineCallbacks
@@ -84,5 +103,71 @@ def test_cli_announce_over_mdns_is_found_by_node(processes, node, private_netns)
     js = processes.node("mdns_swarm.js", TOPIC)
     peer = yield js.wait_for(lambda o: o.get("event") == "peer", timeout=30)
     assert (peer["host"], peer["port"], peer["local"]) == ("127.0.0.1", port, True)
-    announcer.signal("TERM")
+    announcer.signal("INT")
     assert (yield announcer.ended) == 0
+    # (the DHT test above ends its announcer with SIGTERM, this one with SIGINT)
+
+
+def test_lookup_and_announce_say_on_stderr_which_hex_topic_they_use():
+    hashed = hashlib.sha256("hello world".encode()).hexdigest()
+    result = _cli("lookup", "hello world", "--bootstrap", "none", "--no-mdns")
+    assert f"hyperswarm lookup: topic {hashed} (SHA-256 of 'hello world')" in result.stderr.splitlines()
+    assert result.stdout == ""
+    result = _cli("announce", TOPIC.upper(), "--port", "4000", "--bootstrap", "none", "--no-mdns")
+    assert f"hyperswarm announce: topic {TOPIC} (as given)" in result.stderr.splitlines()
+    assert result.returncode == 1 and result.stdout == ""
+
+
+def test_lookup_that_finds_nothing_exits_0_with_no_output(twist_bootstrap_node):
+    boot = f"127.0.0.1:{twist_bootstrap_node[1]}"
+    result = _cli("lookup", TOPIC, "--bootstrap", boot, "--no-mdns")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and "failed" not in result.stderr
+
+
+def test_lookup_stops_at_timeout_with_exit_0_when_mdns_is_on(private_netns):
+    # the DHT walk would take ~7 s (its bootstrap node never answers) and
+    # mDNS listens 3 s: --timeout 1.5 cuts both short, and with mDNS on that
+    # is no failure
+    result = _cli("lookup", TOPIC, "--bootstrap", silent_bootstrap(), "--timeout", "1.5")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "no bootstrap node answered within --timeout 1.5s" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_lookup_at_timeout_with_no_bootstrap_answer_and_no_mdns_exits_1():
+    result = _cli("lookup", TOPIC, "--bootstrap", silent_bootstrap(), "--timeout", "1", "--no-mdns")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "the DHT walk failed: no bootstrap node answered within --timeout 1s" in result.stderr
+
+
+@pytest_twisted.inlineCallbacks
+def test_lookup_ends_at_sigint(processes, reactor):
+    lookup = processes.python("-m", "txhyperswarm.cli", "lookup", TOPIC, "--bootstrap", silent_bootstrap(),
+                              "--no-mdns", "--timeout", "60")
+    yield stderr_says(reactor, lookup, "hyperswarm lookup: topic")
+    lookup.signal("INT")
+    code = yield lookup.ended
+    # not the walk giving up on its own (~7 s later, "No nodes responded")
+    assert "no bootstrap node answered before the interrupt" in lookup.stderr.decode()
+    assert code == 1 and lookup.lines == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_announce_interrupted_before_its_first_announce_exits_0(processes, reactor):
+    announcer = processes.python("-m", "txhyperswarm.cli", "announce", TOPIC, "--port", "4000",
+                                 "--bootstrap", silent_bootstrap(), "--no-mdns")
+    yield stderr_says(reactor, announcer, "hyperswarm announce: topic")
+    announcer.signal("TERM")
+    code = yield announcer.ended
+    assert code == 0, announcer.stderr.decode()
+    assert announcer.lines == [] and "failed" not in announcer.stderr.decode()
+
+
+def test_announce_whose_first_announce_fails_exits_1():
+    result = _cli("announce", TOPIC, "--port", "4000", "--bootstrap", silent_bootstrap(), "--no-mdns")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "the first announce failed" in result.stderr

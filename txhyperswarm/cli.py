@@ -15,6 +15,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from txhyperswarm._parsing import parse_host_port, topic_from_text
 
@@ -76,11 +77,28 @@ def _host_port(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _topic(text: str) -> bytes:
+class _TopicArg(bytes):
+    """A topic as typed: the 32 bytes, plus ``text`` and whether it was hashed."""
+
+    text: str
+    hashed: bool
+
+
+def _topic(text: str) -> _TopicArg:
     try:
-        return topic_from_text(text)
+        topic = _TopicArg(topic_from_text(text))
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+    topic.text = text
+    topic.hashed = topic.hex() != text.lower()
+    return topic
+
+
+def _say_topic(command: str, topic: _TopicArg) -> None:
+    """interfaces.md: "the log says which hex topic was used" (stderr; stdout stays JSON)."""
+    how = f"SHA-256 of {topic.text!r}" if topic.hashed else "as given"
+    sys.stderr.write(f"hyperswarm {command}: topic {topic.hex()} ({how})\n")
+    sys.stderr.flush()
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -119,6 +137,64 @@ def _bootstrap_arg(values):
         raise _BadInput(f"--bootstrap: {e}") from None
 
 
+# -- waiting: done, --timeout, or SIGINT/SIGTERM ------------------------------
+
+
+class _Interrupt:
+    """The SIGINT/SIGTERM a command has seen (handlers installed by :func:`run`)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._waiters: List[defer.Deferred] = []
+
+    def set(self) -> None:
+        if self.seen:
+            return
+        self.seen = True
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def wait(self) -> defer.Deferred:
+        """A Deferred firing with ``None`` at the first signal (at once if one came already)."""
+        if self.seen:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred(self._waiters.remove)
+        self._waiters.append(d)
+        return d
+
+
+_interrupted = _Interrupt()
+
+
+def _race(reactor, work: defer.Deferred, timeout: Optional[float], interruptible: bool = True) -> defer.Deferred:
+    """
+    Wait for ``work``, ``timeout`` seconds (``None``: no limit) or (when
+    ``interruptible``) a signal.
+
+    :returns: a Deferred firing with ``("done", result)`` (``result`` may be
+        a Failure, which is consumed), ``("timeout", None)`` or
+        ``("interrupted", None)``; it never errbacks. ``work`` is left alone
+        (not cancelled) when it did not finish: the caller decides.
+    """
+    outcome: defer.Deferred = defer.Deferred()
+    signalled = _interrupted.wait() if interruptible else defer.Deferred()
+    timer = reactor.callLater(timeout, lambda: settle("timeout")) if timeout is not None else None
+
+    def settle(kind: str, value=None) -> None:
+        if outcome.called:
+            return
+        if timer is not None and timer.active():
+            timer.cancel()
+        if not signalled.called:
+            signalled.cancel()
+        outcome.callback((kind, value))
+
+    signalled.addCallbacks(lambda _: settle("interrupted"), lambda f: f.trap(defer.CancelledError) and None)
+    work.addBoth(lambda result: settle("done", result))
+    return outcome
+
+
 # -- ping ------------------------------------------------------------------
 
 
@@ -130,15 +206,15 @@ async def _ping(reactor, args) -> int:
     node.startService()
     try:
         started = reactor.seconds()
-        d = node.ping(host, port)
-        d.addTimeout(args.timeout, reactor)
-        try:
-            reply = await d
-        except defer.TimeoutError:
-            sys.stderr.write(f"hyperswarm ping: no reply from {host}:{port} in {args.timeout:g}s\n")
+        pinging = node.ping(host, port)
+        kind, reply = await _race(reactor, pinging, args.timeout)
+        if kind != "done":
+            pinging.cancel()  # forgets the request
+            why = f"no reply in {args.timeout:g}s" if kind == "timeout" else "interrupted before a reply"
+            sys.stderr.write(f"hyperswarm ping: {host}:{port}: {why}\n")
             return 1
-        except Exception as e:  # a failed RPC (retries exhausted, refused)
-            sys.stderr.write(f"hyperswarm ping: {host}:{port} did not answer: {e}\n")
+        if isinstance(reply, Failure):  # a failed RPC (retries exhausted, refused)
+            sys.stderr.write(f"hyperswarm ping: {host}:{port} did not answer: {reply.getErrorMessage()}\n")
             return 1
         rtt = (reactor.seconds() - started) * 1000.0
         node_id = getattr(reply, "id", None)
@@ -196,7 +272,8 @@ async def _lookup(reactor, args) -> int:
     from txhyperswarm.dht.node import DHTNode
 
     bootstrap = _bootstrap_arg(args.bootstrap)
-    topic = args.topic
+    _say_topic("lookup", args.topic)
+    topic = bytes(args.topic)
     seen = set()
 
     def report(record) -> None:
@@ -207,36 +284,39 @@ async def _lookup(reactor, args) -> int:
 
     node = mdns = None
     waits = []
-    dht_failed = {"why": None}
+    walk = {"failed": None, "ended": False}
     if bootstrap == []:
-        dht_failed["why"] = "no bootstrap node (--bootstrap none)"
+        walk["failed"] = "no bootstrap node (--bootstrap none)"
     else:
         node = DHTNode(reactor, bootstrap=bootstrap, ephemeral=True, host="0.0.0.0", port=0)
         node.startService()
 
-        def walk_failed(f):
-            dht_failed["why"] = f.getErrorMessage()
+        def walk_ended(result) -> None:
+            walk["ended"] = True
+            if isinstance(result, Failure) and not result.check(defer.CancelledError):
+                walk["failed"] = result.getErrorMessage() or result.type.__name__
 
-        waits.append(peers.lookup_stream(node, topic, report).addErrback(walk_failed))
+        waits.append(peers.lookup_stream(node, topic, report).addBoth(walk_ended))
     if not args.no_mdns:
         mdns = _start_mdns(reactor)
         if mdns is not None:
             handle = mdns.lookup(topic, report)
             waits.append(handle.ready.addCallback(lambda _: deferLater(reactor, MDNS_LISTEN, lambda: None)))
     try:
-        if waits:
-            everything = defer.gatherResults(waits, consumeErrors=True)
-            everything.addTimeout(args.timeout, reactor)
-            try:
-                await everything
-            except defer.TimeoutError:
-                pass  # --timeout: report what was found
+        everything = defer.DeferredList(waits, consumeErrors=True)
+        kind, _ = await _race(reactor, everything, args.timeout)
+        if kind != "done":
+            # Cut short (--timeout or a signal): the walk failed only if no
+            # node has answered it so far.
+            if node is not None and not walk["ended"] and node.routing_table_size == 0:
+                when = f"within --timeout {args.timeout:g}s" if kind == "timeout" else "before the interrupt"
+                walk["failed"] = f"no bootstrap node answered {when}"
+            everything.cancel()  # stops the walk and the mDNS wait
     finally:
         await _stop(mdns, node)
-    if dht_failed["why"] is not None and mdns is None:
-        sys.stderr.write(f"hyperswarm lookup: the DHT walk failed: {dht_failed['why']}\n")
-        return 1
-    return 0
+    if walk["failed"] is not None and (node is not None or mdns is None):
+        sys.stderr.write(f"hyperswarm lookup: the DHT walk failed: {walk['failed']}\n")
+    return 1 if walk["failed"] is not None and mdns is None else 0
 
 
 async def _announce(reactor, args) -> int:
@@ -244,7 +324,8 @@ async def _announce(reactor, args) -> int:
     from txhyperswarm.dht.node import DHTNode
 
     bootstrap = _bootstrap_arg(args.bootstrap)
-    topic = args.topic
+    _say_topic("announce", args.topic)
+    topic = bytes(args.topic)
     node = mdns = announcement = handle = None
     try:
         if bootstrap != []:
@@ -259,19 +340,18 @@ async def _announce(reactor, args) -> int:
             sys.stderr.write("hyperswarm announce: nothing to announce on: no bootstrap node and no mDNS\n")
             return 1
         first = announcement.ready if announcement is not None else handle.ready
-        try:
-            await first
-        except Exception as e:
-            sys.stderr.write(f"hyperswarm announce: the first announce failed: {e}\n")
-            return 1
-        _emit({"topic": topic.hex(), "announced": True})
-        await _interrupted.deferred
+        kind, result = await _race(reactor, first, None)
+        if kind == "done":
+            if isinstance(result, Failure):
+                sys.stderr.write(f"hyperswarm announce: the first announce failed: {result.getErrorMessage()}\n")
+                return 1
+            _emit({"topic": topic.hex(), "announced": True})
+            await _interrupted.wait()
         if announcement is not None:
             unannounce = announcement.stop()
-            unannounce.addTimeout(UNANNOUNCE_LIMIT, reactor)
-            try:
-                await unannounce
-            except defer.TimeoutError:
+            kind, _ = await _race(reactor, unannounce, UNANNOUNCE_LIMIT, interruptible=False)
+            if kind == "timeout":
+                unannounce.cancel()
                 sys.stderr.write(f"hyperswarm announce: unannounce took over {UNANNOUNCE_LIMIT:g}s; exiting\n")
         return 0
     finally:
@@ -292,9 +372,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     status = {"code": 1}
 
     def install_handlers():
-        # react() runs job before the reactor starts, and the reactor then
-        # installs its own SIGINT/SIGTERM handlers: replace them once running,
-        # so a signal lets a command finish its work (unannounce) and exit 0.
+        # SIGINT/SIGTERM end every command through its own clean-up (announce:
+        # unannounce; lookup: stop as at --timeout; ping: no reply, exit 1).
+        # Installed before the reactor runs (so an early signal is not lost)
+        # and again once it runs, since it installs its own as it starts.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: reactor.callFromThread(_interrupted.set))
 
@@ -306,26 +387,13 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             sys.stderr.write(f"hyperswarm: error: {e}\n")
             status["code"] = 2
 
+    install_handlers()
     try:
         react(lambda r: defer.Deferred.fromCoroutine(job(r)))
     except SystemExit as e:
         if e.code not in (0, None):
             return int(e.code) if isinstance(e.code, int) else 1
     return status["code"]
-
-
-class _Interrupt:
-    """A SIGINT/SIGTERM seen by a long-running command."""
-
-    def __init__(self) -> None:
-        self.deferred: defer.Deferred = defer.Deferred()
-
-    def set(self) -> None:
-        if not self.deferred.called:
-            self.deferred.callback(None)
-
-
-_interrupted = _Interrupt()
 
 
 def main() -> None:
