@@ -13,6 +13,7 @@ import random
 import pytest_twisted
 from twisted.internet import defer
 
+from txhyperswarm.dht.messages import encode_peer
 from txhyperswarm.dht.node import DHTNode
 
 _tags = itertools.count()
@@ -53,11 +54,21 @@ def test_ping_both_ways(reactor, node, processes):
         assert reply.id == js_id
         assert reply.node == ("127.0.0.1", js_port)
         assert reply.to == py.address()
+        # Node took our id, and the `to` of our request, into its table
+        table = yield ask(js, op="table")
+        host, port = py.address()
+        assert table["nodes"] == [
+            {"id": py.id.hex(), "host": host, "port": port, "to": {"host": "127.0.0.1", "port": js_port}}
+        ]
 
         pong = yield ask(js, op="ping", host="127.0.0.1", port=py.address()[1])
         assert pong.get("error") is None
         assert pong["id"] == py.id.hex()
         assert pong["to"] == {"host": "127.0.0.1", "port": js_port}
+        # and we took Node's id and the `to` of its request into ours
+        (entry,) = py.routing_table.nodes.values()
+        assert (entry.id, entry.address) == (js_id, ("127.0.0.1", js_port))
+        assert entry.to == encode_peer(*py.address())
     finally:
         yield py.stopService()
 

@@ -8,7 +8,8 @@
 // Commands (each answered with one line carrying the same "tag"):
 //   {"op": "ping", "i": 0, "host": h, "port": p}     -> {id, to: {host, port}} or {error}
 //   {"op": "find", "i": 0, "targets": [hex...]}      -> {results: [[responder id hex...]...]}
-//   {"op": "table", "i": 0}                          -> {ids: [hex...]}
+//   {"op": "table", "i": 0}                          -> {ids: [hex...], nodes: [{id, host, port, to}]}
+//                                                      (to: the address the node's last message was sent to)
 //   {"op": "put", "i": 0, "target": hex, "value": hex} -> queryAndUpdate('kv') {replies: n}
 //   {"op": "get", "i": 0, "target": hex}             -> query('kv') {values: [[id hex, value hex]...]}
 //   {"op": "holepunch", "i": 0, "host": h, "port": p, "referrer": {host, port}} -> {ok} or {error}
@@ -93,7 +94,12 @@ async function handle (cmd) {
       out({ tag: cmd.tag, values: res.filter(r => r.value).map(r => [r.node.id.toString('hex'), r.value.toString('hex')]) })
     })
   } else if (cmd.op === 'table') {
-    out({ tag: cmd.tag, ids: node.getNodes().map(n => n.id.toString('hex')) })
+    const decodeTo = (to) => (to && to.length === 6 ? peers.decode(to)[0] : null)
+    out({
+      tag: cmd.tag,
+      ids: node.getNodes().map(n => n.id.toString('hex')),
+      nodes: node.nodes.toArray().map(n => ({ id: n.id.toString('hex'), host: n.host, port: n.port, to: decodeTo(n.to) }))
+    })
   }
 }
 
