@@ -752,3 +752,26 @@ def test_announce_with_host_puts_it_in_the_srv_target():
     assert {(p.host, p.port) for p in peers} == {("10.0.0.5", 7000)}
     with pytest.raises(ValueError):
         a.announce(TOPIC, 7000, "not.an.address")
+
+
+def test_stop_leaves_no_timer_and_no_deferred_waiting(monkeypatch):
+    import txhyperswarm.mdns as mdns
+
+    monkeypatch.setattr(mdns, "_interface_addresses", lambda: ["127.0.0.1"])
+    net = FakeNet()
+    a = started(net, "127.0.0.2")
+    a.announce(TOPIC, 1111)
+    net.run()
+    d = MulticastDiscovery(net.reactor("127.0.0.3"))  # default interfaces: the 5 s refresh loop
+    d.startService()
+    d.lookup(TOPIC, lambda p: None)
+    d.announce(TOPIC, 2222)  # its announcement is still due (next turn)
+    found = d.query(TOPIC, timeout=10.0)
+    net.run(1)
+    a.stopService()
+    stopped = d.stopService()
+    assert stopped.called
+    # the one-shot query ends with what it heard so far (its own instance's
+    # other join included: suppression is per join), not 9 s later
+    assert {(p.host, p.port) for p in found.result} == {("127.0.0.2", 1111), ("127.0.0.3", 2222)}
+    assert net.clock.getDelayedCalls() == []

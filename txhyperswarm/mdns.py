@@ -283,6 +283,8 @@ class MulticastDiscovery(service.Service):
         self._topics: Dict[MDNSTopic, None] = {}
         self._announce_queue: List[MDNSTopic] = []
         self._announce_call = None
+        # query() Deferred -> its finish(): stopService() ends them early
+        self._queries: Dict[defer.Deferred, Callable[[], None]] = {}
         self.dropped: Counter = Counter()
         self.sent: Counter = Counter()
 
@@ -322,6 +324,8 @@ class MulticastDiscovery(service.Service):
         :returns: a Deferred firing with ``None`` once the socket is closed.
         """
         service.Service.stopService(self)
+        for finish in list(self._queries.values()):
+            finish()
         for topic in list(self._topics):
             topic.stop()
         self._pending = []
@@ -423,7 +427,8 @@ class MulticastDiscovery(service.Service):
         Query once and collect answers for ``timeout`` seconds.
 
         :returns: a Deferred firing with the list of distinct
-            :class:`PeerRecord` heard (first seen first). Cancelling it stops
+            :class:`PeerRecord` heard (first seen first), after ``timeout``
+            or at ``stopService()`` if that comes first. Cancelling it stops
             the lookup and errbacks with ``CancelledError``.
         """
         found: Dict[Tuple[str, int], PeerRecord] = {}
@@ -434,6 +439,7 @@ class MulticastDiscovery(service.Service):
         handle = self.join(topic, on_peer=on_peer)
 
         def cancel(d):
+            self._queries.pop(d, None)
             if call.active():
                 call.cancel()
             handle.stop()
@@ -441,10 +447,14 @@ class MulticastDiscovery(service.Service):
         d: defer.Deferred = defer.Deferred(cancel)
 
         def finish():
+            self._queries.pop(d, None)
+            if call.active():
+                call.cancel()
             handle.stop()
             d.callback(list(found.values()))
 
         call = self._reactor.callLater(timeout, finish)
+        self._queries[d] = finish
         return d
 
     # -- internal: topics --------------------------------------------------
