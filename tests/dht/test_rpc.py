@@ -76,8 +76,14 @@ def test_saturated_io_queues_requests():
     # 50 requests/s reached and >= 16 in flight: the rest wait in the queue
     assert a._rpc.inflight_count < 70
     assert a._rpc.inflight_count + a._rpc.pending_count() == 70
+    # an unsendable request is refused now, not when the queue reaches it
+    # (from the tick, which must not raise)
+    bad = []
+    a.ping("127.0.0.1", 70000).addErrback(bad.append)
+    assert bad and bad[0].check(ValueError)
     net.run(60)
     assert a._rpc.inflight_count == 0 and a._rpc.pending_count() == 0
+    assert a._rpc._tick_loop.running
 
 
 # -- tokens --------------------------------------------------------------------

@@ -297,15 +297,11 @@ class RPC:
 
         :returns: the in-flight request (for :meth:`cancel`), or ``None``
             when it was queued or refused.
+        :raises ValueError: ``peer`` is an IPv4 address with a port that is
+            not 0-65535 (checked before queueing: a queued request is sent
+            from the tick, which must not raise).
         """
-        entry = (_wire.QUERY_HEAD, command, target, value, None, peer, callback)
-        if self.destroyed:
-            self._refuse(entry)
-        elif immediately or not (self._pending or self._saturated()):
-            return self._request_immediately(entry)
-        else:
-            self._pending.append(entry)
-        return None
+        return self._request(_wire.QUERY_HEAD, command, target, value, None, peer, callback, immediately)
 
     def update(
         self,
@@ -315,14 +311,19 @@ class RPC:
         peer: Peer,
         callback: Callback,
     ) -> Optional[_Request]:
-        """Send an UPDATE carrying ``peer.token`` (returns like :meth:`query`)."""
-        entry = (_wire.UPDATE_HEAD, command, target, value, peer.token, peer, callback)
+        """Send an UPDATE carrying ``peer.token`` (returns and raises like :meth:`query`)."""
+        return self._request(_wire.UPDATE_HEAD, command, target, value, peer.token, peer, callback, False)
+
+    def _request(self, head, command, target, value, token, peer, callback, immediately) -> Optional[_Request]:
+        host = peer.host
+        to = encode_peer(host, peer.port) if is_ipv4_literal(host) else None
+        entry = (head, command, target, value, token, peer, callback, to)
         if self.destroyed:
             self._refuse(entry)
-        elif self._pending or self._saturated():
-            self._pending.append(entry)
-        else:
+        elif immediately or not (self._pending or self._saturated()):
             return self._request_immediately(entry)
+        else:
+            self._pending.append(entry)
         return None
 
     @staticmethod
@@ -331,10 +332,8 @@ class RPC:
         callback(RequestCancelled(command.decode("utf-8", "replace"), peer.host, peer.port), None, None, None)
 
     def _request_immediately(self, entry: tuple) -> _Request:
-        head, command, target, value, token, peer, callback = entry
+        head, command, target, value, token, peer, callback, to = entry
         rid = self._free()
-        host = peer.host
-        to = encode_peer(host, peer.port) if is_ipv4_literal(host) else None
         buffer = _wire.encode_request(head, rid, to, self.id, target, token, command, value)
         self._speed(1)
         self.sent[command] += 1
@@ -357,7 +356,7 @@ class RPC:
         if old is not None:  # 65536 requests in flight: the oldest loses its slot
             self._cancel(old)
         self._requests[rid] = req
-        self.send(buffer, (host, peer.port))
+        self.send(buffer, (peer.host, peer.port))
         if command == _HOLEPUNCH:
             self._holepunch(req)
         return req
