@@ -325,6 +325,57 @@ def test_random_datagrams_are_dropped_and_counted(data):
     assert peers == []
 
 
+def _rr(rtype, rdata, name=b"\x00", rclass=1, ttl=0):
+    return name + rtype.to_bytes(2, "big") + rclass.to_bytes(2, "big") + ttl.to_bytes(4, "big") + len(rdata).to_bytes(2, "big") + rdata
+
+
+def _with_records(packet, before=(), after=(), additional=()):
+    """``packet`` (no questions) with extra records before/after its answers and in the additional section."""
+    answers = packet[12:]
+    count = int.from_bytes(packet[6:8], "big") + len(before) + len(after)
+    header = packet[:6] + count.to_bytes(2, "big") + b"\x00\x00" + len(additional).to_bytes(2, "big")
+    return header + b"".join(before) + answers + b"".join(after) + b"".join(additional)
+
+
+# Records zeroconf does not decode (it skips them) but dns-packet 5.6.1 does:
+# Node's discovery reads the SRV/TXT answers of such datagrams as usual.
+# (Checked with dns-packet.decode: each gives answers [..., SRV, TXT, ...].)
+_FOREIGN = {
+    "opt-additional": dict(additional=[_rr(41, b"", rclass=1440)]),
+    "unknown-type-before-srv": dict(before=[_rr(99, b"\x01\x02\x03\x04")]),
+    "mx-after": dict(after=[_rr(15, b"\x00\x0a\x00")]),
+    "caa-before-and-a-additional": dict(
+        before=[_rr(257, b"\x00\x00\x00")], additional=[_rr(1, b"\x7f\x00\x00\x01")]
+    ),
+}
+
+
+@pytest.mark.parametrize("extra", list(_FOREIGN.values()), ids=list(_FOREIGN))
+def test_records_of_types_zeroconf_skips_do_not_hide_the_answers(extra):
+    data = _with_records(NODE_ANNOUNCE, **extra)
+    packet = wire.decode_packet(data)
+    assert [r.type for r in packet.answers] == [wire.TYPE_SRV, wire.TYPE_TXT]
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    peers = []
+    d.lookup(TOPIC, peers.append)
+    d._protocol.datagramReceived(data, ("127.0.0.7", 5353))
+    assert peers == [PeerRecord(TOPIC, "127.0.0.7", 37591, True, None, None, "mdns")]
+    assert d.dropped == {}
+
+
+def test_a_known_record_zeroconf_cannot_decode_still_refuses_the_datagram():
+    # An SRV whose target name runs past its rdata, a record running past the
+    # end: stricter than dns-packet, which reads both leniently (Buffer
+    # slices past the end), but never a valid datagram from a Node peer.
+    bad_srv = _rr(33, b"\x00\x00\x00\x00\x00\x01\x05ab", name=b"\x01x\x00")
+    with pytest.raises(wire.MalformedPacket) as e:
+        wire.decode_packet(_with_records(NODE_ANNOUNCE, after=[bad_srv, _rr(99, b"")]))
+    assert e.value.reason == "bad_record"
+    with pytest.raises(wire.MalformedPacket):  # a skipped record running past the end
+        wire.decode_packet(_with_records(NODE_ANNOUNCE, after=[_rr(99, b"abcd")])[:-1])
+
+
 # -- behaviour: Node's packets --------------------------------------------------
 
 

@@ -237,11 +237,16 @@ def decode_packet(data: bytes) -> Packet:
     if not incoming.valid:
         raise MalformedPacket("undecodable")
     records = incoming.answers()
-    expected = incoming.num_answers + incoming.num_authorities + incoming.num_additionals
+    num_answers = incoming.num_answers
+    expected = num_answers + incoming.num_authorities + incoming.num_additionals
     if len(records) != expected:
-        # zeroconf skips records it cannot decode (or does not know) and stops
-        # at the first broken header; Node drops such a datagram whole.
-        raise MalformedPacket("bad_record", f"{len(records)} of {expected} records decoded")
+        # zeroconf skips records of types it does not know (dns-packet decodes
+        # those: OPT, MX, NSEC-less responders' extras...) as well as records
+        # it cannot decode, and stops at the first broken header; Node drops
+        # only the latter. Walk the record headers to tell which.
+        answers = _known_answers(data, incoming, records)
+    else:
+        answers = records[:num_answers]
     for record in records:
         if record.type == TYPE_TXT:
             txt_strings(record.text)
@@ -249,5 +254,55 @@ def decode_packet(data: bytes) -> Packet:
         id=incoming.id,
         flags=incoming.flags,
         questions=tuple(incoming.questions),
-        answers=tuple(records[: incoming.num_answers]),
+        answers=tuple(answers),
     )
+
+
+#: The record types zeroconf's DNSIncoming decodes; it skips every other.
+_ZEROCONF_TYPES = frozenset((1, 5, 12, 13, 16, 28, 33, 47))
+
+
+def _skip_name(data: bytes, offset: int) -> int:
+    """The offset after the name at ``offset`` (labels and at most one pointer)."""
+    end = len(data)
+    for _ in range(128):
+        if offset >= end:
+            break
+        length = data[offset]
+        if length == 0:
+            return offset + 1
+        if length & 0xC0 == 0xC0:
+            if offset + 2 > end:
+                break
+            return offset + 2
+        if length & 0xC0:
+            raise MalformedPacket("undecodable", f"bad label type at {offset}")
+        offset += 1 + length
+    raise MalformedPacket("bad_record", f"name at {offset} overruns {end}")
+
+
+def _known_answers(data: bytes, incoming: DNSIncoming, records: Sequence[DNSRecord]) -> List[DNSRecord]:
+    """
+    The answers-section records of a datagram some of whose records zeroconf
+    skipped, if it skipped only records of types it does not know.
+
+    :raises MalformedPacket: (``"bad_record"``) when a record overruns the
+        datagram or zeroconf failed to decode a record of a type it knows.
+    """
+    offset = 12
+    for _ in range(incoming.num_questions):
+        offset = _skip_name(data, offset) + 4
+    types = []
+    total = incoming.num_answers + incoming.num_authorities + incoming.num_additionals
+    for _ in range(total):
+        offset = _skip_name(data, offset)
+        if offset + 10 > len(data):
+            raise MalformedPacket("bad_record", f"record header at {offset} overruns {len(data)}")
+        types.append(int.from_bytes(data[offset : offset + 2], "big"))
+        offset += 10 + int.from_bytes(data[offset + 8 : offset + 10], "big")
+        if offset > len(data):
+            raise MalformedPacket("bad_record", f"record data overruns {len(data)}")
+    known = [i for i, t in enumerate(types) if t in _ZEROCONF_TYPES]
+    if len(known) != len(records):
+        raise MalformedPacket("bad_record", f"{len(records)} of {len(known)} known records decoded")
+    return [record for i, record in zip(known, records) if i < incoming.num_answers]
