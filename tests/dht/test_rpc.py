@@ -309,6 +309,23 @@ def test_holepunch_relay_and_reply_to_initiator():
     assert len(answers) == 1 and answers[0].type == m.RESPONSE
 
 
+def test_an_answered_holepunch_is_not_relayed_again():
+    # dht-rpc clears the 500 ms relay timer when the request finishes
+    net = FakeNetwork()
+    relay, target = started(net, 2)
+    e, = started(net, ephemeral=True)
+    d = e.holepunch(*target.address(), referrer=relay.address())
+    net.run(0.1)
+    assert d.result.id == target.id
+    assert net.clock.getDelayedCalls() and all("holepunch" not in repr(c) for c in net.clock.getDelayedCalls())
+    net.run(1)
+    assert len(net.sent(src=e.address(), dst=relay.address())) == 1
+    for n in (e, relay, target):
+        n.stopService()
+    net.run(0.1)
+    assert net.clock.getDelayedCalls() == []
+
+
 def test_relay_refuses_to_poke_the_sender_itself():
     net = FakeNetwork()
     relay, = started(net)

@@ -351,7 +351,7 @@ class RPC:
         req.done = False
         if peer.referrer is not None and not peer.fast_holepunch:
             peer.fast_holepunch = True
-            req.holepunch_call = self._reactor.callLater(FAST_HOLEPUNCH_DELAY, self._holepunch, req)
+            req.holepunch_call = self._reactor.callLater(FAST_HOLEPUNCH_DELAY, self._fast_holepunch, req)
         old = self._requests.pop(rid, None)
         if old is not None:  # 65536 requests in flight: the oldest loses its slot
             self._cancel(old)
@@ -361,9 +361,12 @@ class RPC:
             self._holepunch(req)
         return req
 
+    def _fast_holepunch(self, req: _Request) -> None:
+        req.holepunch_call = None
+        self._holepunch(req)
+
     def _holepunch(self, req: _Request) -> None:
         """Ask ``req.peer.referrer`` to poke ``req.peer`` (dht.md 1.9)."""
-        req.holepunch_call = None
         referrer = req.peer.referrer
         if referrer is None or self.destroyed:
             return
