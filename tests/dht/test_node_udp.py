@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest_twisted
-from twisted.internet import protocol, task
+from twisted.internet import defer, protocol, task
 
 from txhyperswarm.dht import messages as m
 from txhyperswarm.dht.node import DHTNode
@@ -158,3 +158,33 @@ def test_dht_node_is_an_iservice_that_restarts(reactor):
     finally:
         yield a.stopService()
         yield b.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stopped_nodes_leave_nothing_on_the_reactor(reactor):
+    from txhyperswarm.dht import peers
+
+    before = set(reactor.getDelayedCalls())
+    a = DHTNode(reactor, bootstrap=[], host="127.0.0.1")
+    a.startService()
+    peers.register(a)
+    b = DHTNode(reactor, bootstrap=[a.address()], host="127.0.0.1")
+    b.startService()
+    peers.register(b)
+    c = DHTNode(reactor, bootstrap=[a.address()], host="127.0.0.1", ephemeral=True)
+    c.startService()
+    yield defer.gatherResults([b.bootstrapped(), c.bootstrapped()])
+    announcement = peers.announce(c, b"\x01" * 32, 1000)
+    yield announcement.ready
+    found = yield peers.lookup(c, b"\x01" * 32)
+    assert [(p.host, p.port) for p in found] == [("127.0.0.1", 1000)]
+    # still running at stop: a walk, an explicit holepunch (500 ms relay
+    # timer), a ping in its retry cycle, the announcement's 300-600 s wait
+    failures = []
+    for d in (peers.lookup(c, b"\x02" * 32), c.holepunch("127.0.0.1", 9, referrer=a.address()),
+              c.ping("127.0.0.1", 9)):
+        d.addErrback(failures.append)
+    for n in (a, b, c):
+        yield n.stopService()
+    assert len(failures) == 3
+    assert [call for call in reactor.getDelayedCalls() if call not in before] == []
