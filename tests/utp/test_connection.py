@@ -137,10 +137,11 @@ def test_rto_backoff_and_death_after_the_retry_limit():
     run_events(n.clock, 30.99)
     assert c.lost is None
     times = [t - start for t, p in n.sent(A, B, {ST_DATA})]
-    # two loss probes (3 RTTs, at least 30 ms, doubling), then the RTO:
-    # 1 s, doubling: 1, 2, 4, 8
-    assert times == pytest.approx([0.0, 0.03, 0.09, 1.0, 3.0, 7.0, 15.0], abs=1e-6)
-    assert c.transport.probes == 2 and c.transport.timeouts == 4
+    # three loss probes (3 RTTs, at least 30 ms, doubling), then the RTO:
+    # 1 s, doubling: 1, 2, 4, 8; each resend goes out twice
+    expect = [0.0] + [t for t in (0.03, 0.09, 0.21, 1.0, 3.0, 7.0, 15.0) for _ in (1, 2)]
+    assert times == pytest.approx(expect, abs=1e-6)
+    assert c.transport.probes == 3 and c.transport.timeouts == 4
     assert c.transport.retransmit_timeout == 16000
     run_events(n.clock, 0.02)
     assert c.lost is not None and c.lost.check(UTPTimeoutError)

@@ -113,7 +113,7 @@ MAX_SACK_RESENDS = 32
 #: otherwise turns each tail loss after a kernel-buffer overflow into a 1 s stall.
 MIN_PROBE = 0.03
 PROBE_RTTS = 3
-MAX_PROBES = 2
+MAX_PROBES = 3
 #: After our side is closed, keep acking the peer's data/FIN this long.
 LINGER = 10.0
 #: After both FINs, keep the connection this long to absorb duplicates
@@ -428,6 +428,10 @@ class UTPConnection:
                 self._cur_window += len(e.payload)
                 self.packets_resent += 1
                 self._transmit(e)
+                if e.type != ST_SYN:
+                    # twice: when this one or its ack is lost again the
+                    # connection waits a doubled timeout (and dies after 4)
+                    self._transmit(e)
                 break
 
     def _probe_interval(self) -> float:
@@ -471,6 +475,10 @@ class UTPConnection:
                 self._cur_window += len(e.payload)
                 self.packets_resent += 1
                 self._transmit(e)
+                if e.type != ST_SYN:
+                    # twice: when this one or its ack is lost again the
+                    # connection waits a doubled timeout (and dies after 4)
+                    self._transmit(e)
                 break
         self._flush(tail=self._flush_call is None)
         self._probe_at = now + self._probe_interval()
