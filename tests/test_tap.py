@@ -47,7 +47,9 @@ def test_node_peers_bootstrap_from_a_twist_bootstrap_node(processes, node, twist
     ping = processes.spawn("ping", [sys.executable, "-m", "txhyperswarm.cli", "ping", f"127.0.0.1:{port}"])
     pong = yield ping.wait_for(lambda o: "rtt_ms" in o, timeout=20)
     assert (yield ping.ended) == 0
+    assert ping.lines == [pong] and set(pong) == {"host", "port", "id", "rtt_ms"}
     assert pong["host"] == "127.0.0.1" and pong["port"] == port
+    assert isinstance(pong["rtt_ms"], float) and pong["rtt_ms"] > 0
     boot_id = pong["id"]
     assert boot_id and len(bytes.fromhex(boot_id)) == 32
 
@@ -65,4 +67,15 @@ def test_node_peers_bootstrap_from_a_twist_bootstrap_node(processes, node, twist
 
     # SIGTERM: a clean exit, status 0, well within 5 s.
     code = yield boot.stop(grace=5.0)
+    assert code == 0, boot.stderr.decode()[-2000:]
+
+
+@pytest_twisted.inlineCallbacks
+def test_sigint_stops_the_daemon_with_exit_0(twist_bootstrap_node, reactor):
+    boot, _ = twist_bootstrap_node
+    boot.signal("INT")
+    kill = reactor.callLater(5.0, boot.signal, "KILL")  # the contract: within 5 s
+    code = yield boot.ended
+    if kill.active():
+        kill.cancel()
     assert code == 0, boot.stderr.decode()[-2000:]

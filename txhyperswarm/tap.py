@@ -141,7 +141,11 @@ class _ExitCleanly(service.Service):
     def startService(self) -> None:
         super().startService()
         # twist starts services before the reactor runs, and the reactor
-        # installs its own handlers as it starts: replace them after that.
+        # installs its own handlers as it starts: install ours now (a signal
+        # before the reactor runs would otherwise raise KeyboardInterrupt or
+        # kill the process; the stop it queues runs once the reactor does)
+        # and again once it runs.
+        self._install()
         self._reactor.callWhenRunning(self._install)
 
     def _install(self) -> None:
@@ -158,6 +162,8 @@ def build_service(reactor, config: Options) -> service.MultiService:
     from txhyperswarm.dht.node import DHTNode
 
     top = service.MultiService()
+    # first, so the signal handlers are in place before anything starts
+    _ExitCleanly(reactor).setServiceParent(top)
     ephemeral = not config["bootstrap-node"] and not config["persistent"]
     if config["ephemeral"]:
         ephemeral = True
@@ -173,7 +179,6 @@ def build_service(reactor, config: Options) -> service.MultiService:
     if config["bootstrap-node"]:
         _attach_record_store(node)
         _SayListening(node, "bootstrap node").setServiceParent(top)
-    _ExitCleanly(reactor).setServiceParent(top)
     return top
 
 
