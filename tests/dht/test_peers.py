@@ -203,8 +203,12 @@ def test_100k_announces_from_1000_addresses_stay_within_the_caps():
         if value is None:
             value = values[port] = ann(port=port)
         h.update(Req((ip, 1), topic, value))
+        if i == 0:
+            first = (topic, encode_peer(ip, port))
     assert h.served["announce"] == 100_000
     assert len(store) == store.max_records == 65536
+    # the total cap evicted the oldest records, the very first among them
+    assert first[1] not in store.get(first[0].hex())
     for t in topics:
         assert store.count_for_topic(t) <= store.max_per_topic
     assert max(store.count_for_ip(ip) for ip in ips) == store.max_per_ip
