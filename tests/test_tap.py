@@ -24,6 +24,8 @@ def _twist(*args, timeout=30):
         (["--bootstrap-node", "--bootstrap", "127.0.0.1"], "--bootstrap"),
         (["--bootstrap-node", "--bootstrap", "127.0.0.1:0"], "--bootstrap"),
         (["--bootstrap-node", "--no-such-option"], "no-such-option"),
+        (["--bootstrap-node", "--host", "nonsense"], "--host"),
+        (["--bootstrap-node", "--host", "::1"], "--host"),
         (["--topic", ""], "--topic"),
         (["--topic", "x", "--expose", "nonsense:endpoint:::"], "endpoint"),
         (["--topic", "x", "--status-http", "tcp:notaport"], "endpoint"),

@@ -7,6 +7,7 @@ does the work with an injected reactor, so tests can use a fake one.
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 import sys
 
@@ -93,6 +94,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["ephemeral"] and self["persistent"]:
             raise usage.UsageError("--ephemeral and --persistent exclude each other")
+        try:
+            ipaddress.IPv4Address(self["host"])
+        except ValueError:
+            raise usage.UsageError(f"--host must be an IPv4 address, got {self['host']!r}") from None
         port = self["port"]
         if port is None:
             self["port"] = BOOTSTRAP_NODE_PORT if self["bootstrap-node"] else 0
