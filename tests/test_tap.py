@@ -7,7 +7,7 @@ import sys
 import pytest
 import pytest_twisted
 
-from tests.harness import REPO
+from tests.harness import REPO, free_port
 
 TWIST = [sys.executable, "-m", "twisted"]
 
@@ -26,6 +26,7 @@ def _twist(*args, timeout=30):
         (["--bootstrap-node", "--no-such-option"], "no-such-option"),
         (["--bootstrap-node", "--host", "nonsense"], "--host"),
         (["--bootstrap-node", "--host", "::1"], "--host"),
+        (["--bootstrap-node", "--state-dir", "/dev/null/state"], "--state-dir"),
         (["--topic", ""], "--topic"),
         (["--topic", "x", "--expose", "nonsense:endpoint:::"], "endpoint"),
         (["--topic", "x", "--status-http", "tcp:notaport"], "endpoint"),
@@ -81,3 +82,55 @@ def test_sigint_stops_the_daemon_with_exit_0(twist_bootstrap_node, reactor):
     if kill.active():
         kill.cancel()
     assert code == 0, boot.stderr.decode()[-2000:]
+
+
+def _twist_node(processes, port, status_port, state_dir):
+    return processes.spawn(
+        "twist",
+        [sys.executable, "-m", "twisted", "--log-format", "text", "hyperswarm", "--bootstrap-node",
+         "--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state_dir),
+         "--status-http", f"tcp:port={status_port}:interface=127.0.0.1"],
+    )
+
+
+@pytest_twisted.inlineCallbacks
+def test_status_http_and_state_dir(processes, node, reactor, tmp_path):
+    import treq
+
+    port, status_port = free_port(), free_port()
+    state = tmp_path / "state"  # made by the daemon
+    boot = _twist_node(processes, port, status_port, state)
+    yield boot.wait_for(lambda o: "listening" in o.get("_text", ""), timeout=20)
+    client = processes.node("dht_bootstrap_client.js", f"127.0.0.1:{port}")
+    info = yield client.wait_for(lambda o: o.get("ready"), timeout=30)
+
+    response = yield treq.get(f"http://127.0.0.1:{status_port}/status")
+    assert response.code == 200
+    status = yield response.json()
+    node_id = status["node"]["id"]
+    assert status["node"]["host"] == "127.0.0.1" and status["node"]["port"] == port
+    assert status["node"]["ephemeral"] is False and len(bytes.fromhex(node_id)) == 32
+    assert status["node"]["routing_table_size"] >= 1  # the Node client joined its table
+    assert status["topics"] == [] and status["connections"] == []
+
+    response = yield treq.get(f"http://127.0.0.1:{status_port}/metrics")
+    assert response.code == 200 and response.headers.getRawHeaders("content-type")[0].startswith("text/plain")
+    metrics = (yield response.text()).splitlines()
+    for name in ("hyperswarm_connections", "hyperswarm_peers_discovered_total", "hyperswarm_dht_rpc_requests_total",
+                 "hyperswarm_dht_routing_table_size", "hyperswarm_bytes_total", "hyperswarm_dropped_datagrams_total"):
+        assert f"# TYPE {name} " in " ".join(line + " " for line in metrics), name
+    assert any(line.startswith("hyperswarm_dht_rpc_requests_total{") and 'direction="in"' in line for line in metrics)
+
+    assert (yield boot.stop(grace=5.0)) == 0
+    assert (state / "node-id").read_text().strip() == node_id
+    saved = json.loads((state / "routing-table.json").read_text())
+    assert [info["id"], "127.0.0.1", info["port"]] in saved
+
+    # a restart keeps its id and starts with the saved table
+    boot = _twist_node(processes, port, status_port, state)
+    yield boot.wait_for(lambda o: "listening" in o.get("_text", ""), timeout=20)
+    assert node_id in boot.raw_stdout.decode()
+    response = yield treq.get(f"http://127.0.0.1:{status_port}/status")
+    status = yield response.json()
+    assert status["node"]["id"] == node_id and status["node"]["routing_table_size"] >= 1
+    assert (yield boot.stop(grace=5.0)) == 0
