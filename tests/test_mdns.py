@@ -826,3 +826,22 @@ def test_stop_leaves_no_timer_and_no_deferred_waiting(monkeypatch):
     # other join included: suppression is per join), not 9 s later
     assert {(p.host, p.port) for p in found.result} == {("127.0.0.2", 1111), ("127.0.0.3", 2222)}
     assert net.clock.getDelayedCalls() == []
+
+
+def test_a_failing_announcement_never_raises_out_of_datagram_received(monkeypatch):
+    import txhyperswarm.mdns as mdns
+
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    d.announce(TOPIC, 4000)
+
+    def broken(records):
+        raise RuntimeError("bug while encoding")
+
+    monkeypatch.setattr(mdns, "encode_response", broken)
+    # the announcement is due before this datagram is handled, and fails;
+    # the query is still handled (and its answer fails the same way)
+    d._protocol.datagramReceived(NODE_QUERY, ("127.0.0.1", 5353))
+    assert d.dropped == {"internal_error": 2}
+    d._protocol.datagramReceived(b"junk", ("127.0.0.1", 5353))
+    assert d.dropped == {"internal_error": 2, "short": 1}

@@ -488,7 +488,11 @@ class MulticastDiscovery(service.Service):
 
     def _datagram(self, data: bytes, addr: Tuple[str, int]) -> None:
         if self._announce_queue:
-            self._fire_announces()  # a nextTick runs before any I/O callback
+            try:
+                self._fire_announces()  # a nextTick runs before any I/O callback
+            except Exception:
+                self.dropped["internal_error"] += 1
+                self.log.failure("sending mDNS announcements failed")
         try:
             packet = decode_packet(data)
         except MalformedPacket as e:
