@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["varint", "encode_request", "encode_response", "QUERY_HEAD", "UPDATE_HEAD"]
+__all__ = ["varint", "encode", "QUERY_HEAD", "UPDATE_HEAD", "RESPONSE_HEAD"]
 
 _SMALL = [bytes((i,)) for i in range(128)]
 
@@ -51,17 +51,23 @@ def _field(parts: list, tag: bytes, value: bytes) -> None:
     parts.append(value)
 
 
-def encode_request(
+def encode(
     head: bytes,
     rid: int,
-    to: Optional[bytes],
-    node_id: Optional[bytes],
-    target: Optional[bytes],
-    token: Optional[bytes],
-    command: bytes,
-    value: Optional[bytes],
+    to: Optional[bytes] = None,
+    node_id: Optional[bytes] = None,
+    target: Optional[bytes] = None,
+    closer_nodes: Optional[bytes] = None,
+    token: Optional[bytes] = None,
+    command: Optional[bytes] = None,
+    error: Optional[bytes] = None,
+    value: Optional[bytes] = None,
 ) -> bytes:
-    """A QUERY (``head=QUERY_HEAD``) or UPDATE (``UPDATE_HEAD``) datagram."""
+    """
+    One datagram: ``head`` is :data:`QUERY_HEAD`, :data:`UPDATE_HEAD` or
+    :data:`RESPONSE_HEAD`; the fields follow in Node's order (requests
+    carry target/command, responses closerNodes/error).
+    """
     parts = [head, _SMALL[rid] if rid < 128 else varint(rid)]
     if to is not None:
         _field(parts, b"\x52", to)
@@ -69,33 +75,12 @@ def encode_request(
         _field(parts, b"\x1a", node_id)
     if target is not None:
         _field(parts, b"\x22", target)
-    if token is not None:
-        _field(parts, b"\x32", token)
-    _field(parts, b"\x3a", command)
-    if value is not None:
-        _field(parts, b"\x4a", value)
-    return b"".join(parts)
-
-
-def encode_response(
-    rid: int,
-    to: Optional[bytes],
-    node_id: Optional[bytes],
-    closer_nodes: Optional[bytes],
-    token: Optional[bytes],
-    error: Optional[bytes],
-    value: Optional[bytes],
-) -> bytes:
-    """A RESPONSE datagram."""
-    parts = [RESPONSE_HEAD, _SMALL[rid] if rid < 128 else varint(rid)]
-    if to is not None:
-        _field(parts, b"\x52", to)
-    if node_id is not None:
-        _field(parts, b"\x1a", node_id)
     if closer_nodes is not None:
         _field(parts, b"\x2a", closer_nodes)
     if token is not None:
         _field(parts, b"\x32", token)
+    if command is not None:
+        _field(parts, b"\x3a", command)
     if error is not None:
         _field(parts, b"\x42", error)
     if value is not None:

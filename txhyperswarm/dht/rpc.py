@@ -24,19 +24,20 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter, deque
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Tuple, Union
 
-from google.protobuf.message import DecodeError as _PBDecodeError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from txhyperswarm.dht import _wire
 from txhyperswarm.dht._wire import _SMALL, varint
 from txhyperswarm.dht.messages import (
-    Holepunch,
-    Message,
     QUERY,
     RESPONSE,
+    DecodeError,
+    Holepunch,
+    Message,
+    decode_message,
     encode_peer,
     is_ipv4_literal,
 )
@@ -69,28 +70,31 @@ _HOLEPUNCH = b"_holepunch"
 Callback = Callable[[Optional[Exception], Optional[Message], Optional[Tuple[str, int]], "_Request"], None]
 
 
-class RequestTimeout(Exception):
+class _RequestError(Exception):
+    """A request to ``host:port`` ended without a response."""
+
+    code = ""
+    _text = ""
+
+    def __init__(self, command: Union[bytes, str], host: str, port: int) -> None:
+        self.command = command.decode("utf-8", "replace") if isinstance(command, bytes) else command
+        self.host = host
+        self.port = port
+        super().__init__(self._text.format(command=self.command, host=host, port=port))
+
+
+class RequestTimeout(_RequestError):
     """A request got no response after all its tries (dht-rpc ``ETIMEDOUT``)."""
 
     code = "ETIMEDOUT"
-
-    def __init__(self, command: str, host: str, port: int) -> None:
-        super().__init__(f"Request timed out: {command} to {host}:{port} ({TRIES} tries)")
-        self.command = command
-        self.host = host
-        self.port = port
+    _text = "Request timed out: {command} to {host}:{port} (%d tries)" % TRIES
 
 
-class RequestCancelled(Exception):
+class RequestCancelled(_RequestError):
     """The request was cancelled, or the node stopped (dht-rpc ``ECANCELLED``)."""
 
     code = "ECANCELLED"
-
-    def __init__(self, command: str, host: str, port: int) -> None:
-        super().__init__(f"Request cancelled: {command} to {host}:{port}")
-        self.command = command
-        self.host = host
-        self.port = port
+    _text = "Request cancelled: {command} to {host}:{port}"
 
 
 class _Request:
@@ -245,21 +249,11 @@ class RPC:
         if not port:
             self.dropped["port0"] += 1
             return
-        msg = Message()
         try:
-            msg.ParseFromString(data)
-        except (_PBDecodeError, ValueError, RuntimeError):
-            self.dropped["protobuf"] += 1
+            msg = decode_message(data)
+        except DecodeError as e:
+            self.dropped[e.reason] += 1
             return
-        if not (msg.HasField("type") and msg.HasField("rid")):
-            self.dropped["protobuf"] += 1
-            return
-        if msg.HasField("id"):
-            if len(msg.id) != 32:
-                self.dropped["id"] += 1
-                return
-            if msg.version < 1:
-                msg.ClearField("id")  # pre-version peer: treat as ephemeral
         try:
             t = msg.type
             if t == RESPONSE:
@@ -329,12 +323,12 @@ class RPC:
     @staticmethod
     def _refuse(entry: tuple) -> None:
         command, peer, callback = entry[1], entry[5], entry[6]
-        callback(RequestCancelled(command.decode("utf-8", "replace"), peer.host, peer.port), None, None, None)
+        callback(RequestCancelled(command, peer.host, peer.port), None, None, None)
 
     def _request_immediately(self, entry: tuple) -> _Request:
         head, command, target, value, token, peer, callback, to = entry
         rid = self._free()
-        buffer = _wire.encode_request(head, rid, to, self.id, target, token, command, value)
+        buffer = _wire.encode(head, rid, to, self.id, target, None, token, command, None, value)
         self._speed(1)
         self.sent[command] += 1
         req = _Request()
@@ -375,8 +369,8 @@ class RPC:
         to = encode_peer(rhost, rport) if is_ipv4_literal(rhost) else None
         punch = Holepunch()
         punch.to = encode_peer(req.peer.host, req.peer.port)
-        buffer = _wire.encode_request(
-            _wire.QUERY_HEAD, rid, to, req.sent_id, None, None, _HOLEPUNCH, punch.SerializeToString()
+        buffer = _wire.encode(
+            _wire.QUERY_HEAD, rid, to, req.sent_id, command=_HOLEPUNCH, value=punch.SerializeToString()
         )
         self.send(buffer, referrer)
 
@@ -387,7 +381,7 @@ class RPC:
 
     def _cancel(self, req: _Request, err: Optional[Exception] = None) -> None:
         if err is None:
-            err = RequestCancelled(req.command.decode("utf-8", "replace"), req.peer.host, req.peer.port)
+            err = RequestCancelled(req.command, req.peer.host, req.peer.port)
         self._finish(req.rid, err, None, None)
 
     def _finish(self, rid: int, err, msg, addr) -> None:
@@ -428,9 +422,7 @@ class RPC:
             req.timeout -= 1
             if req.timeout:
                 continue
-            self._cancel(
-                req, RequestTimeout(req.command.decode("utf-8", "replace"), req.peer.host, req.peer.port)
-            )
+            self._cancel(req, RequestTimeout(req.command, req.peer.host, req.peer.port))
 
     def _retry(self, req: _Request) -> None:
         req.timeout = 4
@@ -481,7 +473,8 @@ class RPC:
         """A RESPONSE to ``host:port`` with our token for ``host``."""
         if self.destroyed:
             return
-        # The per-request responder path: _wire.encode_response, unrolled.
+        # The per-request responder path: _wire.encode unrolled for a
+        # response whose to (6 bytes), id and token (32) are known.
         if to is None:
             to = self.peer_bytes(host, port)
         parts = [_wire.RESPONSE_HEAD, _SMALL[rid] if rid < 128 else varint(rid), b"\x52\x06", to]
@@ -515,7 +508,10 @@ class RPC:
     ) -> None:
         """An error RESPONSE (no token)."""
         self.send(
-            _wire.encode_response(rid, self.peer_bytes(host, port), self.id, closer_nodes, None, error, value),
+            _wire.encode(
+                _wire.RESPONSE_HEAD, rid, self.peer_bytes(host, port), self.id,
+                closer_nodes=closer_nodes, error=error, value=value,
+            ),
             (host, port),
         )
 
