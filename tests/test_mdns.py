@@ -166,6 +166,13 @@ def decoded(data):
     return p, [describe(r) for r in p.answers]
 
 
+def looking_up():
+    """A started discovery on its own FakeNet with one lookup join of TOPIC: ``(d, join, peers heard)``."""
+    d = started(FakeNet(), "127.0.0.2")
+    peers = []
+    return d, d.lookup(TOPIC, peers.append), peers
+
+
 # -- codec: Node's datagrams --------------------------------------------------
 
 
@@ -355,10 +362,7 @@ def test_records_of_types_zeroconf_skips_do_not_hide_the_answers(extra):
     data = _with_records(NODE_ANNOUNCE, **extra)
     packet = wire.decode_packet(data)
     assert [r.type for r in packet.answers] == [wire.TYPE_SRV, wire.TYPE_TXT]
-    net = FakeNet()
-    d = started(net, "127.0.0.2")
-    peers = []
-    d.lookup(TOPIC, peers.append)
+    d, _, peers = looking_up()
     d._protocol.datagramReceived(data, ("127.0.0.7", 5353))
     assert peers == [PeerRecord(TOPIC, "127.0.0.7", 37591, True, None, None, "mdns")]
     assert d.dropped == {}
@@ -380,19 +384,13 @@ def test_a_known_record_zeroconf_cannot_decode_still_refuses_the_datagram():
 
 
 def test_node_answer_reports_peer_at_datagram_source():
-    net = FakeNet()
-    d = started(net, "127.0.0.2")
-    peers = []
-    d.lookup(TOPIC, peers.append)
+    d, _, peers = looking_up()
     d._protocol.datagramReceived(NODE_ANSWER, ("127.0.0.7", 5353))
     assert peers == [PeerRecord(TOPIC, "127.0.0.7", 37591, True, None, None, "mdns")]
 
 
 def test_answer_carrying_our_own_id_is_not_reported():
-    net = FakeNet()
-    d = started(net, "127.0.0.2")
-    peers = []
-    t = d.lookup(TOPIC, peers.append)
+    d, t, peers = looking_up()
     t.id = NODE_ID  # as if Node's topic were ours
     d._protocol.datagramReceived(NODE_ANSWER, ("127.0.0.7", 5353))
     assert peers == []
@@ -449,10 +447,7 @@ def test_only_srv_questions_are_answered():
 
 
 def test_srv_target_other_than_zeros_is_the_host_verbatim():
-    net = FakeNet()
-    d = started(net, "127.0.0.2")
-    peers = []
-    d.lookup(TOPIC, peers.append)
+    d, _, peers = looking_up()
     from zeroconf import DNSService
 
     rec = DNSService(NAME + ".", 33, 1, 0, 0, 0, 9000, "10.1.2.3.")
@@ -461,10 +456,7 @@ def test_srv_target_other_than_zeros_is_the_host_verbatim():
 
 
 def test_several_srv_answers_give_several_peers_and_share_the_first_txt():
-    net = FakeNet()
-    d = started(net, "127.0.0.2")
-    peers = []
-    t = d.lookup(TOPIC, peers.append)
+    d, t, peers = looking_up()
     records = [wire.srv_record(NAME, 1000), wire.id_record(NAME, b"id=other"), wire.srv_record(NAME, 2000)]
     d._protocol.datagramReceived(wire.encode_response(records), ("127.0.0.7", 5353))
     assert [p.port for p in peers] == [1000, 2000]
@@ -476,10 +468,7 @@ def test_several_srv_answers_give_several_peers_and_share_the_first_txt():
 
 
 def test_records_in_additional_section_are_ignored():
-    net = FakeNet()
-    d = started(net, "127.0.0.2")
-    peers = []
-    d.lookup(TOPIC, peers.append)
+    d, _, peers = looking_up()
     # move NODE_ANNOUNCE's two answers to the additional section
     data = NODE_ANNOUNCE[:6] + b"\x00\x00\x00\x00\x00\x02" + NODE_ANNOUNCE[12:]
     d._protocol.datagramReceived(data, ("127.0.0.7", 5353))
@@ -608,12 +597,18 @@ def test_on_peer_errors_are_logged_not_raised():
     net = FakeNet()
     d = started(net, "127.0.0.2")
 
+    calls = []
+
     def boom(peer):
+        calls.append(peer)
         raise RuntimeError("user bug")
 
     d.lookup(TOPIC, boom)
+    heard = []
+    d.lookup(TOPIC, heard.append)  # a second join on the name still hears the answer
     d._protocol.datagramReceived(NODE_ANSWER, ("127.0.0.7", 5353))
-    assert d.dropped["internal_error"] == 0
+    assert len(calls) == 1 and len(heard) == 1
+    assert d.dropped == {}
 
 
 def test_query_collects_distinct_peers_then_stops():

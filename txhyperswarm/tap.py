@@ -14,7 +14,6 @@ import signal
 import sys
 
 from twisted.application import service
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import deferLater
@@ -29,6 +30,14 @@ def started_discovery(reactor):
     d.startService()
     yield deferLater(reactor, 0, lambda: None)
     return d
+
+
+@pytest.fixture
+def discovery(private_netns, reactor):
+    """A started MulticastDiscovery on 0.0.0.0:5353, stopped at teardown."""
+    d = pytest_twisted.blockon(started_discovery(reactor))
+    yield d
+    pytest_twisted.blockon(d.stopService())
 
 
 class PeerWaiter:
@@ -60,92 +69,77 @@ def is_peer(line, port=None):
 
 
 @pytest_twisted.inlineCallbacks
-def test_python_finds_node_discovery_announcer(private_netns, node, processes, reactor):
+def test_python_finds_node_discovery_announcer(discovery, node, processes, reactor):
     topic = new_topic()
     announcer = processes.node("mdns_discovery.js", topic.hex(), "--announce", "37011")
     yield announcer.wait_for(lambda o: o.get("event") == "ready")
-    d = yield started_discovery(reactor)
-    try:
-        found = PeerWaiter(reactor)
-        d.lookup(topic, found)
-        peer = yield found.wait_for(lambda p: p.port == 37011)
-        assert (peer.topic, peer.host, peer.port) == (topic, "127.0.0.1", 37011)
-        assert peer.local is True and peer.referrer is None and peer.to is None and peer.source == "mdns"
-    finally:
-        yield d.stopService()
+    d = discovery
+    found = PeerWaiter(reactor)
+    d.lookup(topic, found)
+    peer = yield found.wait_for(lambda p: p.port == 37011)
+    assert (peer.topic, peer.host, peer.port) == (topic, "127.0.0.1", 37011)
+    assert peer.local is True and peer.referrer is None and peer.to is None and peer.source == "mdns"
 
 
 @pytest_twisted.inlineCallbacks
-def test_python_finds_node_hyperswarm_announcer(private_netns, node, processes, reactor):
+def test_python_finds_node_hyperswarm_announcer(discovery, node, processes, reactor):
     topic = new_topic()
     swarm = processes.node("mdns_swarm.js", topic.hex(), "--announce", "--no-lookup")
     listening = yield swarm.wait_for(lambda o: o.get("event") == "listening")
-    d = yield started_discovery(reactor)
-    try:
-        found = PeerWaiter(reactor)
-        d.lookup(topic, found)
-        peer = yield found.wait_for(lambda p: p.port == listening["port"])
-        assert (peer.host, peer.source) == ("127.0.0.1", "mdns")
-    finally:
-        yield d.stopService()
+    d = discovery
+    found = PeerWaiter(reactor)
+    d.lookup(topic, found)
+    peer = yield found.wait_for(lambda p: p.port == listening["port"])
+    assert (peer.host, peer.source) == ("127.0.0.1", "mdns")
 
 
 @pytest_twisted.inlineCallbacks
-def test_node_lookup_finds_python_announcer(private_netns, node, processes, reactor):
+def test_node_lookup_finds_python_announcer(discovery, node, processes, reactor):
     topic = new_topic()
-    d = yield started_discovery(reactor)
-    try:
-        d.announce(topic, 37012)
-        looker = processes.node("mdns_discovery.js", topic.hex())
-        line = yield looker.wait_for(lambda o: is_peer(o, 37012), timeout=WAIT)
-        assert line == {
-            "event": "peer",
-            "host": "127.0.0.1",
-            "port": 37012,
-            "local": True,
-            "referrer": None,
-            "to": "absent",
-            "topic": topic.hex(),
-        }
-    finally:
-        yield d.stopService()
+    d = discovery
+    d.announce(topic, 37012)
+    looker = processes.node("mdns_discovery.js", topic.hex())
+    line = yield looker.wait_for(lambda o: is_peer(o, 37012), timeout=WAIT)
+    assert line == {
+        "event": "peer",
+        "host": "127.0.0.1",
+        "port": 37012,
+        "local": True,
+        "referrer": None,
+        "to": "absent",
+        "topic": topic.hex(),
+    }
 
 
 @pytest_twisted.inlineCallbacks
-def test_node_swarm_hears_python_announcement_when_it_was_first(private_netns, node, processes, reactor):
+def test_node_swarm_hears_python_announcement_when_it_was_first(discovery, node, processes, reactor):
     # Node queries once now and then only after 30-60 s: it can only find us
     # soon through our unsolicited announcement.
     topic = new_topic()
     swarm = processes.node("mdns_swarm.js", topic.hex())
     yield swarm.wait_for(lambda o: o.get("event") == "joined")
     yield deferLater(reactor, 0.3, lambda: None)
-    d = yield started_discovery(reactor)
-    try:
-        d.announce(topic, 37013)
-        yield swarm.wait_for(lambda o: is_peer(o, 37013), timeout=WAIT)
-    finally:
-        yield d.stopService()
+    d = discovery
+    d.announce(topic, 37013)
+    yield swarm.wait_for(lambda o: is_peer(o, 37013), timeout=WAIT)
 
 
 @pytest_twisted.inlineCallbacks
-def test_node_and_python_find_each_other_but_never_themselves(private_netns, node, processes, reactor):
+def test_node_and_python_find_each_other_but_never_themselves(discovery, node, processes, reactor):
     topic = new_topic()
-    d = yield started_discovery(reactor)
-    try:
-        found = PeerWaiter(reactor)
-        mine = d.announce(topic, 37014, lookup=True, on_peer=found)
-        nodeproc = processes.node("mdns_discovery.js", topic.hex(), "--announce", "37015", "--lookup")
-        yield nodeproc.wait_for(lambda o: is_peer(o, 37014), timeout=WAIT)
-        yield found.wait_for(lambda p: p.port == 37015)
-        # a few more query/answer rounds in both directions
-        nodeproc.send({"cmd": "update"})
-        mine.update()
-        yield deferLater(reactor, 0.5, lambda: None)
-        assert {(p.host, p.port) for p in found.peers} == {("127.0.0.1", 37015)}
-        node_peers = {(o["host"], o["port"]) for o in nodeproc.lines if is_peer(o)}
-        assert node_peers == {("127.0.0.1", 37014)}
-    finally:
-        yield d.stopService()
+    d = discovery
+    found = PeerWaiter(reactor)
+    mine = d.announce(topic, 37014, lookup=True, on_peer=found)
+    nodeproc = processes.node("mdns_discovery.js", topic.hex(), "--announce", "37015", "--lookup")
+    yield nodeproc.wait_for(lambda o: is_peer(o, 37014), timeout=WAIT)
+    yield found.wait_for(lambda p: p.port == 37015)
+    # a few more query/answer rounds in both directions
+    nodeproc.send({"cmd": "update"})
+    mine.update()
+    yield deferLater(reactor, 0.5, lambda: None)
+    assert {(p.host, p.port) for p in found.peers} == {("127.0.0.1", 37015)}
+    node_peers = {(o["host"], o["port"]) for o in nodeproc.lines if is_peer(o)}
+    assert node_peers == {("127.0.0.1", 37014)}
 
 
 def _normalise(decoded, topic_id_hex):
@@ -157,7 +151,7 @@ def _normalise(decoded, topic_id_hex):
 
 
 @pytest_twisted.inlineCallbacks
-def test_our_datagrams_decode_in_node_exactly_as_nodes_own(private_netns, node, processes, reactor):
+def test_our_datagrams_decode_in_node_exactly_as_nodes_own(discovery, node, processes, reactor):
     """
     Capture (with dns-packet, in Node) the first three datagrams of a Node
     announce+lookup topic and then of ours on the same topic and port:
@@ -180,13 +174,10 @@ def test_our_datagrams_decode_in_node_exactly_as_nodes_own(private_netns, node, 
     node_packets = packets()[:3]
     seen = len(packets())
 
-    d = yield started_discovery(reactor)
-    try:
-        mine = d.announce(topic, 37016, lookup=True)
-        yield capture.wait_for(lambda o: len(packets()) >= seen + 3)
-        our_packets = packets()[seen : seen + 3]
-    finally:
-        yield d.stopService()
+    d = discovery
+    mine = d.announce(topic, 37016, lookup=True)
+    yield capture.wait_for(lambda o: len(packets()) >= seen + 3)
+    our_packets = packets()[seen : seen + 3]
 
     assert [p["error"] for p in node_packets + our_packets] == [None] * 6
     theirs = [_normalise(p["decoded"], ready["id"]) for p in node_packets]

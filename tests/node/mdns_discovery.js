@@ -12,6 +12,7 @@
 //                   {"cmd":"destroy"} destroys the discovery and exits 0.
 // SIGTERM does the same as "destroy".
 'use strict'
+const { out, peerLine } = require('./mdns_out')
 const discovery = require('@hyperswarm/discovery')
 const readline = require('readline')
 
@@ -26,23 +27,11 @@ for (let i = 1; i < args.length; i++) {
   else throw new Error('unknown argument ' + args[i])
 }
 
-function out (obj) { process.stdout.write(JSON.stringify(obj) + '\n') }
-
 const d = discovery({ bootstrap: [] })
 d.mdns.on('warning', (err) => out({ event: 'warning', message: String(err && err.message) }))
 const topic = port ? d.announce(key, { port, lookup }) : d.lookup(key)
 
-topic.on('peer', (p) => {
-  out({
-    event: 'peer',
-    host: p.host,
-    port: p.port,
-    local: p.local,
-    referrer: p.referrer,
-    to: 'to' in p ? p.to : 'absent',
-    topic: p.topic.toString('hex')
-  })
-})
+topic.on('peer', (p) => out(peerLine(p)))
 
 d.mdns.once('ready', () => {
   out({ event: 'ready', id: topic.id.toString('hex'), domain: d._domain(key) })

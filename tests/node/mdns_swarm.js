@@ -9,6 +9,7 @@
 // Connections are never dialled (maxClientSockets: 0), so only discovery is
 // observed. SIGTERM destroys the swarm and exits 0.
 'use strict'
+const { out, peerLine } = require('./mdns_out')
 const hyperswarm = require('hyperswarm')
 
 const args = process.argv.slice(2)
@@ -17,21 +18,9 @@ if (key.length !== 32) throw new Error('TOPIC_HEX must be 64 hex characters')
 const announce = args.includes('--announce')
 const lookup = !args.includes('--no-lookup')
 
-function out (obj) { process.stdout.write(JSON.stringify(obj) + '\n') }
-
 const swarm = hyperswarm({ bootstrap: [], maxClientSockets: 0 })
 swarm.on('listening', () => out({ event: 'listening', port: swarm.address().port }))
-swarm.on('peer', (p) => {
-  out({
-    event: 'peer',
-    host: p.host,
-    port: p.port,
-    local: p.local,
-    referrer: p.referrer,
-    to: 'to' in p ? p.to : 'absent',
-    topic: p.topic.toString('hex')
-  })
-})
+swarm.on('peer', (p) => out(peerLine(p)))
 swarm.join(key, { announce, lookup }, (err, ok) => out({ event: 'joined', ok, err: err ? String(err) : null }))
 
 let closing = false
