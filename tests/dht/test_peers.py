@@ -17,7 +17,6 @@ from twisted.internet.task import Clock
 
 from txhyperswarm.dht import peers
 from txhyperswarm.dht.messages import (
-    PeersInput,
     PeersOutput,
     decode_peers_input,
     decode_peers_output,
@@ -52,14 +51,8 @@ def handler(**kw) -> peers.PeersCommand:
 
 
 def ann(port=None, local=None, unannounce=False) -> bytes:
-    v = PeersInput()
-    if port is not None:
-        v.port = port
-    if local is not None:
-        v.localAddress = encode_peer(*local)
-    if unannounce:
-        v.unannounce = True
-    return v.SerializeToString()
+    """A ``PeersInput`` with exactly the fields given (``port=None``: absent)."""
+    return peers._peers_input(port, local, unannounce)
 
 
 def out(value: bytes) -> PeersOutput:

@@ -230,7 +230,6 @@ def test_caps_hold_under_random_sequences(ops, max_records, max_per_topic, max_p
     clock = Clock()
     s = RecordStore(clock, max_records=max_records, max_per_topic=max_per_topic, max_per_ip=max_per_ip,
                     random=random.Random(0))
-    model = {}  # (key, record) -> time of last successful store, for expiry bounds
     for op, topic, ip, port, with_lan, dt in ops:
         r = rec(ip, port)
         lan = encode_peer(f"10.1.0.{port}", port) if with_lan else None

@@ -11,6 +11,7 @@ dht-rpc so Python and Node nodes form one network.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
@@ -143,6 +144,11 @@ def _parse_bootstrap(entry) -> Address:
         return parse_host_port(entry)
     host, port = entry
     return str(host), int(port)
+
+
+def _first_peer(raw: bytes) -> Optional[Address]:
+    """ipv4-peers' first peer of ``raw`` (dht-rpc ``decodePeer``), ``None`` if none."""
+    return decode_to(raw[:6])
 
 
 def _norm_target(target: bytes) -> bytes:
@@ -472,10 +478,7 @@ class DHTNode(service.Service):
 
     @staticmethod
     def _pong(msg: Message) -> Optional[Address]:
-        raw = msg.to if msg.HasField("to") else (msg.value if msg.HasField("value") else b"")
-        if len(raw) < 6:
-            return None
-        return decode_to(raw[:6])
+        return _first_peer(msg.to if msg.HasField("to") else (msg.value if msg.HasField("value") else b""))
 
     # -- incoming ---------------------------------------------------------
 
@@ -526,8 +529,7 @@ class DHTNode(service.Service):
             self.dropped["value"] += 1
             return
         if punch.HasField("to"):
-            raw = punch.to
-            to = decode_to(raw[:6]) if len(raw) >= 6 else None
+            to = _first_peer(punch.to)
             if to is None or to == (host, port):
                 self.dropped["value"] += 1
                 return
@@ -548,8 +550,7 @@ class DHTNode(service.Service):
             self._rpc.forward(fwd, to)
             return
         if punch.HasField("from"):
-            raw = getattr(punch, "from")
-            frm = decode_to(raw[:6]) if len(raw) >= 6 else None
+            frm = _first_peer(getattr(punch, "from"))
             if frm is not None:
                 host, port = frm
         self._rpc.response(msg.rid, host, port)
@@ -679,8 +680,7 @@ class DHTNode(service.Service):
             to = self._pong(msg)
             if to is None:
                 raise RemoteError(f"Invalid pong from {addr[0]}:{addr[1]}")
-            return Reply(addr, msg.id if msg.HasField("id") else None,
-                         msg.value if msg.HasField("value") else None, to)
+            return dataclasses.replace(Reply.of(msg, addr), to=to)
 
         def go(ip: str) -> defer.Deferred:
             return self._request(_PING, id, Peer(id, ip, int(port)), pong)
@@ -702,17 +702,9 @@ class DHTNode(service.Service):
         )
 
     def _holepunch(self, host: str, port: int, referrer: Address) -> defer.Deferred:
-        def reply(msg: Message, addr: Address) -> Reply:
-            return Reply(
-                addr,
-                msg.id if msg.HasField("id") else None,
-                msg.value if msg.HasField("value") else None,
-                decode_to(msg.to) if msg.HasField("to") else None,
-            )
-
         peer = Peer(None, host, port)
         peer.referrer = referrer
-        return self._request(_HOLEPUNCH, None, peer, reply)
+        return self._request(_HOLEPUNCH, None, peer, Reply.of)
 
     def _request(
         self, command: bytes, value: Optional[bytes], peer: Peer, convert: Callable[[Message, Address], Reply]

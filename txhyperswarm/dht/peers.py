@@ -180,35 +180,30 @@ def register(node, store: Optional[RecordStore] = None, **store_options) -> Peer
 # -- values a client sends ------------------------------------------------------
 
 
-def _local(local_address: Optional[Address]) -> Optional[bytes]:
-    return encode_peer(*local_address) if local_address is not None else None
+def _peers_input(port: Optional[int], local_address: Optional[Address], unannounce: bool = False) -> bytes:
+    value = PeersInput()
+    if port is not None:
+        value.port = port
+    if local_address is not None:
+        value.localAddress = encode_peer(*local_address)
+    if unannounce:
+        value.unannounce = True
+    return value.SerializeToString()
 
 
 def encode_announce(port: Optional[int] = None, local_address: Optional[Address] = None) -> bytes:
     """An announce's ``PeersInput``: ``port`` always written (0 when ``None``)."""
-    value = PeersInput(port=port or 0)
-    local = _local(local_address)
-    if local is not None:
-        value.localAddress = local
-    return value.SerializeToString()
+    return _peers_input(port or 0, local_address)
 
 
 def encode_unannounce(port: Optional[int] = None, local_address: Optional[Address] = None) -> bytes:
     """An unannounce's ``PeersInput``: as the announce, plus ``unannounce=true``."""
-    value = PeersInput(port=port or 0, unannounce=True)
-    local = _local(local_address)
-    if local is not None:
-        value.localAddress = local
-    return value.SerializeToString()
+    return _peers_input(port or 0, local_address, unannounce=True)
 
 
 def encode_lookup(local_address: Optional[Address] = None) -> bytes:
     """A lookup's ``PeersInput``: no port; empty bytes without a LAN address."""
-    value = PeersInput()
-    local = _local(local_address)
-    if local is not None:
-        value.localAddress = local
-    return value.SerializeToString()
+    return _peers_input(None, local_address)
 
 
 # -- replies -> PeerRecords ----------------------------------------------------

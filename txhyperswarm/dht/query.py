@@ -50,6 +50,16 @@ class Reply:
     value: Optional[bytes]
     to: Optional[Address]
 
+    @classmethod
+    def of(cls, msg, node: Address) -> "Reply":
+        """The reply a response ``msg`` from ``node`` is."""
+        return cls(
+            node,
+            msg.id if msg.HasField("id") else None,
+            msg.value if msg.HasField("value") else None,
+            decode_to(msg.to) if msg.HasField("to") else None,
+        )
+
 
 class QueryError(Exception):
     """A walk failed as a whole (dht-rpc: "No nodes responded")."""
@@ -277,14 +287,8 @@ class Walk:
             self._read()
             return
         if self.on_reply is not None:
-            reply = Reply(
-                (host, port),
-                msg.id if has_id else None,
-                msg.value if msg.HasField("value") else None,
-                decode_to(msg.to) if msg.HasField("to") else None,
-            )
             try:
-                self.on_reply(reply)
+                self.on_reply(Reply.of(msg, addr))
             except Exception:
                 self.log.failure("on_reply failed for a {command} reply", command=self.command)
         self._read()
