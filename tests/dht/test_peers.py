@@ -308,9 +308,11 @@ def test_lookup_collects_a_list():
     assert result == [[PeerRecord(TOPIC, "10.0.1.5", 4000, True, None, None, "dht")]]
 
 
-def test_lookup_rejects_a_topic_that_is_not_32_bytes():
+def test_lookup_rejects_a_topic_that_is_not_32_bytes_or_a_bad_lan_address():
     with pytest.raises(ValueError):
         peers.lookup(FakeNode(Clock()), b"short")
+    with pytest.raises(ValueError):  # as documented (was an OSError)
+        peers.lookup(FakeNode(Clock()), TOPIC, local_address=("not-an-ip", 1))
 
 
 def test_announce_reannounces_300_to_600_s_after_each_walk_and_stops():

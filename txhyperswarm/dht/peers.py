@@ -299,8 +299,9 @@ def lookup_stream(
         not an IPv4 ``(host, port)``.
     """
     _check_topic(topic)
+    value = encode_lookup(local_address)  # ValueError for a bad local_address
     collect = _Collector(topic, local_address, on_peer)
-    d = node.query_stream(COMMAND, topic, encode_lookup(local_address), on_reply=collect)
+    d = node.query_stream(COMMAND, topic, value, on_reply=collect)
     d.addCallback(lambda _: None)
     return d
 
