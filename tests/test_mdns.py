@@ -840,3 +840,25 @@ def test_a_failing_announcement_never_raises_out_of_datagram_received(monkeypatc
     assert d.dropped == {"internal_error": 2}
     d._protocol.datagramReceived(b"junk", ("127.0.0.1", 5353))
     assert d.dropped == {"internal_error": 2, "short": 1}
+
+
+def test_many_joins_before_start_all_go_out_once_listening():
+    # Node queues every datagram until its socket is bound; here 70 topics
+    # joined before start all send their query or announcement at start,
+    # and every ready fires (none is lost to a bounded queue).
+    net = FakeNet()
+    d = MulticastDiscovery(net.reactor("127.0.0.2"), interface="127.0.0.2")
+    lookups = [d.lookup(bytes([i]) * 32, lambda p: None) for i in range(40)]
+    announces = [d.announce(bytes([100 + i]) * 32, 5000 + i) for i in range(30)]
+    net.run(100)  # a while before start: re-queries fall due, nothing piles up
+    assert net.log == []
+    d.startService()
+    net.run()
+    kinds = [wire.decode_packet(x) for _, x in net.log]
+    queries = {q.name for p in kinds if not p.is_response for q in p.questions}
+    answered = {r.port for p in kinds if p.is_response for r in p.answers if r.type == wire.TYPE_SRV}
+    assert queries == {t.name + "." for t in lookups}
+    assert answered == {t.port for t in announces}
+    assert len(net.log) == 70
+    assert all(t.ready.called for t in lookups + announces)
+    assert d.dropped == {}

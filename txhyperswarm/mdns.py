@@ -90,9 +90,6 @@ MEMBERSHIP_REFRESH = 5.0
 #: of each SRV unambiguous for Node and for us; with one join per name (what
 #: Node's swarm does) the datagrams are identical to Node's.
 _PAIRS_PER_RESPONSE = 1
-#: Datagrams kept while the socket is not listening yet.
-_MAX_PENDING = 64
-
 PeerCallback = Callable[[PeerRecord], None]
 
 
@@ -147,6 +144,7 @@ class MDNSTopic:
         self._answer = srv_record(self.name, port, host or SRV_TARGET) if port else None
         self._id_answer = id_record(self.name, topic_id)
         self._query_call = None
+        self._announce_unsent = False
 
     @property
     def announcing(self) -> bool:
@@ -277,7 +275,6 @@ class MulticastDiscovery(service.Service):
         self._listening_port = None
         self._memberships: Dict[str, bool] = {}
         self._refresh: Optional[LoopingCall] = None
-        self._pending: List[Tuple[bytes, Optional[Callable[[], None]]]] = []
         # fqdn -> ordered set of topics (Node's _domains: Map name -> Set)
         self._domains: Dict[str, Dict[MDNSTopic, None]] = {}
         self._topics: Dict[MDNSTopic, None] = {}
@@ -313,9 +310,18 @@ class MulticastDiscovery(service.Service):
         else:
             self._join(self.interface)
             self._set_outgoing(self.interface)
-        pending, self._pending = self._pending, []
-        for data, sent in pending:
-            self._send(data, sent)
+        # What Node's multicast-dns queues until its socket is bound: the
+        # first query of every looking-up topic, then the announcement of
+        # every announcing one that fell due meanwhile. Kept per topic, not
+        # as datagrams, so it is bounded by the live topics.
+        topics = list(self._topics)
+        for t in topics:
+            if t.lookup:
+                self._send(encode_query([t.name]), None if t.announcing else t._fire_ready)
+        for t in topics:
+            if t._announce_unsent:
+                t._announce_unsent = False
+                self._answer([t._fqdn], (), None, t._fire_ready)
 
     def stopService(self) -> defer.Deferred:
         """
@@ -328,7 +334,6 @@ class MulticastDiscovery(service.Service):
             finish()
         for topic in list(self._topics):
             topic.stop()
-        self._pending = []
         self._announce_queue = []
         if self._announce_call is not None and self._announce_call.active():
             self._announce_call.cancel()
@@ -475,7 +480,11 @@ class MulticastDiscovery(service.Service):
         self._announce_call = None
         queue, self._announce_queue = self._announce_queue, []
         for topic in queue:
-            if not topic.stopped:
+            if topic.stopped:
+                continue
+            if self._listening_port is None:
+                topic._announce_unsent = True  # sent by startService()
+            else:
                 self._answer([topic._fqdn], (), None, topic._fire_ready)
 
     def _query_delay(self) -> float:
@@ -566,11 +575,7 @@ class MulticastDiscovery(service.Service):
 
     def _send(self, data: bytes, sent: Optional[Callable[[], None]] = None) -> None:
         if self._listening_port is None:
-            if len(self._pending) < _MAX_PENDING:
-                self._pending.append((data, sent))
-            else:
-                self.dropped["send_queue_full"] += 1
-            return
+            return  # not started (or stopped): startService() sends what is due
         kind = "response" if data[2] & 0x80 else "query"
         try:
             self._listening_port.write(data, (self.group, self.port))
