@@ -862,3 +862,21 @@ def test_many_joins_before_start_all_go_out_once_listening():
     assert len(net.log) == 70
     assert all(t.ready.called for t in lookups + announces)
     assert d.dropped == {}
+
+
+def test_no_timer_runs_for_a_discovery_that_is_not_listening():
+    net = FakeNet()
+    d = MulticastDiscovery(net.reactor("127.0.0.2"), interface="127.0.0.2", random=random.Random(3))
+    t = d.lookup(TOPIC, lambda p: None)
+    t.update()
+    net.run()
+    assert net.clock.getDelayedCalls() == []  # the query loop starts with the service
+    d.startService()
+    net.run()  # deliver the first query (looped back)
+    [call] = net.clock.getDelayedCalls()
+    assert 30 <= call.getTime() - net.clock.seconds() < 60
+    d.stopService()
+    assert net.clock.getDelayedCalls() == []
+    d.lookup(TOPIC, lambda p: None)  # joined while stopped: waits for the next start
+    net.run()
+    assert net.clock.getDelayedCalls() == []

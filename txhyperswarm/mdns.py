@@ -175,6 +175,8 @@ class MDNSTopic:
 
     def _query_loop(self) -> None:
         self._query_call = None
+        if self._owner._listening_port is None:
+            return  # startService() starts the loop
         self._owner._send(encode_query([self.name]), self._fire_ready if not self.announcing else None)
         self._query_call = self._owner._schedule(self._owner._query_delay(), self._query_loop)
 
@@ -317,7 +319,8 @@ class MulticastDiscovery(service.Service):
         topics = list(self._topics)
         for t in topics:
             if t.lookup:
-                self._send(encode_query([t.name]), None if t.announcing else t._fire_ready)
+                t._cancel_query()
+                t._query_loop()
         for t in topics:
             if t._announce_unsent:
                 t._announce_unsent = False
