@@ -163,3 +163,42 @@ def test_cancelling_a_walk_stops_it():
     assert nodes[1].inflight_queries == 0 and not nodes[1]._walks
     net.run(10)
     assert nodes[1].routing_table_size == size  # cancelling evicts nobody
+
+
+def _named_bootstrap(net, nodes, answers):
+    """A node whose bootstrap node is given by name; the name resolves
+    after 50 ms (``answers`` counts the look-ups)."""
+    from twisted.internet import task
+
+    def resolve(name):
+        answers.append(name)
+        return task.deferLater(net.clock, 0.05, lambda: "127.0.0.1")
+
+    net.clock.resolve = resolve
+    return net.node(bootstrap=[("boot.example", nodes[0].address()[1])])
+
+
+def test_a_walk_right_after_start_waits_for_bootstrap_names():
+    # The CLI starts a node and looks up at once; with the default (named)
+    # bootstrap nodes the walk failed at once with "No nodes responded".
+    net, nodes = network(5)
+    looked_up = []
+    n = _named_bootstrap(net, nodes, looked_up)
+    first = n.query("_find_node", os.urandom(32))
+    second = n.query("_find_node", os.urandom(32))
+    net.run(2)
+    assert {r.id for r in first.result} == {r.id for r in second.result} == {x.id for x in nodes}
+    assert n.is_bootstrapped
+    assert looked_up == ["boot.example"]  # one resolution, shared
+
+
+def test_cancelling_a_walk_that_waits_for_names():
+    net, nodes = network(3)
+    n = _named_bootstrap(net, nodes, [])
+    target = os.urandom(32)
+    d = n.query("_find_node", target)
+    d.cancel()
+    d.addErrback(lambda f: f.trap(defer.CancelledError))
+    net.run(2)
+    assert n.is_bootstrapped and n.inflight_queries == 0 and not n._walks
+    assert [m for m in net.sent(src=n.address()) if m.target == target] == []  # never sent

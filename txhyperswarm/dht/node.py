@@ -209,6 +209,8 @@ class DHTNode(service.Service):
             a for a in self.bootstrap_nodes if is_ipv4_literal(a[0])
         ]
         self._needs_resolve = len(self._bootstrap_peers) != len(self.bootstrap_nodes)
+        #: The resolution of bootstrap host names in progress, if any.
+        self._resolving: Optional[defer.Deferred] = None
 
         self.concurrency = 16
         self.concurrency_rps = 50
@@ -388,32 +390,49 @@ class DHTNode(service.Service):
             d.callback(None)
 
     def _resolve_bootstrap(self) -> defer.Deferred:
+        """
+        Resolve the bootstrap nodes given by name (dht-rpc's socket resolves
+        them on each send; Twisted's UDP write takes IP addresses only).
+
+        :returns: Deferred firing with the ``(ip, port)`` list (names that
+            did not resolve are left out and tried again next time); never
+            errbacks. Concurrent callers share one resolution.
+        """
         if not self._needs_resolve:
             return defer.succeed(self._bootstrap_peers)
+        if self._resolving is None:
 
-        def one(entry: Address) -> defer.Deferred:
-            host, port = entry
-            if is_ipv4_literal(host):
-                return defer.succeed([(host, port)])
-            d = self._reactor.resolve(host)
-            d.addCallbacks(
-                lambda ip: [(ip, port)],
-                lambda f: self.log.warn(
-                    "cannot resolve bootstrap node {host}: {err}", host=host, err=f.getErrorMessage()
+            def one(entry: Address) -> defer.Deferred:
+                host, port = entry
+                if is_ipv4_literal(host):
+                    return defer.succeed([(host, port)])
+                d = self._reactor.resolve(host)
+                d.addCallbacks(
+                    lambda ip: [(ip, port)],
+                    lambda f: self.log.warn(
+                        "cannot resolve bootstrap node {host}: {err}", host=host, err=f.getErrorMessage()
+                    )
+                    or [],
                 )
-                or [],
-            )
-            return d
+                return d
 
-        dl = defer.gatherResults([one(e) for e in self.bootstrap_nodes])
+            def done(results):
+                self._resolving = None
+                peers = [a for r in results for a in r]
+                self._bootstrap_peers = peers
+                self._needs_resolve = len(peers) != len(self.bootstrap_nodes)
+                return peers
 
-        def done(results):
-            peers = [a for r in results for a in r]
-            self._bootstrap_peers = peers
-            self._needs_resolve = len(peers) != len(self.bootstrap_nodes)
-            return peers
+            self._resolving = defer.gatherResults([one(e) for e in self.bootstrap_nodes]).addCallback(done)
+        shared, mine = self._resolving, defer.Deferred()
+        shared.addCallback(lambda peers: mine.callback(peers) or peers)
+        return mine
 
-        return dl.addCallback(done)
+    def _bootstrap_pending(self) -> bool:
+        """Whether a walk starting now must wait for bootstrap names to resolve:
+        they are not resolved and the walk would send to them (dht-rpc does when
+        the routing table has fewer nodes than there are bootstrap nodes)."""
+        return self._needs_resolve and len(self._table) < len(self.bootstrap_nodes)
 
     def bootstrap(self) -> defer.Deferred:
         """
@@ -428,18 +447,16 @@ class DHTNode(service.Service):
             self._set_bootstrapped()
             return defer.succeed(None)
 
-        def walk(_):
-            if self.destroyed:
-                raise QueryError("DHT node stopped")
-            w = Walk(self, _FIND_NODE, self._id, None, query=True, background=True)
-            return w.start()
+        if self.destroyed:
+            return defer.fail(QueryError("DHT node stopped"))
 
         def ended(result):
             if not self.destroyed:
                 self._set_bootstrapped()
             return result
 
-        return self._resolve_bootstrap().addCallback(walk).addBoth(ended)
+        walk = Walk(self, _FIND_NODE, self._id, None, query=True, background=True)
+        return walk.start().addBoth(ended)
 
     def persistent(self) -> defer.Deferred:
         """

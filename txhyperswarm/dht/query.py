@@ -180,11 +180,20 @@ class Walk:
     # -- driving ----------------------------------------------------------
 
     def start(self) -> defer.Deferred:
-        """Start sending; returns :attr:`deferred`."""
-        self._node.inflight_queries += 1
-        self._node._walks.add(self)
-        self._bootstrap()
+        """Start sending (once bootstrap names are resolved, if the walk needs
+        them); returns :attr:`deferred`."""
+        node = self._node
+        node.inflight_queries += 1
+        node._walks.add(self)
+        if node._bootstrap_pending():
+            node._resolve_bootstrap().addCallback(self._resolved)
+        else:
+            self._bootstrap()
         return self.deferred
+
+    def _resolved(self, _) -> None:
+        if self._status == _BOOTSTRAPPING:  # not cancelled or aborted meanwhile
+            self._bootstrap()
 
     def _concurrency(self) -> int:
         node = self._node
