@@ -219,12 +219,6 @@ class RecordStore:
             self._stale = self._fresh
             self._fresh = _Generation()
 
-    def rotate(self) -> None:
-        """Rotate the generations now (fresh -> stale, stale dropped)."""
-        self._expire()
-        self._stale = self._fresh
-        self._fresh = _Generation()
-
     def clear(self) -> None:
         """Drop every record."""
         self._fresh = _Generation()

@@ -276,8 +276,6 @@ class RoutingTable:
         self._ping = ping
         self._check = check or ping
         self._is_bootstrapped = is_bootstrapped
-        self.on_add: Optional[Callable[[Peer], None]] = None
-        self.on_remove: Optional[Callable[[Peer], None]] = None
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -313,8 +311,6 @@ class RoutingTable:
             if not self.bucket.add(node):
                 return  # full bucket: the old contacts are being pinged
             nodes[node_id] = node
-            if self.on_add is not None:
-                self.on_add(node)
             return
         if node.port != port or node.host != host:
             node.host = host
@@ -335,8 +331,6 @@ class RoutingTable:
             return
         del self.nodes[node.id]
         self.bucket.remove(node.id)
-        if self.on_remove is not None:
-            self.on_remove(node)
 
     def remove_id(self, node_id: bytes) -> None:
         node = self.nodes.get(node_id)

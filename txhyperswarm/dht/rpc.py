@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter, deque
-from typing import Callable, Deque, Dict, List, Optional, Tuple, Union
+from typing import Callable, Deque, Dict, Optional, Tuple, Union
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -107,7 +107,6 @@ class _Request:
         "timeout",
         "tries",
         "holepunch_call",
-        "is_update",
         "sent_id",
         "done",
     )
@@ -187,9 +186,8 @@ class RPC:
         self.dropped = dropped if dropped is not None else Counter()
         self.tokens = TokenStore(random_bytes)
         self._rid = random.randrange(65536)
+        #: In-flight requests by rid, oldest first (dht-rpc ``inflight``).
         self._requests: Dict[int, _Request] = {}
-        #: In-flight requests, oldest first (dht-rpc ``inflight``).
-        self.inflight: Dict[int, _Request] = self._requests
         self._pending: Deque[tuple] = deque()
         self._speed = _Speedometer(reactor.seconds)
         self._tick_loop = LoopingCall(self._on_tick)
@@ -340,7 +338,6 @@ class RPC:
         req.timeout = 4
         req.tries = 0
         req.holepunch_call = None
-        req.is_update = head is _wire.UPDATE_HEAD
         req.sent_id = self.id
         req.done = False
         if peer.referrer is not None and not peer.fast_holepunch:
@@ -525,6 +522,3 @@ class RPC:
 
     def pending_count(self) -> int:
         return len(self._pending)
-
-    def requests(self) -> List[_Request]:
-        return list(self._requests.values())
