@@ -56,16 +56,20 @@ def test_ten_thousand_hostile_datagrams_then_a_ping(reactor):
     seen = []
     inner = node._rpc.datagram_received
     node.udp.set_dht_receiver(lambda data, addr: (seen.append(data), inner(data, addr)))
+    out = []  # what the node sends: answers, relays, its own requests
+    real_send = node.udp.send
+    node.udp.send = lambda data, addr: (out.append(m.decode_message(data)), real_send(data, addr))[1]
     try:
         datagrams = _hostile(10_000)
         undecodable = 0
         dht_side = 0
+        by_type = {m.QUERY: 0, m.UPDATE: 0, m.RESPONSE: 0}
         for d in datagrams:
             if is_utp_datagram(d):
                 continue
             dht_side += 1
             try:
-                m.decode_message(d)
+                by_type[m.decode_message(d).type] += 1
             except m.DecodeError:
                 undecodable += 1
         dst = node.address()
@@ -85,6 +89,17 @@ def test_ten_thousand_hostile_datagrams_then_a_ping(reactor):
         assert set(node.dropped) <= {
             "protobuf", "id", "bad_token", "no_target", "value", "unknown_rid", "ping_id",
         }
+        # every decodable one was handled or counted by reason:
+        # an UPDATE needs a token of ours (none of these has one) ...
+        assert node.dropped["bad_token"] == by_type[m.UPDATE] > 0
+        # ... a QUERY is answered, relayed (_holepunch with a `to`) or dropped ...
+        answers = sum(1 for msg in out if msg.type == m.RESPONSE)
+        relays = sum(1 for msg in out if msg.type == m.QUERY and msg.command == b"_holepunch")
+        dropped = node.dropped["ping_id"] + node.dropped["no_target"] + node.dropped["value"]
+        assert answers + relays + dropped == by_type[m.QUERY] > 0
+        # ... and a RESPONSE matches a request of ours or has an unknown rid
+        matched = by_type[m.RESPONSE] - node.dropped["unknown_rid"]
+        assert 0 <= matched <= sum(1 for msg in out if msg.type != m.RESPONSE)
         reply = yield pinger.ping(*node.address())
         assert reply.id == node.id and reply.to == pinger.address()
     finally:
