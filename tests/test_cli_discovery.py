@@ -5,6 +5,7 @@ against a Node hyperswarm on the LAN (mDNS, private namespace only).
 """
 
 import hashlib
+import signal
 
 import pytest_twisted
 from twisted.internet import defer
@@ -171,3 +172,22 @@ def test_announce_whose_first_announce_fails_exits_1():
     assert result.returncode == 1
     assert result.stdout == ""
     assert "the first announce failed" in result.stderr
+
+
+@pytest_twisted.inlineCallbacks
+def test_lookup_cut_short_by_timeout_after_a_node_answered_exits_0(processes, node, twist_bootstrap_node):
+    # The bootstrap node answers, but sends the walk on to a node that has
+    # stopped (SIGSTOP): the walk would wait ~7 s for it. At --timeout the
+    # walk has not failed (a node answered), so no mDNS is no reason for 1.
+    boot = f"127.0.0.1:{twist_bootstrap_node[1]}"
+    frozen = processes.node("dht_bootstrap_client.js", boot)
+    yield frozen.wait_for(lambda o: o.get("ready"), timeout=30)
+    frozen.signal(signal.SIGSTOP)
+    try:
+        lookup = processes.python("-m", "txhyperswarm.cli", "lookup", TOPIC, "--bootstrap", boot,
+                                  "--no-mdns", "--timeout", "2")
+        code = yield lookup.ended
+    finally:
+        frozen.signal(signal.SIGCONT)
+    assert code == 0, lookup.stderr.decode()
+    assert lookup.lines == [] and "failed" not in lookup.stderr.decode()
