@@ -425,7 +425,13 @@ class DHTNode(service.Service):
 
             self._resolving = defer.gatherResults([one(e) for e in self.bootstrap_nodes]).addCallback(done)
         shared, mine = self._resolving, defer.Deferred()
-        shared.addCallback(lambda peers: mine.callback(peers) or peers)
+
+        def fire(peers):
+            if not mine.called:
+                mine.callback(peers)
+            return peers
+
+        shared.addCallback(fire)
         return mine
 
     def _bootstrap_pending(self) -> bool:
