@@ -723,14 +723,14 @@ def test_joins_in_one_turn_announce_every_announcing_topic_of_the_name():
 def test_default_interfaces_joined_like_multicast_dns(monkeypatch):
     import txhyperswarm.mdns as mdns
 
-    addresses = ["127.0.0.1"]
-    monkeypatch.setattr(mdns, "_interface_addresses", lambda: list(addresses))
+    addresses = [("127.0.0.1", True)]  # (address, internal)
+    monkeypatch.setattr(mdns, "_interfaces", lambda: list(addresses))
     net = FakeNet()
     d = MulticastDiscovery(net.reactor("127.0.0.2"))
     d.startService()
     port = d._listening_port
     assert port.groups == [("224.0.0.251", "127.0.0.1")] and port.outgoing == "127.0.0.1"
-    addresses.append("192.0.2.7")  # an interface comes up: joined within 5 s
+    addresses.append(("192.0.2.7", False))  # an interface comes up: joined within 5 s
     net.clock.advance(5)
     assert port.groups[-1] == ("224.0.0.251", "192.0.2.7") and port.outgoing == "0.0.0.0"
     net.clock.advance(5)
@@ -803,7 +803,7 @@ def test_announce_with_host_puts_it_in_the_srv_target():
 def test_stop_leaves_no_timer_and_no_deferred_waiting(monkeypatch):
     import txhyperswarm.mdns as mdns
 
-    monkeypatch.setattr(mdns, "_interface_addresses", lambda: ["127.0.0.1"])
+    monkeypatch.setattr(mdns, "_interfaces", lambda: [("127.0.0.1", True)])
     net = FakeNet()
     a = started(net, "127.0.0.2")
     a.announce(TOPIC, 1111)

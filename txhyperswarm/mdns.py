@@ -48,6 +48,7 @@ import ipaddress
 import math
 import os
 import random as _random
+import sys
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -626,24 +627,63 @@ class MulticastDiscovery(service.Service):
         )
 
 
-def _interface_addresses() -> List[str]:
-    """The first IPv4 address of every interface (multicast-dns's ``allInterfaces``)."""
+#: ``<linux/if.h>`` interface flags.
+_IFF_UP, _IFF_LOOPBACK, _IFF_RUNNING = 0x1, 0x8, 0x40
+
+
+def _interface_flags(name: str) -> Optional[int]:
+    """
+    An interface's flags as ``getifaddrs()`` reports them (``SIOCGIFFLAGS``,
+    which includes ``IFF_RUNNING``; sysfs does not), or ``None`` where they
+    cannot be read (not Linux).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import fcntl
+    import socket
+    import struct
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            request = struct.pack("16sh14x", name.encode("utf-8")[:15], 0)
+            answer = fcntl.ioctl(s.fileno(), 0x8913, request)  # SIOCGIFFLAGS
+        return struct.unpack("16sH14x", answer)[1]
+    except (OSError, UnicodeError):
+        return None
+
+
+def _interfaces() -> List[Tuple[str, bool]]:
+    """
+    ``(first IPv4 address, internal)`` of every interface, as Node's
+    ``os.networkInterfaces()`` lists them: libuv leaves out interfaces that
+    are not both up and running (e.g. a docker0 bridge without containers),
+    and ``internal`` is the loopback flag.
+    """
     try:
         import ifaddr
     except ImportError:  # pragma: no cover - zeroconf depends on ifaddr
-        return ["0.0.0.0"]
+        return [("0.0.0.0", False)]
     result = []
     for adapter in ifaddr.get_adapters():
+        flags = _interface_flags(adapter.name)
+        if flags is not None and (flags & (_IFF_UP | _IFF_RUNNING)) != _IFF_UP | _IFF_RUNNING:
+            continue
         for ip in adapter.ips:
             if ip.is_IPv4:
-                result.append(ip.ip)
+                internal = bool(flags & _IFF_LOOPBACK) if flags is not None else ipaddress.IPv4Address(ip.ip).is_loopback
+                result.append((ip.ip, internal))
                 break
     return result
 
 
+def _interface_addresses() -> List[str]:
+    """The first IPv4 address of every interface (multicast-dns's ``allInterfaces``)."""
+    return [address for address, _ in _interfaces()]
+
+
 def _default_outgoing() -> str:
-    """multicast-dns's ``defaultInterface()`` (Linux): ``0.0.0.0`` if a non-loopback IPv4 exists."""
-    for address in _interface_addresses():
-        if not ipaddress.IPv4Address(address).is_loopback:
+    """multicast-dns's ``defaultInterface()`` (Linux): ``0.0.0.0`` if a non-internal IPv4 exists."""
+    for _, internal in _interfaces():
+        if not internal:
             return "0.0.0.0"
     return "127.0.0.1"

@@ -8,6 +8,7 @@ Node peers use ``bootstrap: []`` so mDNS is their only discovery.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -188,3 +189,50 @@ def test_our_datagrams_decode_in_node_exactly_as_nodes_own(discovery, node, proc
         assert bytes.fromhex(o["hex"]).replace(mine.id, b"<id>") == bytes.fromhex(n["hex"]).replace(
             bytes.fromhex(ready["id"]), b"<id>"
         )
+
+
+# multicast-dns 7.2.5's allInterfaces() and defaultInterface() (Linux), on
+# os.networkInterfaces() in this namespace.
+NODE_INTERFACES = r"""
+const os = require('os')
+const all = []
+let dflt = '127.0.0.1'
+for (const [name, addrs] of Object.entries(os.networkInterfaces())) {
+  const v4 = addrs.filter(a => a.family === 'IPv4' || a.family === 4)
+  if (v4.length) all.push(v4[0].address)
+  if (dflt === '127.0.0.1' && v4.some(a => !a.internal)) dflt = '0.0.0.0'
+}
+console.log(JSON.stringify({ all, dflt }))
+"""
+
+
+def test_interfaces_joined_are_the_ones_multicast_dns_joins(private_netns, node):
+    import subprocess
+
+    from txhyperswarm import mdns
+
+    def node_view():
+        out = subprocess.run([node, "-e", NODE_INTERFACES], capture_output=True, text=True, timeout=30, check=True)
+        return json.loads(out.stdout)
+
+    def ip(*args):
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+    # a veth pair with addresses: with one end down, neither is running
+    # (no carrier), and Node's os.networkInterfaces() leaves both out
+    ip("link", "add", "hsv0", "type", "veth", "peer", "name", "hsv1")
+    try:
+        ip("addr", "add", "10.77.0.1/24", "dev", "hsv0")
+        ip("addr", "add", "10.77.0.2/24", "dev", "hsv1")
+        ip("link", "set", "hsv0", "up")
+        theirs = node_view()
+        assert theirs == {"all": ["127.0.0.1"], "dflt": "127.0.0.1"}
+        assert sorted(mdns._interface_addresses()) == sorted(theirs["all"])
+        assert mdns._default_outgoing() == theirs["dflt"]
+        ip("link", "set", "hsv1", "up")  # both ends up: both running
+        theirs = node_view()
+        assert sorted(theirs["all"]) == ["10.77.0.1", "10.77.0.2", "127.0.0.1"] and theirs["dflt"] == "0.0.0.0"
+        assert sorted(mdns._interface_addresses()) == sorted(theirs["all"])
+        assert mdns._default_outgoing() == theirs["dflt"]
+    finally:
+        ip("link", "del", "hsv0")
