@@ -50,7 +50,9 @@ def bootstrap_list(values: Optional[List[str]]):
     """
     if not values:
         return None
-    if values == ["none"]:
+    if "none" in values:
+        if len(values) > 1:
+            raise ValueError("'none' excludes other values")
         return []
     return [parse_host_port(v) for v in values]
 
