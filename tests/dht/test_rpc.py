@@ -12,7 +12,7 @@ from twisted.internet import defer
 from txhyperswarm.dht import messages as m
 from txhyperswarm.dht.node import CommandError, IgnoreRequest, QueryError
 from txhyperswarm.dht.routing import Peer
-from txhyperswarm.dht.rpc import RequestTimeout, TICK_INTERVAL
+from txhyperswarm.dht.rpc import RequestCancelled, RequestTimeout, TICK_INTERVAL
 from txhyperswarm.dht.tokens import TokenStore, roundtrip_token
 
 from tests.dht._fakes import FakeNetwork
@@ -377,6 +377,20 @@ def test_requests_after_stop_fail_at_once():
     assert len(errors) == 1 and "cancelled" in str(errors[0].value)
     a.query("_find_node", b"\x01" * 32).addErrback(errors.append)
     assert len(errors) == 2 and "not running" in str(errors[1].value)
+
+
+def test_requests_before_start_fail_at_once():
+    # before startService there is no socket and no tick to time them out
+    from twisted.internet.task import Clock
+    from txhyperswarm.dht.node import DHTNode
+
+    clock = Clock()
+    node = DHTNode(clock, bootstrap=[("127.0.0.1", 9)])
+    errors = []
+    node.ping("127.0.0.1", 9).addErrback(errors.append)
+    node.bootstrap().addErrback(errors.append)
+    assert [type(f.value) for f in errors] == [RequestCancelled, QueryError]
+    assert clock.getDelayedCalls() == []
 
 
 def test_holepunch_request_is_relayed_again_after_500ms_if_unanswered():

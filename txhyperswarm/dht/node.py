@@ -695,7 +695,7 @@ class DHTNode(service.Service):
             ``to`` = our address as it saw us, ``value`` = the raw pong.
             Errbacks with :class:`RequestTimeout` (no answer after 3 tries,
             about 7 s), :class:`RemoteError` (error response or a bad pong),
-            :class:`RequestCancelled` (the node stopped). Cancelling it
+            :class:`RequestCancelled` (the node is not running). Cancelling it
             (e.g. ``addTimeout``) forgets the request.
         """
 

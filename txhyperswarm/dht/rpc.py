@@ -195,7 +195,10 @@ class RPC:
         self._rotate_loop = LoopingCall(self.tokens.rotate)
         self._rotate_loop.clock = reactor
         self._to_cache: Dict[Tuple[str, int], bytes] = {}
-        self.destroyed = False
+        #: Not running (before :meth:`start`, after :meth:`destroy`): requests
+        #: are refused at once, nothing is sent. Before start no tick would
+        #: ever time a request out.
+        self.destroyed = True
         #: Outgoing requests by command: (command bytes) -> count.
         self.sent: Counter = Counter()
 
