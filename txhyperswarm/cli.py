@@ -21,13 +21,6 @@ from txhyperswarm._parsing import parse_host_port, topic_from_text
 
 __all__ = ["main"]
 
-#: The public hyperswarm 2 bootstrap nodes (@hyperswarm/dht 4.0.1).
-PUBLIC_BOOTSTRAP = [
-    ("bootstrap1.hyperdht.org", 49737),
-    ("bootstrap2.hyperdht.org", 49737),
-    ("bootstrap3.hyperdht.org", 49737),
-]
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error and exit status 2."""

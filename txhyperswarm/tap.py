@@ -21,11 +21,6 @@ from txhyperswarm._parsing import parse_host_port, topic_from_text
 
 __all__ = ["Options", "makeService", "build_service"]
 
-PUBLIC_BOOTSTRAP = [
-    ("bootstrap1.hyperdht.org", 49737),
-    ("bootstrap2.hyperdht.org", 49737),
-    ("bootstrap3.hyperdht.org", 49737),
-]
 BOOTSTRAP_NODE_PORT = 49737
 
 log = Logger(namespace="txhyperswarm.tap")
@@ -110,7 +105,7 @@ class Options(usage.Options):
                 raise usage.UsageError("--bootstrap none excludes other --bootstrap values")
             self["bootstrap"] = []
         elif not boots:
-            self["bootstrap"] = [] if self["bootstrap-node"] else list(PUBLIC_BOOTSTRAP)
+            self["bootstrap"] = [] if self["bootstrap-node"] else None  # None: DHTNode's public list
         if self["expose"]:
             _check_endpoint("client", self["expose"])
         if self["listen"]:
