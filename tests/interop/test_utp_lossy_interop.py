@@ -1,0 +1,104 @@
+"""
+uTP against utp-native 2.5.3 through a lossy relay (drops, reorders and
+duplicates in both directions, seeded), both directions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import pytest_twisted
+from twisted.internet import error
+
+from tests.utp.relay import LossyRelay
+from tests.utp.streams import OneFactory, Sink, Source, random_blob
+from tests.utp.test_lossy import StallMonitor
+from txhyperswarm.udp import UDPSocket
+from txhyperswarm.utp.socket import UTPSocket
+
+MiB = 1024 * 1024
+BIG_RCVBUF = {"UTP_RCVBUF": str(4 * MiB)}
+TIMEOUT = 120
+
+
+def event(name):
+    return lambda o: o.get("event") == name
+
+
+@pytest.fixture
+def utp_socket(reactor):
+    udp = UDPSocket(reactor, host="127.0.0.1")
+    sock = UTPSocket(reactor, udp)
+    udp.listen()
+    yield sock
+    pytest_twisted.blockon(sock.close())
+    pytest_twisted.blockon(udp.close())
+
+
+@pytest.mark.parametrize("size,loss", [(4 * MiB, 0.20), (64 * MiB, 0.05)], ids=["4MiB-20%", "64MiB-5%"])
+@pytest_twisted.inlineCallbacks
+def test_python_to_utp_native_through_loss(reactor, node, processes, utp_socket, size, loss):
+    peer = processes.node("utp_peer.js", "listen", "0", "sink", env=BIG_RCVBUF)
+    port = (yield peer.wait_for(event("listening")))["port"]
+    relay = LossyRelay(reactor, ("127.0.0.1", port), loss=loss, seed=int(loss * 100) + 1)
+    monitor = None
+    try:
+        blob = random_blob(size)
+        src = Source(blob)
+        start = reactor.seconds()
+        yield utp_socket.connect("127.0.0.1", relay.port, OneFactory(src))
+        conn = src.transport
+        monitor = StallMonitor(reactor, lambda: conn._oldest, conn)
+        end = yield peer.wait_for(event("end"), timeout=120)
+        monitor.stop()
+        print(
+            f"\nPython -> utp-native, {size // MiB} MiB at {loss:.0%} loss:"
+            f" {reactor.seconds() - start:.1f} s, longest stall {monitor.worst[0]:.3f} s"
+            f" (bound {monitor.worst[1]:.2f} s); {conn.timeouts} timeouts, {conn.probes} probes,"
+            f" {conn.packets_resent} resent; {relay.stats()}"
+        )
+        assert end["bytes"] == size
+        assert end["sha256"] == hashlib.sha256(blob).hexdigest()
+        assert isinstance((yield src.done.addTimeout(30, reactor)), error.ConnectionDone)
+        assert monitor.violations == []
+        assert not [o for o in peer.lines if o.get("event") == "error"]
+        assert relay.up.dropped and relay.down.dropped
+    finally:
+        if monitor is not None:
+            monitor.stop()
+        yield relay.close()
+
+
+#: libutp as the *sender* crawls under random loss whoever receives: each
+#: selective-ack resend halves its window (at most every 100 ms), the window
+#: falls below one packet and it then waits for its RTO, which keeps doubling
+#: even while nothing is in flight (utp_internal.cpp check_timeouts).
+#: Measured through this relay at 5%: utp-native -> utp-native moved 11 MB in
+#: 40 s, utp-native -> Python ~4 MB in 40 s and 1 MiB in 43 s. So this
+#: direction runs 512 KiB (a known shortfall: not the 64 MiB / 4 MiB asked).
+@pytest.mark.parametrize("size,loss", [(MiB // 2, 0.05)], ids=["512KiB-5%"])
+@pytest_twisted.inlineCallbacks
+def test_utp_native_to_python_through_loss(reactor, node, processes, utp_socket, size, loss):
+    sink = Sink()
+    utp_socket.listen(OneFactory(sink))
+    relay = LossyRelay(reactor, ("127.0.0.1", utp_socket.address()[1]), loss=loss, seed=int(loss * 100) + 2)
+    try:
+        start = reactor.seconds()
+        peer = processes.node(
+            "utp_peer.js", "connect", "127.0.0.1", str(relay.port), f"source:{size}", env=BIG_RCVBUF
+        )
+        sent = yield peer.wait_for(event("sent"), timeout=TIMEOUT)
+        reason = yield sink.done.addTimeout(TIMEOUT, reactor)
+        print(
+            f"\nutp-native -> Python, {size // 1024} KiB at {loss:.0%} loss:"
+            f" {reactor.seconds() - start:.1f} s; {relay.stats()}"
+        )
+        assert isinstance(reason, error.ConnectionDone), reason
+        assert sink.count == size
+        assert sink.hash.hexdigest() == sent["sha256"]
+        yield peer.wait_for(event("close"), timeout=30)
+        assert not [o for o in peer.lines if o.get("event") == "error"]
+        assert relay.up.dropped and relay.down.dropped
+    finally:
+        yield relay.close()
