@@ -48,7 +48,7 @@ async function main () {
   for (let i = 0; i < count; i++) {
     let bootstrap = base
     if (opts.chain) bootstrap = i === 0 ? base : base.concat([{ host: '127.0.0.1', port: nodes[0].address().port }])
-    // one at a time: each bootstraps from the nodes started before it
+    // one at a time: each node is ready before the next one starts
     nodes.push(await start(i, bootstrap))
   }
   out({ ready: true, nodes: nodes.map(n => ({ id: n.id.toString('hex'), port: n.address().port })) })
