@@ -880,3 +880,29 @@ def test_no_timer_runs_for_a_discovery_that_is_not_listening():
     d.lookup(TOPIC, lambda p: None)  # joined while stopped: waits for the next start
     net.run()
     assert net.clock.getDelayedCalls() == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_response_longer_than_8192_bytes_is_read_whole(private_netns, reactor):
+    # Node's dgram reads datagrams up to 64 KiB; a response with our answer
+    # and a long record for another name (~8 500 bytes) reports the peer.
+    import socket
+
+    d = MulticastDiscovery(reactor)
+    d.startService()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        got = defer.Deferred()
+        d.lookup(TOPIC, lambda p: got.called or got.callback(p))
+        filler = b"".join(bytes([250]) + b"x" * 250 for _ in range(33))  # 33 strings of 250 bytes
+        ours = wire.encode_response([wire.srv_record(NAME, 41007), wire.id_record(NAME, b"id=" + bytes(32))])
+        big = _with_records(ours, after=[_rr(16, filler, name=b"\x05other\x0ahyperswarm\x05local\x00")])
+        assert 8192 < len(big) < 9000
+        sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        sender.sendto(big, ("224.0.0.251", 5353))
+        peer = yield got.addTimeout(5, reactor)
+        assert (peer.host, peer.port) == ("127.0.0.1", 41007)
+        assert d.dropped == {}
+    finally:
+        sender.close()
+        yield d.stopService()

@@ -84,6 +84,9 @@ __all__ = ["MDNSTopic", "MalformedPacket", "MulticastDiscovery"]
 QUERY_INTERVAL = 30.0
 #: multicast-dns re-checks the interface list (joins new ones) this often.
 MEMBERSHIP_REFRESH = 5.0
+#: Largest datagram read whole (Node's dgram reads up to 64 KiB; Twisted's
+#: default of 8192 bytes would cut longer ones, which then fail to decode).
+_MAX_DATAGRAM = 65535
 #: SRV+TXT pairs per response datagram. Node puts every announcing Topic of
 #: the name in one response, but its receivers take the *first* TXT of the
 #: name as the sender id for every SRV, so with two joins of one name in one
@@ -299,7 +302,9 @@ class MulticastDiscovery(service.Service):
         """
         if self._listening_port is not None:
             return
-        self._listening_port = self._reactor.listenMulticast(self.port, self._protocol, listenMultiple=True)
+        self._listening_port = self._reactor.listenMulticast(
+            self.port, self._protocol, listenMultiple=True, maxPacketSize=_MAX_DATAGRAM
+        )
         service.Service.startService(self)
         lp = self._listening_port
         lp.setTTL(self._ttl)
