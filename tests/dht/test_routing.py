@@ -99,6 +99,22 @@ def test_full_bucket_evicts_the_oldest_when_it_does_not_answer():
     assert len(net.sent(src=a.address(), dst=others[0].address(), command=b"_ping")) == 3
 
 
+def test_stopping_during_a_reping_or_sweep_evicts_nobody():
+    net = FakeNetwork()
+    a, others, newcomer = _full_far_bucket(net, down_oldest=True)
+    net.run(1)  # the oldest is being pinged (it will not answer)
+    swept = others[5]
+    net.down.add(swept.address())
+    checks = []
+    a.routing_table._check(a.routing_table.get(swept.id), checks.append)  # as the 40 s sweep
+    a.stopService()
+    assert checks == []  # cancelled: no verdict
+    assert a.routing_table.get(others[0].id) is not None
+    assert a.routing_table.get(swept.id) is not None
+    assert a.routing_table.get(newcomer.id) is None
+    assert a.routing_table_size == 20
+
+
 def test_ping_sweep_removes_dead_nodes():
     net = FakeNetwork()
     a = net.node()

@@ -486,16 +486,23 @@ class DHTNode(service.Service):
                 lambda f: self.log.debug("re-bootstrap failed: {err}", err=f.getErrorMessage())
             )
 
+    # A ping cancelled because we stop says nothing about the peer: unlike
+    # dht-rpc, which evicts on ECANCELLED too, give no verdict (the table
+    # survives a stop/start as it was, as walks already treat cancels).
+
     def _reping_node(self, peer: Peer, callback: Callable[[bool], None]) -> None:
         # dht-rpc _reping: queryImmediately, only a transport error counts
-        self._rpc.query(
-            _PING, None, peer.id, peer, lambda err, msg, addr, req: callback(err is None), immediately=True
-        )
+        def cb(err, msg, addr, req):
+            if not isinstance(err, RequestCancelled):
+                callback(err is None)
+
+        self._rpc.query(_PING, None, peer.id, peer, cb, immediately=True)
 
     def _check_node(self, peer: Peer, callback: Callable[[bool], None]) -> None:
         # dht-rpc _check -> ping(): an error response or a bad pong fails too
         def cb(err, msg, addr, req):
-            callback(err is None and not msg.error and self._pong(msg) is not None)
+            if not isinstance(err, RequestCancelled):
+                callback(err is None and not msg.error and self._pong(msg) is not None)
 
         self._rpc.query(_PING, None, peer.id, peer, cb)
 
