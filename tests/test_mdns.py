@@ -639,53 +639,55 @@ def test_bad_arguments():
 # -- real sockets, private namespace only --------------------------------------
 
 
-@pytest_twisted.inlineCallbacks
-def test_two_python_instances_on_one_host_find_each_other(private_netns, reactor):
-    a = MulticastDiscovery(reactor)
-    b = MulticastDiscovery(reactor)
-    a.startService()
-    b.startService()
-    try:
-        pa, pb = [], []
-        got_a, got_b = defer.Deferred(), defer.Deferred()
+@pytest.fixture
+def real_discovery(private_netns, reactor):
+    """Makes started MulticastDiscovery services on 0.0.0.0:5353; all stopped at teardown."""
+    made = []
 
-        def collect(into, d):
-            def on_peer(p):
-                into.append(p)
-                if not d.called:
-                    d.callback(p)
-            return on_peer
+    def make():
+        d = MulticastDiscovery(reactor)
+        d.startService()
+        made.append(d)
+        return d
 
-        ta = a.announce(TOPIC, 41001, lookup=True, on_peer=collect(pa, got_a))
-        tb = b.announce(TOPIC, 41002, lookup=True, on_peer=collect(pb, got_b))
-        for d in (got_a, got_b):
-            d.addTimeout(5, reactor)
-        yield defer.gatherResults([got_a, got_b])
-        # let the self-answers to both queries come back too
-        yield deferLater(reactor, 0.3)
-        assert {(p.host, p.port) for p in pa} == {("127.0.0.1", 41002)}
-        assert {(p.host, p.port) for p in pb} == {("127.0.0.1", 41001)}
-        assert all(p.local and p.referrer is None and p.to is None and p.source == "mdns" for p in pa + pb)
-        assert ta.ready.called and tb.ready.called
-        assert a.dropped == {} and b.dropped == {}
-    finally:
-        yield a.stopService()
-        yield b.stopService()
+    yield make
+    for d in made:
+        pytest_twisted.blockon(d.stopService())
 
 
 @pytest_twisted.inlineCallbacks
-def test_one_shot_query_on_real_sockets(private_netns, reactor):
-    a = MulticastDiscovery(reactor)
-    b = MulticastDiscovery(reactor)
-    a.startService()
-    b.startService()
-    try:
-        a.announce(TOPIC, 41003)
-        peers = yield b.query(TOPIC, timeout=0.5)
-        assert [(p.topic, p.host, p.port) for p in peers] == [(TOPIC, "127.0.0.1", 41003)]
-    finally:
-        yield a.stopService()
-        yield b.stopService()
+def test_two_python_instances_on_one_host_find_each_other(real_discovery, reactor):
+    a, b = real_discovery(), real_discovery()
+    pa, pb = [], []
+    got_a, got_b = defer.Deferred(), defer.Deferred()
+
+    def collect(into, d):
+        def on_peer(p):
+            into.append(p)
+            if not d.called:
+                d.callback(p)
+        return on_peer
+
+    ta = a.announce(TOPIC, 41001, lookup=True, on_peer=collect(pa, got_a))
+    tb = b.announce(TOPIC, 41002, lookup=True, on_peer=collect(pb, got_b))
+    for d in (got_a, got_b):
+        d.addTimeout(5, reactor)
+    yield defer.gatherResults([got_a, got_b])
+    # let the self-answers to both queries come back too
+    yield deferLater(reactor, 0.3)
+    assert {(p.host, p.port) for p in pa} == {("127.0.0.1", 41002)}
+    assert {(p.host, p.port) for p in pb} == {("127.0.0.1", 41001)}
+    assert all(p.local and p.referrer is None and p.to is None and p.source == "mdns" for p in pa + pb)
+    assert ta.ready.called and tb.ready.called
+    assert a.dropped == {} and b.dropped == {}
+
+
+@pytest_twisted.inlineCallbacks
+def test_one_shot_query_on_real_sockets(real_discovery):
+    a, b = real_discovery(), real_discovery()
+    a.announce(TOPIC, 41003)
+    peers = yield b.query(TOPIC, timeout=0.5)
+    assert [(p.topic, p.host, p.port) for p in peers] == [(TOPIC, "127.0.0.1", 41003)]
 
 
 def deferLater(reactor, seconds):
@@ -763,28 +765,24 @@ reactor.run()
 
 
 @pytest_twisted.inlineCallbacks
-def test_separate_python_processes_find_each_other(private_netns, processes, reactor):
+def test_separate_python_processes_find_each_other(real_discovery, processes, reactor):
     child = processes.python("-c", CHILD, TOPIC.hex(), "41005")
     yield child.wait_for(lambda o: o.get("event") == "ready", timeout=10)
-    d = MulticastDiscovery(reactor)
-    d.startService()
-    try:
-        got = defer.Deferred()
-        peers = []
+    d = real_discovery()
+    got = defer.Deferred()
+    peers = []
 
-        def on_peer(p):
-            peers.append(p)
-            if not got.called:
-                got.callback(p)
+    def on_peer(p):
+        peers.append(p)
+        if not got.called:
+            got.callback(p)
 
-        d.announce(TOPIC, 41006, lookup=True, on_peer=on_peer)
-        yield got.addTimeout(5, reactor)
-        yield child.wait_for(lambda o: o.get("event") == "peer", timeout=5)
-        yield deferLater(reactor, 0.3)
-        assert {(p.host, p.port) for p in peers} == {("127.0.0.1", 41005)}
-        assert {(o["host"], o["port"]) for o in child.lines if o.get("event") == "peer"} == {("127.0.0.1", 41006)}
-    finally:
-        yield d.stopService()
+    d.announce(TOPIC, 41006, lookup=True, on_peer=on_peer)
+    yield got.addTimeout(5, reactor)
+    yield child.wait_for(lambda o: o.get("event") == "peer", timeout=5)
+    yield deferLater(reactor, 0.3)
+    assert {(p.host, p.port) for p in peers} == {("127.0.0.1", 41005)}
+    assert {(o["host"], o["port"]) for o in child.lines if o.get("event") == "peer"} == {("127.0.0.1", 41006)}
 
 
 def test_announce_with_host_puts_it_in_the_srv_target():
@@ -883,26 +881,21 @@ def test_no_timer_runs_for_a_discovery_that_is_not_listening():
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_response_longer_than_8192_bytes_is_read_whole(private_netns, reactor):
+def test_a_response_longer_than_8192_bytes_is_read_whole(real_discovery, reactor):
     # Node's dgram reads datagrams up to 64 KiB; a response with our answer
     # and a long record for another name (~8 500 bytes) reports the peer.
     import socket
 
-    d = MulticastDiscovery(reactor)
-    d.startService()
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        got = defer.Deferred()
-        d.lookup(TOPIC, lambda p: got.called or got.callback(p))
-        filler = b"".join(bytes([250]) + b"x" * 250 for _ in range(33))  # 33 strings of 250 bytes
-        ours = wire.encode_response([wire.srv_record(NAME, 41007), wire.id_record(NAME, b"id=" + bytes(32))])
-        big = _with_records(ours, after=[_rr(16, filler, name=b"\x05other\x0ahyperswarm\x05local\x00")])
-        assert 8192 < len(big) < 9000
+    d = real_discovery()
+    got = defer.Deferred()
+    d.lookup(TOPIC, lambda p: got.called or got.callback(p))
+    filler = b"".join(bytes([250]) + b"x" * 250 for _ in range(33))  # 33 strings of 250 bytes
+    ours = wire.encode_response([wire.srv_record(NAME, 41007), wire.id_record(NAME, b"id=" + bytes(32))])
+    big = _with_records(ours, after=[_rr(16, filler, name=b"\x05other\x0ahyperswarm\x05local\x00")])
+    assert 8192 < len(big) < 9000
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
         sender.sendto(big, ("224.0.0.251", 5353))
-        peer = yield got.addTimeout(5, reactor)
-        assert (peer.host, peer.port) == ("127.0.0.1", 41007)
-        assert d.dropped == {}
-    finally:
-        sender.close()
-        yield d.stopService()
+    peer = yield got.addTimeout(5, reactor)
+    assert (peer.host, peer.port) == ("127.0.0.1", 41007)
+    assert d.dropped == {}
