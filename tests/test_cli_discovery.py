@@ -191,3 +191,19 @@ def test_lookup_cut_short_by_timeout_after_a_node_answered_exits_0(processes, no
         frozen.signal(signal.SIGCONT)
     assert code == 0, lookup.stderr.decode()
     assert lookup.lines == [] and "failed" not in lookup.stderr.decode()
+
+
+@pytest_twisted.inlineCallbacks
+def test_cli_lookup_finds_cli_announce_over_mdns(processes, private_netns):
+    port = free_port()
+    announcer = processes.python("-m", "txhyperswarm.cli", "announce", "a text topic", "--port", str(port),
+                                 "--bootstrap", "none")
+    line = yield announcer.wait_for(lambda o: "announced" in o, timeout=30)
+    topic = hashlib.sha256(b"a text topic").hexdigest()
+    assert line == {"topic": topic, "announced": True}
+    lookup = processes.python("-m", "txhyperswarm.cli", "lookup", "a text topic", "--bootstrap", "none")
+    assert (yield lookup.ended) == 0, lookup.stderr.decode()
+    assert lookup.lines == [{"topic": topic, "host": "127.0.0.1", "port": port, "local": True,
+                             "referrer": None, "source": "mdns"}]
+    announcer.signal("TERM")
+    assert (yield announcer.ended) == 0
