@@ -134,3 +134,34 @@ def test_status_http_and_state_dir(processes, node, reactor, tmp_path):
     status = yield response.json()
     assert status["node"]["id"] == node_id and status["node"]["routing_table_size"] >= 1
     assert (yield boot.stop(grace=5.0)) == 0
+
+
+def test_state_dir_snapshot_is_saved_while_running_and_at_stop(tmp_path):
+    from twisted.internet.task import Clock
+
+    from txhyperswarm import tap
+
+    class FakeNode:
+        table = [(bytes(32), "127.0.0.1", 4000)]
+        added = []
+
+        def nodes(self):
+            return list(self.table)
+
+        def add_nodes(self, nodes):
+            self.added.extend(nodes)
+
+    clock, node, state = Clock(), FakeNode(), tap._State(str(tmp_path))
+    snapshot = tmp_path / "routing-table.json"
+    keep = tap._KeepState(node, state, clock)
+    keep.startService()
+    assert not snapshot.exists()
+    clock.advance(tap.SNAPSHOT_INTERVAL)  # a SIGKILL after this keeps the table
+    assert json.loads(snapshot.read_text()) == [["00" * 32, "127.0.0.1", 4000]]
+    node.table = node.table + [(b"\x01" * 32, "127.0.0.2", 4001)]
+    keep.stopService()
+    assert len(json.loads(snapshot.read_text())) == 2
+    assert clock.getDelayedCalls() == []
+    # the next start loads it
+    tap._KeepState(node, state, Clock()).startService()
+    assert node.added == node.table

@@ -187,7 +187,7 @@ def build_service(reactor, config: Options) -> service.MultiService:
     node.setServiceParent(top)
     top.dht = node
     if state is not None:
-        _KeepState(node, state).setServiceParent(top)
+        _KeepState(node, state, reactor).setServiceParent(top)
     if config["bootstrap-node"]:
         _attach_record_store(node)
         _SayListening(node, "bootstrap node").setServiceParent(top)
@@ -255,21 +255,41 @@ class _State:
             log.warn("cannot write {file}: {err}", file=self._file(name), err=e)
 
 
-class _KeepState(service.Service):
-    """Load the routing-table snapshot at start, save it at stop."""
+#: Seconds between routing-table snapshots while running (one more at stop).
+SNAPSHOT_INTERVAL = 300.0
 
-    def __init__(self, node, state: _State) -> None:
+
+class _KeepState(service.Service):
+    """
+    Load the routing-table snapshot at start; save it every
+    :data:`SNAPSHOT_INTERVAL` seconds (so a crash or SIGKILL keeps a recent
+    one) and at stop.
+    """
+
+    def __init__(self, node, state: _State, clock) -> None:
+        from twisted.internet.task import LoopingCall
+
         self._node = node
         self._state = state
+        self._save = LoopingCall(self._snapshot)
+        self._save.clock = clock
+
+    def _snapshot(self) -> None:
+        self._state.save_nodes(self._node.nodes())
 
     def startService(self) -> None:
         super().startService()
         self._node.add_nodes(self._state.nodes())
+        self._save.start(SNAPSHOT_INTERVAL, now=False).addErrback(
+            lambda f: log.failure("routing-table snapshots stopped", f)
+        )
 
     def stopService(self):
         # MultiService stops children in reverse order: this runs before the
         # node stops, while its table is still full.
-        self._state.save_nodes(self._node.nodes())
+        if self._save.running:
+            self._save.stop()
+        self._snapshot()
         return super().stopService()
 
 
