@@ -121,10 +121,19 @@ def _python_send(port: int, total: int, bufsize: int) -> None:
             t = self.transport
             emit(event="done", t0=self.t0, t1=time.monotonic(), reason=str(reason.value),
                  timeouts=t.timeouts, resent=t.packets_resent)
+            if os.environ.get("BENCH_PROFILE"):
+                reactor.callLater(0.1, reactor.stop)
 
     udp = UDPSocket(reactor, host="127.0.0.1", buffer_size=bufsize)
     sock = UTPSocket(reactor, udp)
     udp.listen()
+    if os.environ.get("BENCH_PROFILE"):
+        import atexit
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+        atexit.register(lambda: (prof.disable(), prof.dump_stats(os.environ["BENCH_PROFILE"])))
 
     class Go(LineReceiver):
         delimiter = b"\n"

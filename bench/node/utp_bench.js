@@ -23,9 +23,16 @@ if (role === 'recv') {
   server.on('connection', (sock) => {
     const t0 = now()
     let bytes = 0
-    sock.on('data', (d) => { bytes += d.length })
+    let last = t0
+    let stall = 0
+    sock.on('data', (d) => {
+      const t = now()
+      if (t - last > stall) stall = t - last
+      last = t
+      bytes += d.length
+    })
     sock.on('end', () => {
-      out({ event: 'end', bytes, t0, t1: now() })
+      out({ event: 'end', bytes, t0, t1: now(), stall })
       sock.end()
     })
     sock.on('error', (err) => out({ event: 'error', code: err.code || null }))
