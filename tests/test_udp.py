@@ -61,3 +61,20 @@ def test_send_when_closed_is_counted(reactor):
     s = UDPSocket(reactor, host="127.0.0.1")
     assert s.send(b"x", ("127.0.0.1", 9)) is False
     assert s.dropped["send_closed"] == 1
+
+
+@pytest.mark.parametrize(
+    "data, addr",
+    [
+        (b"x" * 70000, ("127.0.0.1", 9)),  # over the UDP maximum
+        (b"x", ("localhost", 9)),  # Twisted wants an address, not a name
+    ],
+)
+def test_a_datagram_the_kernel_refuses_is_dropped_not_raised(reactor, data, addr):
+    s = UDPSocket(reactor, host="127.0.0.1")
+    s.listen()
+    try:
+        assert s.send(data, addr) is False
+        assert s.dropped["send_error"] == 1
+    finally:
+        pytest_twisted.blockon(s.close())

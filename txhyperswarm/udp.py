@@ -15,7 +15,7 @@ import socket
 from collections import Counter
 from typing import Callable, Optional, Tuple
 
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -139,8 +139,10 @@ class UDPSocket(DatagramProtocol):
 
     def send(self, data: bytes, addr: Address) -> bool:
         """
-        Send one datagram; a full kernel buffer or an unreachable host drops
-        it (UDP is lossy: both upper layers retransmit).
+        Send one datagram; a full kernel buffer, an unreachable host, an
+        oversized datagram or a host name that is not an address drops it
+        (counted in :attr:`dropped`; UDP is lossy: both upper layers
+        retransmit).
 
         :returns: whether the kernel took it.
         """
@@ -150,7 +152,9 @@ class UDPSocket(DatagramProtocol):
             return False
         try:
             transport.write(data, addr)
-        except OSError:
+        except (OSError, error.MessageLengthError, error.InvalidAddressError):
+            # a full kernel buffer, an unreachable host, a datagram over
+            # 64 KiB, or a host name instead of an address
             self.dropped["send_error"] += 1
             return False
         return True

@@ -301,3 +301,28 @@ def test_varint_matches_protobuf():
     for n in (0, 1, 127, 128, 300, 16383, 16384, 65535, 2**32, 2**63):
         msg = m.Message(type=m.QUERY, rid=n)
         assert msg.SerializeToString() == b"\x08\x01\x10" + _wire.varint(n)
+
+
+@pytest.mark.parametrize(
+    "host, literal",
+    [
+        ("127.0.0.1", True),
+        ("255.255.255.255", True),
+        ("127.0.0.1 x", False),  # inet_aton accepts trailing junk
+        ("0x7f.0.0.1", False),  # ... and hex
+        ("127.1", False),  # ... and short forms
+        ("256.0.0.1", False),
+        ("127.0.0.1\n", False),
+        ("١٢٧.0.0.1", False),  # non-ASCII digits
+        ("localhost", False),
+    ],
+)
+def test_ipv4_literals_are_dht_rpcs(host, literal):
+    assert m.is_ipv4_literal(host) is literal
+
+
+def test_leading_zeros_are_decimal_as_in_node():
+    # ipv4-peers writes parseInt(octet, 10): "010" is ten, not octal eight.
+    assert m.encode_peer("010.000.001.009", 80) == bytes([10, 0, 1, 9, 0, 80])
+    with pytest.raises(ValueError):
+        m.encode_peer("0x7f.0.0.1", 80)

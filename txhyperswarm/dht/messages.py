@@ -12,6 +12,7 @@ so no second value class is built on top. Presence is ``msg.HasField(name)``.
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 from typing import Iterable, List, Optional, Tuple
@@ -43,6 +44,7 @@ __all__ = [
     "decode_peers_input",
     "decode_peers_output",
     "is_ipv4_literal",
+    "ipv4_bytes",
 ]
 
 Message = _pb.Message
@@ -113,20 +115,39 @@ def text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
+_IPV4_LITERAL = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}", re.ASCII)
+
+
+def ipv4_bytes(host: str) -> bytes:
+    """
+    The 4 bytes of a dotted-decimal IPv4 literal, read as Node reads it
+    (``parseInt(octet, 10)``: ``010`` is ten, not octal eight).
+
+    :raises ValueError: not four decimal octets of at most 255.
+    """
+    if not _IPV4_LITERAL.fullmatch(host):
+        raise ValueError(f"not a dotted-decimal IPv4 address: {host!r}")
+    octets = [int(part, 10) for part in host.split(".")]
+    if max(octets) > 255:
+        raise ValueError(f"IPv4 octet above 255 in {host!r}")
+    return bytes(octets)
+
+
 def is_ipv4_literal(host: str) -> bool:
-    """True for a dotted-quad IPv4 literal, the only hosts dht-rpc encodes."""
+    """True for a dotted-quad IPv4 literal, the only hosts dht-rpc encodes
+    (dht-rpc's ``/^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$/``, octets <= 255)."""
     try:
-        socket.inet_aton(host)
-    except OSError:
+        ipv4_bytes(host)
+    except ValueError:
         return False
-    return host.count(".") == 3
+    return True
 
 
 def encode_peer(host: str, port: int) -> bytes:
     """``127.0.0.1``, ``10001`` -> ``7f000001 2711``."""
     try:
-        return _PEER.pack(socket.inet_aton(host), port)
-    except (OSError, struct.error) as e:
+        return _PEER.pack(ipv4_bytes(host), port)
+    except (ValueError, struct.error) as e:
         raise ValueError(f"cannot encode {host}:{port} as an IPv4 peer: {e}") from None
 
 

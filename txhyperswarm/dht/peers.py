@@ -23,7 +23,6 @@ handler crashes on a ``peers`` request without one).
 from __future__ import annotations
 
 import random as _random
-import socket
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.internet import defer
@@ -39,6 +38,7 @@ from txhyperswarm.dht.messages import (
     decode_peers_input,
     decode_peers_output,
     encode_peer,
+    ipv4_bytes,
 )
 from txhyperswarm.dht.node import CommandError, IgnoreRequest
 from txhyperswarm.dht.records import RecordStore
@@ -259,7 +259,7 @@ class _Collector:
 
     def __init__(self, topic: bytes, local_address: Optional[Address], on_peer: Callable[[PeerRecord], object]):
         self.topic = topic
-        self.prefix = socket.inet_aton(local_address[0])[:2] if local_address is not None else None
+        self.prefix = ipv4_bytes(local_address[0])[:2] if local_address is not None else None
         self.on_peer = on_peer
         self.seen: Set[Tuple[str, int, bool]] = set()
 
