@@ -70,6 +70,7 @@ def test_send_when_closed_is_counted(reactor):
         (b"x", ("localhost", 9)),  # Twisted wants an address, not a name
     ],
 )
+@pytest_twisted.inlineCallbacks
 def test_a_datagram_the_kernel_refuses_is_dropped_not_raised(reactor, data, addr):
     s = UDPSocket(reactor, host="127.0.0.1")
     s.listen()
@@ -77,4 +78,4 @@ def test_a_datagram_the_kernel_refuses_is_dropped_not_raised(reactor, data, addr
         assert s.send(data, addr) is False
         assert s.dropped["send_error"] == 1
     finally:
-        pytest_twisted.blockon(s.close())
+        yield s.close()
