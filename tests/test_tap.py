@@ -8,6 +8,7 @@ import pytest
 import pytest_twisted
 
 from tests.harness import REPO, free_port
+from txhyperswarm._state import SNAPSHOT_INTERVAL, KeepState, NodeState
 
 TWIST = [sys.executable, "-m", "twisted"]
 
@@ -120,6 +121,8 @@ def test_status_http_and_state_dir(processes, node, reactor, tmp_path):
                  "hyperswarm_dht_routing_table_size", "hyperswarm_bytes_total", "hyperswarm_dropped_datagrams_total"):
         assert f"# TYPE {name} " in " ".join(line + " " for line in metrics), name
     assert any(line.startswith("hyperswarm_dht_rpc_requests_total{") and 'direction="in"' in line for line in metrics)
+    received = [line for line in metrics if line.startswith('hyperswarm_bytes_total{direction="in",transport="udp"}')]
+    assert received and float(received[0].split()[-1]) > 0, metrics
 
     assert (yield boot.stop(grace=5.0)) == 0
     assert (state / "node-id").read_text().strip() == node_id
@@ -151,17 +154,17 @@ def test_state_dir_snapshot_is_saved_while_running_and_at_stop(tmp_path):
         def add_nodes(self, nodes):
             self.added.extend(nodes)
 
-    clock, node, state = Clock(), FakeNode(), tap._State(str(tmp_path))
+    clock, node, state = Clock(), FakeNode(), NodeState(str(tmp_path))
     snapshot = tmp_path / "routing-table.json"
-    keep = tap._KeepState(node, state, clock)
+    keep = KeepState(node, state, clock)
     keep.startService()
     assert not snapshot.exists()
-    clock.advance(tap.SNAPSHOT_INTERVAL)  # a SIGKILL after this keeps the table
+    clock.advance(SNAPSHOT_INTERVAL)  # a SIGKILL after this keeps the table
     assert json.loads(snapshot.read_text()) == [["00" * 32, "127.0.0.1", 4000]]
     node.table = node.table + [(b"\x01" * 32, "127.0.0.2", 4001)]
     keep.stopService()
     assert len(json.loads(snapshot.read_text())) == 2
     assert clock.getDelayedCalls() == []
     # the next start loads it
-    tap._KeepState(node, state, Clock()).startService()
+    KeepState(node, state, Clock()).startService()
     assert node.added == node.table

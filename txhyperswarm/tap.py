@@ -8,7 +8,6 @@ does the work with an injected reactor, so tests can use a fake one.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import signal
 import sys
@@ -18,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from txhyperswarm._parsing import parse_host_port, topic_from_text
+from txhyperswarm._state import KeepState, NodeState
 
 __all__ = ["Options", "makeService", "build_service"]
 
@@ -175,7 +175,7 @@ def build_service(reactor, config: Options) -> service.MultiService:
     ephemeral = not config["bootstrap-node"] and not config["persistent"]
     if config["ephemeral"]:
         ephemeral = True
-    state = _State(config["state-dir"]) if config["state-dir"] else None
+    state = NodeState(config["state-dir"]) if config["state-dir"] else None
     node = DHTNode(
         reactor,
         bootstrap=config["bootstrap"],
@@ -187,196 +187,17 @@ def build_service(reactor, config: Options) -> service.MultiService:
     node.setServiceParent(top)
     top.dht = node
     if state is not None:
-        _KeepState(node, state, reactor).setServiceParent(top)
+        KeepState(node, state, reactor).setServiceParent(top)
     if config["bootstrap-node"]:
         _attach_record_store(node)
         _SayListening(node, "bootstrap node").setServiceParent(top)
     if config["status-http"]:
         from twisted.application import strports
 
-        strports.service(config["status-http"], _status_site(node)).setServiceParent(top)
+        from txhyperswarm.web import status_site
+
+        strports.service(config["status-http"], status_site(node)).setServiceParent(top)
     return top
-
-
-# -- --state-dir -------------------------------------------------------------
-
-
-class _State:
-    """
-    ``--state-dir``: the node id (``node-id``, 64 hex characters) and a
-    routing-table snapshot (``routing-table.json``, ``[[id hex, host,
-    port], ...]``). Unreadable files are logged and ignored (a new id, an
-    empty table), never fatal.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def _file(self, name: str) -> str:
-        return os.path.join(self.path, name)
-
-    def node_id(self) -> bytes:
-        """The saved id, or a new one (saved at once)."""
-        try:
-            with open(self._file("node-id")) as f:
-                node_id = bytes.fromhex(f.read().strip())
-            if len(node_id) == 32:
-                return node_id
-            log.warn("ignoring {file}: not a 32-byte id", file=self._file("node-id"))
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError) as e:
-            log.warn("ignoring {file}: {err}", file=self._file("node-id"), err=e)
-        node_id = os.urandom(32)
-        self._write("node-id", node_id.hex() + "\n")
-        return node_id
-
-    def nodes(self):
-        """The saved routing table as ``(id, host, port)``; ``[]`` if none or unreadable."""
-        try:
-            with open(self._file("routing-table.json")) as f:
-                return [(bytes.fromhex(i), str(h), int(p)) for i, h, p in json.load(f)]
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError, TypeError) as e:
-            log.warn("ignoring {file}: {err}", file=self._file("routing-table.json"), err=e)
-            return []
-
-    def save_nodes(self, nodes) -> None:
-        self._write("routing-table.json", json.dumps([[i.hex(), h, p] for i, h, p in nodes]) + "\n")
-
-    def _write(self, name: str, text: str) -> None:
-        tmp = self._file(name + ".tmp")
-        try:
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, self._file(name))
-        except OSError as e:
-            log.warn("cannot write {file}: {err}", file=self._file(name), err=e)
-
-
-#: Seconds between routing-table snapshots while running (one more at stop).
-SNAPSHOT_INTERVAL = 300.0
-
-
-class _KeepState(service.Service):
-    """
-    Load the routing-table snapshot at start; save it every
-    :data:`SNAPSHOT_INTERVAL` seconds (so a crash or SIGKILL keeps a recent
-    one) and at stop.
-    """
-
-    def __init__(self, node, state: _State, clock) -> None:
-        from twisted.internet.task import LoopingCall
-
-        self._node = node
-        self._state = state
-        self._save = LoopingCall(self._snapshot)
-        self._save.clock = clock
-
-    def _snapshot(self) -> None:
-        self._state.save_nodes(self._node.nodes())
-
-    def startService(self) -> None:
-        super().startService()
-        self._node.add_nodes(self._state.nodes())
-        self._save.start(SNAPSHOT_INTERVAL, now=False).addErrback(
-            lambda f: log.failure("routing-table snapshots stopped", f)
-        )
-
-    def stopService(self):
-        # MultiService stops children in reverse order: this runs before the
-        # node stops, while its table is still full.
-        if self._save.running:
-            self._save.stop()
-        self._snapshot()
-        return super().stopService()
-
-
-# -- --status-http -------------------------------------------------------------
-
-
-def _status_json(node) -> dict:
-    """``GET /status`` (interfaces.md); a bootstrap node has no topics or connections."""
-    host, port = node.address()
-    return {
-        "node": {
-            "id": node.id.hex(),
-            "host": host,
-            "port": port,
-            "ephemeral": node.ephemeral,
-            "routing_table_size": node.routing_table_size,
-        },
-        "topics": [],
-        "connections": [],
-    }
-
-
-class _Metrics:
-    """A prometheus-client collector reading the node's counters at each scrape."""
-
-    def __init__(self, node) -> None:
-        self._node = node
-
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        node = self._node
-        yield GaugeMetricFamily("hyperswarm_connections", "Open swarm connections.", value=0)
-        yield CounterMetricFamily("hyperswarm_peers_discovered", "Peers discovered (DHT and mDNS).", value=0)
-        rpc = CounterMetricFamily(
-            "hyperswarm_dht_rpc_requests", "DHT RPC requests by command and direction.",
-            labels=["command", "direction"],
-        )
-        for (command, direction), n in sorted(node.rpc_requests.items()):
-            rpc.add_metric([command, direction], n)
-        yield rpc
-        yield GaugeMetricFamily(
-            "hyperswarm_dht_routing_table_size", "Nodes in the DHT routing table.", value=node.routing_table_size
-        )
-        # Bytes are not counted by the UDP socket yet: the family is declared
-        # with no samples rather than with made-up ones.
-        yield CounterMetricFamily(
-            "hyperswarm_bytes", "Bytes sent and received by transport.", labels=["transport", "direction"]
-        )
-        dropped = CounterMetricFamily(
-            "hyperswarm_dropped_datagrams", "Datagrams and requests dropped, by reason.", labels=["reason"]
-        )
-        reasons: dict = {}
-        for counter in (node.dropped, getattr(node.udp, "dropped", None) or {}):
-            for reason, n in counter.items():
-                reasons[reason] = reasons.get(reason, 0) + n
-        for reason, n in sorted(reasons.items()):
-            dropped.add_metric([reason], n)
-        yield dropped
-
-
-def _status_site(node):
-    """A ``twisted.web`` site serving ``GET /status`` and ``GET /metrics``."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-    from twisted.web import resource, server
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Metrics(node))
-
-    class Status(resource.Resource):
-        isLeaf = True
-
-        def render_GET(self, request):
-            request.setHeader(b"content-type", b"application/json")
-            return json.dumps(_status_json(node)).encode() + b"\n"
-
-    class Metrics(resource.Resource):
-        isLeaf = True
-
-        def render_GET(self, request):
-            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-            return generate_latest(registry)
-
-    root = resource.Resource()
-    root.putChild(b"status", Status())
-    root.putChild(b"metrics", Metrics())
-    return server.Site(root)
 
 
 def _attach_record_store(node) -> None:

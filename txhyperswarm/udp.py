@@ -74,6 +74,9 @@ class UDPSocket(DatagramProtocol):
         self._utp: Receiver = _drop
         #: Datagrams that could not be sent or delivered, by reason.
         self.dropped: Counter = Counter()
+        #: Bytes of UDP payload received and sent (uTP and DHT together).
+        self.bytes_received = 0
+        self.bytes_sent = 0
 
     # -- wiring ---------------------------------------------------------------
 
@@ -157,9 +160,11 @@ class UDPSocket(DatagramProtocol):
             # 64 KiB, or a host name instead of an address
             self.dropped["send_error"] += 1
             return False
+        self.bytes_sent += len(data)
         return True
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
+        self.bytes_received += len(data)
         if (
             len(data) >= 20
             and (data[0] & 0x0F) == 1
