@@ -168,3 +168,15 @@ def test_state_dir_snapshot_is_saved_while_running_and_at_stop(tmp_path):
     # the next start loads it
     KeepState(node, state, Clock()).startService()
     assert node.added == node.table
+
+
+def test_a_port_in_use_is_one_line_and_exit_1():
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = _twist("--bootstrap-node", "--host", "127.0.0.1", "--port", str(port))
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0], result.stderr

@@ -165,11 +165,26 @@ class _ExitCleanly(service.Service):
         self._reactor.callFromThread(self._reactor.stop)
 
 
+class _Daemon(service.MultiService):
+    """The daemon's top service: a port it cannot bind is one line and exit 1."""
+
+    def startService(self) -> None:
+        from twisted.internet.error import CannotListenError
+
+        try:
+            super().startService()
+        except CannotListenError as e:
+            sys.stderr.write(
+                f"twist hyperswarm: error: cannot listen on {e.interface or '0.0.0.0'}:{e.port}: {e.socketError}\n"
+            )
+            raise SystemExit(1)
+
+
 def build_service(reactor, config: Options) -> service.MultiService:
     """The daemon's services, for the given reactor and parsed options."""
     from txhyperswarm.dht.node import DHTNode
 
-    top = service.MultiService()
+    top = _Daemon()
     # first, so the signal handlers are in place before anything starts
     _ExitCleanly(reactor).setServiceParent(top)
     ephemeral = not config["bootstrap-node"] and not config["persistent"]
