@@ -358,11 +358,41 @@ def test_a_failed_first_announce_fails_ready_and_retries():
     assert node.calls[1][3] == bytes.fromhex("08a01f")
 
 
+def test_a_failed_first_announce_nobody_waits_for_logs_no_unhandled_error(monkeypatch):
+    import gc
+
+    from twisted.logger import Logger, globalLogPublisher
+
+    # The announcement's own warning goes elsewhere: a logged event keeps its
+    # source (the announcement) alive in the log buffer, and nothing is
+    # collected.
+    warnings = []
+    monkeypatch.setattr(peers.Announcement, "log", Logger(observer=lambda e: warnings.append(e["log_format"])))
+
+    def announce_and_forget():
+        clock = Clock()
+        node = FakeNode(clock)
+        a = peers.announce(node, TOPIC, 4000, reactor=clock)
+        node.calls[0][-1].errback(RuntimeError("No nodes responded"))
+        a.stop()
+
+    # keep only the formats: a kept event would keep the announcement alive
+    formats = []
+    observer = lambda event: formats.append(str(event.get("log_format")))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        announce_and_forget()
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert warnings == ["announce of {topic} failed: {err}"]  # it did fail
+    assert not [f for f in formats if "Unhandled error" in f], formats
+
+
 def test_stop_during_the_first_walk_cancels_it_and_unannounces():
     clock = Clock()
     node = FakeNode(clock)
     a = peers.announce(node, TOPIC, reactor=clock)
-    a.ready.addErrback(lambda f: None)
     d = a.stop()
     assert node.calls[0][-1].called  # cancelled
     assert node.calls[1][0] == "update"

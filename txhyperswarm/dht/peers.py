@@ -363,12 +363,52 @@ def announce(
     return a
 
 
+class _Outcome:
+    """
+    The outcome of a one-time event, handed to each caller as a new Deferred,
+    so a failure nobody waits for is not logged as an unhandled error.
+    """
+
+    _PENDING = object()
+
+    def __init__(self) -> None:
+        self._result = self._PENDING
+        self._waiters: List[defer.Deferred] = []
+
+    @property
+    def settled(self) -> bool:
+        return self._result is not self._PENDING
+
+    def settle(self, result) -> None:
+        if self.settled:
+            return
+        self._result = result
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            self._fire(d)
+
+    def _fire(self, d: defer.Deferred) -> None:
+        if isinstance(self._result, Failure):
+            d.errback(self._result)
+        else:
+            d.callback(self._result)
+
+    def when(self) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        if self.settled:
+            self._fire(d)
+        else:
+            self._waiters.append(d)
+        return d
+
+
 class Announcement:
     """
     A topic being announced (see :func:`announce`).
 
-    :ivar ready: Deferred firing with ``None`` when the first announce walk
-        has ended, or errbacking with its failure (announcing goes on).
+    :ivar ready: a new Deferred at each access, firing with ``None`` when the
+        first announce walk has ended, or errbacking with its failure
+        (announcing goes on). A failure nobody waits for is not logged.
 
     Announcing ends when the DHT node stops (no timer outlives the node's
     ``stopService``); :meth:`stop` then has nothing to unannounce through.
@@ -388,7 +428,7 @@ class Announcement:
         self._random = random or _random.Random()
         self._value = encode_announce(port, local_address)
         self._on_reply = _Collector(topic, local_address, on_peer) if on_peer is not None else None
-        self.ready: defer.Deferred = defer.Deferred()
+        self._ready = _Outcome()
         self.announces = 0
         self._walk: Optional[defer.Deferred] = None
         self._timer = None
@@ -408,23 +448,22 @@ class Announcement:
     def _walk_ended(self, result) -> None:
         self._walk = None
         if isinstance(result, Failure) and result.check(defer.CancelledError) and self._stopped:
-            if not self.ready.called:
-                self.ready.errback(result)
+            self._ready.settle(result)
             return None
         if isinstance(result, Failure):
             self.log.warn("announce of {topic} failed: {err}", topic=self.topic.hex(),
                           err=result.getErrorMessage())
         else:
             self.announces += 1
-        if not self.ready.called:
-            if isinstance(result, Failure):
-                self.ready.errback(result)
-            else:
-                self.ready.callback(None)
+        self._ready.settle(result if isinstance(result, Failure) else None)
         if not self._stopped:
             delay = REANNOUNCE_WAIT + self._random.random() * REANNOUNCE_WAIT
             self._timer = self._reactor.callLater(delay, self._start)
         return None
+
+    @property
+    def ready(self) -> defer.Deferred:
+        return self._ready.when()
 
     def refresh(self) -> None:
         """
