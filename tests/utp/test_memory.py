@@ -6,11 +6,9 @@ growth, and every byte arrives (count + sha256).
 
 from __future__ import annotations
 
-import hashlib
 
 import pytest_twisted
 from twisted.internet import error
-from twisted.internet.task import deferLater
 
 from tests.harness import TESTS
 from tests.utp.streams import OneFactory, Sink
