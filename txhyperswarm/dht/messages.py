@@ -135,7 +135,7 @@ def ipv4_bytes(host: str) -> bytes:
 
 def is_ipv4_literal(host: str) -> bool:
     """True for a dotted-quad IPv4 literal, the only hosts dht-rpc encodes
-    (dht-rpc's ``/^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$/``, octets <= 255)."""
+    (dht-rpc's ``/^\\d{1,3}\\.\\d{1,3}\\.\\d{1,3}\\.\\d{1,3}$/``, octets <= 255)."""
     try:
         ipv4_bytes(host)
     except ValueError:
