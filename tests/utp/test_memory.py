@@ -6,7 +6,6 @@ growth, and every byte arrives (count + sha256).
 
 from __future__ import annotations
 
-
 import pytest_twisted
 from twisted.internet import error
 
