@@ -21,8 +21,16 @@ Behaviour follows libutp as built into utp-native 2.5.3 (``shared/spec/utp.md``)
   ≤ 1023 packets; the window we advertise is our receive buffer minus what
   the paused application has not read; a zero peer window is probed after
   15 s.
-* delayed acks (4.5): data schedules one ACK per reactor turn (batched by the
-  socket); any outgoing DATA carries the ack instead.
+* delayed acks (4.5): in-order data schedules one ACK per reactor turn
+  (batched by the socket), or one per 16 packets; any outgoing DATA carries
+  the ack instead. Beyond libutp: out-of-order data and hole fills are
+  ACKed at once, and on a path that showed loss every 2 packets (see
+  ``ACK_EVERY``).
+* beyond libutp, loss recovery: every hole a selective ack reveals is
+  resent (up to 32 per ACK), and a loss probe after 3 RTTs (≥ 30 ms)
+  without an ack resends what is outstanding before the 1 s RTO (see
+  ``MIN_PROBE``); the advertised window is capped by what the socket's
+  kernel receive queue holds (``window_cap``, set by the socket).
 * FIN/EOF (2.5, 5.4): FIN consumes a number; EOF when ``ack_nr`` reaches it.
   Unlike libutp, our FIN is not held back until earlier data is acked, and
   a closed connection stays in the table as a zombie: after
