@@ -11,6 +11,7 @@ import os
 import random
 
 import pytest
+import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import error
@@ -646,3 +647,75 @@ def test_a_peer_ignoring_our_window_cannot_grow_the_read_buffer():
     assert server._readbuf_bytes <= 2 * 1024 * 1024 + 1382
     assert n.b.dropped["window_overrun"] > 0
     assert n.b.dropped["connection_error"] == 0
+
+
+def _warm(n, c, s):
+    """Open the congestion window so that writes leave as one burst."""
+    c.transport.write(b"w" * 300_000)
+    assert run_until(n.clock, lambda: len(s.received) == 300_000, 10)
+    run(n.clock, 0.1)
+    s.received.clear()
+
+
+def test_out_of_order_data_is_acked_at_once_and_a_lossy_path_acks_every_two():
+    """One deferred ACK per burst, when lost, stalls a libutp sender for its RTO."""
+    n = Net()
+    c, s = n.connect()
+    _warm(n, c, s)
+    dropped = []
+
+    def drop(data, src, dst):
+        p = decode(data)
+        if src == A and p.type == ST_DATA and not dropped:
+            dropped.append(p.seq_nr)  # the first DATA of the burst, once
+            return True
+        return False
+
+    n.net.drop = drop
+    start = len(n.sent(B, A, {ST_STATE}))
+    c.transport.write(b"x" * (1382 * 8))  # 8 packets in one burst
+    run(n.clock, 0.5)
+    states = [p for t, p in n.sent(B, A, {ST_STATE})][start:]
+    # each of the 7 out-of-order packets drew its own selective ack
+    assert len([p for p in states if p.extensions]) == 7
+    assert bytes(s.received) == b"x" * (1382 * 8)
+    # the path lost a packet: in-order data is now acked every 2 packets
+    n.net.drop = None
+    start = len(n.sent(B, A, {ST_STATE}))
+    c.transport.write(b"y" * (1382 * 8))
+    run(n.clock, 0.5)
+    assert len(n.sent(B, A, {ST_STATE})) - start == 4
+    assert bytes(s.received).endswith(b"y" * (1382 * 8))
+
+
+def test_clean_path_acks_a_burst_once():
+    n = Net()
+    c, s = n.connect()
+    _warm(n, c, s)
+    start = len(n.sent(B, A, {ST_STATE}))
+    c.transport.write(b"x" * (1382 * 8))
+    run(n.clock, 0.5)
+    assert len(n.sent(B, A, {ST_STATE})) - start == 1
+    assert bytes(s.received) == b"x" * (1382 * 8)
+
+
+@pytest_twisted.inlineCallbacks
+def test_window_is_capped_by_the_kernel_receive_queue(reactor):
+    from txhyperswarm.udp import UDPSocket
+    from txhyperswarm.utp.socket import kernel_window
+
+    small = UDPSocket(reactor, host="127.0.0.1", buffer_size=0)
+    big = UDPSocket(reactor, host="127.0.0.1", buffer_size=4 * 1024 * 1024)
+    try:
+        assert kernel_window(small) is None  # not bound yet
+        small.listen()
+        big.listen()
+        # the default ~208 KiB holds ~92 datagrams of 1402 bytes; 3/4 of them
+        assert 40 * 1382 <= kernel_window(small) <= 92 * 1382
+        assert kernel_window(big) >= 1024 * 1024
+        sock = UTPSocket(reactor, small)
+        conn = sock._new_connection(("127.0.0.1", 9), 1, 2, 0, initiator=True)
+        assert conn._adv_window() == kernel_window(small)
+    finally:
+        yield small.close()
+        yield big.close()
