@@ -79,3 +79,44 @@ def test_a_datagram_the_kernel_refuses_is_dropped_not_raised(reactor, data, addr
         assert s.dropped["send_error"] == 1
     finally:
         yield s.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_bytes_are_counted_on_both_paths_and_both_sides(reactor):
+    a = UDPSocket(reactor, host="127.0.0.1")
+    b = UDPSocket(reactor, host="127.0.0.1")
+    arrived = defer.Deferred()
+    got = []
+
+    def receive(data, addr):
+        got.append(data)
+        if len(got) == 2:
+            arrived.callback(None)
+
+    b.set_dht_receiver(receive)
+    b.set_utp_receiver(receive)
+    a.listen()
+    b.listen()
+    try:
+        assert a.send(DHT_FIND_NODE, b.address())
+        assert a.send_to_address(UTP_SYN, b.address())
+        yield arrived.addTimeout(5, reactor)
+    finally:
+        yield a.close()
+        yield b.close()
+    assert a.bytes_sent == b.bytes_received == len(DHT_FIND_NODE) + len(UTP_SYN)
+
+
+@pytest_twisted.inlineCallbacks
+def test_receive_buffer_size_is_what_the_kernel_granted(reactor):
+    s = UDPSocket(reactor, host="127.0.0.1", buffer_size=1 << 20)
+    assert s.receive_buffer_size() is None  # not bound
+    s.listen()
+    try:
+        granted = s.receive_buffer_size()
+        # Linux doubles what is asked, capped by net.core.rmem_max
+        with open("/proc/sys/net/core/rmem_max") as f:
+            cap = int(f.read())
+        assert granted == 2 * min(1 << 20, cap)
+    finally:
+        yield s.close()

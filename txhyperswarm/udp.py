@@ -70,6 +70,7 @@ class UDPSocket(DatagramProtocol):
         self._want_port = port
         self._buffer_size = buffer_size
         self._port = None
+        self._sendto = None
         self._dht: Receiver = _drop
         self._utp: Receiver = _drop
         #: Datagrams that could not be sent or delivered, by reason.
@@ -106,12 +107,15 @@ class UDPSocket(DatagramProtocol):
                 self._want_port, self, interface=self._host, maxPacketSize=65535
             )
             self._set_buffers()
+            handle = self._port.getHandle() if hasattr(self._port, "getHandle") else None
+            self._sendto = getattr(handle, "sendto", None)
             self.log.info("UDP socket bound on {host}:{port}", host=self._host, port=self.port)
         return self.address()
 
     def close(self) -> defer.Deferred:
         """Unbind; the Deferred fires once the socket is closed."""
         port, self._port = self._port, None
+        self._sendto = None
         if port is None:
             return defer.succeed(None)
         return defer.maybeDeferred(port.stopListening)
@@ -125,6 +129,17 @@ class UDPSocket(DatagramProtocol):
     @property
     def port(self) -> int:
         return self.address()[1]
+
+    def receive_buffer_size(self) -> Optional[int]:
+        """The kernel's ``SO_RCVBUF`` for this socket; ``None`` when not bound
+        to a real socket."""
+        get = getattr(self._port, "getHandle", None)
+        if get is None:
+            return None
+        try:
+            return get().getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        except (OSError, AttributeError):
+            return None
 
     def _set_buffers(self) -> None:
         if not self._buffer_size:
@@ -158,6 +173,29 @@ class UDPSocket(DatagramProtocol):
         except (OSError, error.MessageLengthError, error.InvalidAddressError):
             # a full kernel buffer, an unreachable host, a datagram over
             # 64 KiB, or a host name instead of an address
+            self.dropped["send_error"] += 1
+            return False
+        self.bytes_sent += len(data)
+        return True
+
+    def send_to_address(self, data: bytes, addr: Address) -> bool:
+        """
+        :meth:`send` for a per-packet path: ``addr`` must already be an
+        ``(IPv4 literal, port)`` pair (from a received datagram or a checked
+        connect), because it goes straight to the socket's ``sendto``
+        without Twisted's address checks (three per datagram, a fifth of a
+        uTP sender's CPU in profiles).
+
+        :returns: whether the kernel took it.
+        """
+        sendto = self._sendto
+        if sendto is None:
+            return self.send(data, addr)
+        try:
+            sendto(data, addr)
+        except OSError:
+            # EAGAIN/ENOBUFS (a full kernel queue), ECONNREFUSED (ICMP from
+            # an earlier datagram): UDP is lossy
             self.dropped["send_error"] += 1
             return False
         self.bytes_sent += len(data)

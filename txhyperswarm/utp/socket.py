@@ -17,7 +17,6 @@ anything else for no connection is answered with a RESET (``ack_nr`` = its
 from __future__ import annotations
 
 import secrets
-import socket as _socket
 from collections import Counter
 from typing import Callable, Dict, Optional, Tuple
 
@@ -65,13 +64,9 @@ def kernel_window(udp) -> Optional[int]:
     kernel's default (~208 KiB) that is ~92 datagrams, while libutp (and we)
     would otherwise put up to 1 MiB in flight (utp.md 7.2).
     """
-    port = getattr(udp, "_port", None)
-    get = getattr(port, "getHandle", None)
-    if get is None:
-        return None
-    try:
-        rcvbuf = get().getsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF)
-    except (OSError, AttributeError):
+    size = getattr(udp, "receive_buffer_size", None)
+    rcvbuf = size() if size is not None else None
+    if rcvbuf is None:
         return None
     return max(16, rcvbuf // DATAGRAM_TRUESIZE * 3 // 4) * PAYLOAD
 
@@ -121,8 +116,7 @@ class UTPSocket:
         self._on_idle: Optional[Callable[[], None]] = None
         self._closed = False
         self._window_cap: Optional[int] = None
-        self._send_transport = None
-        self._sendto = None
+        self._send_fast = getattr(udp, "send_to_address", None) or udp.send
         #: packets dropped, by reason
         self.dropped: Counter = Counter()
         udp.set_utp_receiver(self._datagram_received)
@@ -240,23 +234,9 @@ class UTPSocket:
         return secrets.randbelow(0x10000)
 
     def _send(self, data: bytes, addr: Address) -> None:
-        # The per-packet path: straight to the socket's sendto. Twisted's
-        # Port.write re-validates the address three times per datagram
-        # (isIPAddress), a fifth of the sender's CPU in profiles.
-        t = getattr(self.udp, "transport", None)
-        if t is not self._send_transport:
-            self._send_transport = t
-            sock = getattr(t, "socket", None)
-            self._sendto = getattr(sock, "sendto", None)
-        sendto = self._sendto
-        if sendto is None:
-            self.udp.send(data, addr)
-            return
-        try:
-            sendto(data, addr)
-        except OSError:
-            # EAGAIN/ENOBUFS (a full kernel queue), ECONNREFUSED (ICMP from
-            # an earlier datagram): UDP is lossy, uTP retransmits
+        # The per-packet path: addresses here come from received datagrams
+        # or a checked connect, so they skip Twisted's re-validation.
+        if self._send_fast(data, addr) is False:
             self.dropped["send_error"] += 1
 
     def _schedule_ack(self, conn: UTPConnection) -> None:
