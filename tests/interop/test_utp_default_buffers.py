@@ -8,30 +8,17 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
 import pytest_twisted
 from twisted.internet import error
 
 from tests.utp.streams import OneFactory, Sink, Source, random_blob
 from tests.utp.test_lossy import StallMonitor
-from txhyperswarm.udp import UDPSocket
-from txhyperswarm.utp.socket import UTPSocket
+
+from tests.interop.conftest import event
 
 SIZE = 16 * 1024 * 1024
 
 
-def event(name):
-    return lambda o: o.get("event") == name
-
-
-@pytest.fixture
-def default_socket(reactor):
-    udp = UDPSocket(reactor, host="127.0.0.1", buffer_size=0)
-    sock = UTPSocket(reactor, udp)
-    udp.listen()
-    yield sock
-    pytest_twisted.blockon(sock.close())
-    pytest_twisted.blockon(udp.close())
 
 
 @pytest_twisted.inlineCallbacks

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
 import pytest_twisted
 from twisted.internet import defer, error
 from twisted.internet.task import deferLater
@@ -17,7 +16,8 @@ from tests.utp.streams import OneFactory, Sink, Source, random_blob
 from txhyperswarm.udp import UDPSocket
 from txhyperswarm.utp.connection import UTPConnectionResetError
 from txhyperswarm.utp.packet import HEADER, ST_RESET, decode
-from txhyperswarm.utp.socket import UTPSocket
+
+from tests.interop.conftest import event
 
 BIG = 64 * 1024 * 1024
 #: utp-native's socket keeps the kernel's default receive buffer (~208 KiB),
@@ -27,18 +27,6 @@ BIG = 64 * 1024 * 1024
 BIG_RCVBUF = {"UTP_RCVBUF": str(4 * 1024 * 1024)}
 
 
-def event(name):
-    return lambda o: o.get("event") == name
-
-
-@pytest.fixture
-def utp_socket(reactor):
-    udp = UDPSocket(reactor, host="127.0.0.1")
-    sock = UTPSocket(reactor, udp)
-    udp.listen()
-    yield sock
-    pytest_twisted.blockon(sock.close())
-    pytest_twisted.blockon(udp.close())
 
 
 @pytest_twisted.inlineCallbacks

@@ -14,26 +14,14 @@ from twisted.internet import error
 from tests.utp.relay import LossyRelay
 from tests.utp.streams import OneFactory, Sink, Source, random_blob
 from tests.utp.test_lossy import StallMonitor
-from txhyperswarm.udp import UDPSocket
-from txhyperswarm.utp.socket import UTPSocket
+
+from tests.interop.conftest import event
 
 MiB = 1024 * 1024
 BIG_RCVBUF = {"UTP_RCVBUF": str(4 * MiB)}
 TIMEOUT = 180  # libutp under loss on a loaded machine: 12 s idle, 24 s with the cores busy
 
 
-def event(name):
-    return lambda o: o.get("event") == name
-
-
-@pytest.fixture
-def utp_socket(reactor):
-    udp = UDPSocket(reactor, host="127.0.0.1")
-    sock = UTPSocket(reactor, udp)
-    udp.listen()
-    yield sock
-    pytest_twisted.blockon(sock.close())
-    pytest_twisted.blockon(udp.close())
 
 
 @pytest.mark.parametrize("size,loss", [(4 * MiB, 0.20), (64 * MiB, 0.05)], ids=["4MiB-20%", "64MiB-5%"])

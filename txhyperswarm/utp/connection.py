@@ -428,21 +428,31 @@ class UTPConnection:
         self._rto_at = now + self._retransmit_timeout / 1000.0
         self.cc.on_timeout(self._cur_window)
         self._dup_acks = 0
-        # every sent, un-acked packet is presumed lost; resend the oldest now
+        # every un-acked packet is presumed lost; resend the oldest now
+        self._presume_lost(outstanding, sent_only=False)
+        self._retransmit_count += 1
+        self._resend_oldest()
+
+    def _presume_lost(self, outstanding: int, sent_only: bool) -> None:
+        """Mark the outstanding packets lost (``sent_only``: those sent at
+        least once) and queue them for resending, oldest first."""
         inflight = self._inflight
         resend = deque()
         seq = self._oldest
         for _ in range(outstanding):
             e = inflight.get(seq)
-            if e is not None:
+            if e is not None and (e.transmissions or not sent_only):
                 if not e.lost:
                     e.lost = True
                     self._cur_window -= len(e.payload)
                 resend.append(seq)
             seq = (seq + 1) & M16
         self._resend = resend
-        self._retransmit_count += 1
         self._fast_resend_seq = self._seq_nr
+
+    def _resend_oldest(self) -> None:
+        """Resend the first queued packet now, whatever the window says."""
+        resend, inflight = self._resend, self._inflight
         while resend:
             e = inflight.get(resend.popleft())
             if e is not None:
@@ -475,33 +485,9 @@ class UTPConnection:
         self.probes += 1
         self._probe_count += 1
         self.cc.on_loss(now)
-        inflight = self._inflight
-        resend = deque()
-        seq = self._oldest
-        for _ in range(outstanding):
-            e = inflight.get(seq)
-            if e is not None and e.transmissions:
-                if not e.lost:
-                    e.lost = True
-                    self._cur_window -= len(e.payload)
-                resend.append(seq)
-            seq = (seq + 1) & M16
-        self._resend = resend
-        self._fast_resend_seq = self._seq_nr
+        self._presume_lost(outstanding, sent_only=True)
         self._dup_acks = 0
-        # at least the oldest goes out, whatever the window says
-        while resend:
-            e = inflight.get(resend.popleft())
-            if e is not None:
-                e.lost = False
-                self._cur_window += len(e.payload)
-                self.packets_resent += 1
-                self._transmit(e)
-                if e.type != ST_SYN:
-                    # twice: when this one or its ack is lost again the
-                    # connection waits a doubled timeout (and dies after 4)
-                    self._transmit(e)
-                break
+        self._resend_oldest()
         self._flush(tail=self._flush_call is None)
         self._probe_at = now + self._probe_interval()
 
