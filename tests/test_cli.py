@@ -1,6 +1,5 @@
 """The ``hyperswarm`` console script as real processes."""
 
-import json
 import subprocess
 import sys
 

@@ -142,8 +142,6 @@ def test_status_http_and_state_dir(processes, node, reactor, tmp_path):
 def test_state_dir_snapshot_is_saved_while_running_and_at_stop(tmp_path):
     from twisted.internet.task import Clock
 
-    from txhyperswarm import tap
-
     class FakeNode:
         table = [(bytes(32), "127.0.0.1", 4000)]
         added = []
