@@ -17,10 +17,11 @@ import socket
 import subprocess
 from pathlib import Path
 
+import sys
+
 import pytest
 import pytest_twisted
-
-import sys
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from tests.harness import NODE_MODULES, ProcessPool, free_port, node_binary
 
@@ -126,3 +127,61 @@ def twist_bootstrap_node(processes):
     )
     pytest_twisted.blockon(boot.wait_for(lambda o: "listening" in o.get("_text", ""), timeout=20))
     return boot, port
+
+
+class LoggedErrors:
+    """
+    Every error logged while a test runs: a ``log.failure`` (an exception
+    caught and logged inside a connection, a handler, a queue or a
+    receiver, including the counters of internal errors, which are always
+    logged so), ``log.critical``, or an unhandled error in a Deferred.
+
+    The autouse fixture fails a test that leaves any behind; a test that
+    provokes errors on purpose claims them with :meth:`take`.
+    """
+
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def __call__(self, event: dict) -> None:
+        if event.get("log_failure") is not None or event.get("isError") or event.get("log_level") is LogLevel.critical:
+            self.events.append(event)
+
+    def take(self, *types) -> list:
+        """
+        Remove and return the logged failures whose exception is one of
+        ``types`` (any failure when none are given).
+        """
+        taken, kept = [], []
+        for event in self.events:
+            failure = event.get("log_failure")
+            if failure is not None and (not types or failure.check(*types)):
+                taken.append(failure)
+            else:
+                kept.append(event)
+        self.events = kept
+        return taken
+
+    def describe(self) -> str:
+        lines = []
+        for event in self.events:
+            text = formatEvent(event)
+            failure = event.get("log_failure")
+            if failure is not None:
+                text += "\n" + failure.getTraceback()
+            lines.append(text)
+        return "\n---\n".join(lines)
+
+
+@pytest.fixture(autouse=True)
+def logged_errors():
+    """Fail the test if an error was logged and not claimed (:class:`LoggedErrors`)."""
+    errors = LoggedErrors()
+    globalLogPublisher.addObserver(errors)
+    try:
+        yield errors
+    finally:
+        globalLogPublisher.removeObserver(errors)
+    if errors.events:
+        pytest.fail(f"{len(errors.events)} error(s) were logged and swallowed during the test:\n{errors.describe()}",
+                    pytrace=False)
