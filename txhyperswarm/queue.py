@@ -139,7 +139,8 @@ class BulkTimer:
     started on the first push and running until :meth:`stop`; an item fires
     on the second tick after it was pushed, so after 0.66x-1.32x the delay
     (exactly 1.32x for the first item of a fresh timer). ``fire(batch)`` gets
-    the items of a tick as one list.
+    the items of a tick as one list. When the clock skipped ticks (a late
+    reactor, a big ``Clock.advance``), everything pushed before them is due.
     """
 
     log = Logger()
@@ -158,13 +159,16 @@ class BulkTimer:
         if self._stopped:
             return
         if self._loop is None:
-            self._loop = LoopingCall(self._tick)
+            self._loop = LoopingCall.withCount(self._tick)
             self._loop.clock = self._clock
             self._loop.start(self.period, now=False)
         self._pending.append(item)
 
-    def _tick(self) -> None:
-        batch, self._next, self._pending = self._next, self._pending, []
+    def _tick(self, ticks: int) -> None:
+        if ticks >= 2:  # the reactor was late: everything pushed is due
+            batch, self._next, self._pending = self._next + self._pending, [], []
+        else:
+            batch, self._next, self._pending = self._next, self._pending, []
         if batch:
             try:
                 self._fire(batch)
