@@ -331,3 +331,14 @@ def test_never_more_than_max_peers(max_peers, script):
             clock.advance(0.7)
         assert s.loop.peers == len(s.pending) + len(conns) <= max_peers
         assert all(not info.banned for info, _ in s.pending)
+
+
+def test_dial_loop_provides_its_interfaces():
+    from zope.interface.verify import verifyObject
+    from txhyperswarm.interfaces import IStatsSource
+    from txhyperswarm.queue import IQueueListener
+    s = Swarm(Clock())
+    assert verifyObject(IQueueListener, s.loop) and verifyObject(IStatsSource, s.loop)
+    s.q.add(record(1))
+    assert s.loop.stats() == {"peers": 1, "client_sockets": 1, "server_sockets": 0,
+                              "queued": 0, "open": True}

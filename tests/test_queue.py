@@ -664,3 +664,19 @@ def test_never_hands_out_a_banned_peer_and_every_peer_is_handed_out_or_forgotten
 
 def q_infos(q):
     return [i for i in q.infos() if i.stage is Stage.QUEUED]
+
+
+def test_unbanned_loser_connects_again_as_a_fresh_connection():
+    b, survivor, loser = dedup_loser()
+    b.q.requeue(loser)
+    survivor.disconnected()
+    assert b.q.shift() is loser
+    loser.connected(Conn(), True)
+    assert not loser.duplicate and not loser.banned and loser.topics == [T1]
+
+
+def test_queue_provides_its_interfaces():
+    from zope.interface.verify import verifyObject
+    from txhyperswarm.peerinfo import IPeerOwner
+    clock, q, _ = make()
+    assert verifyObject(IPeerOwner, q)

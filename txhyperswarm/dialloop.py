@@ -38,6 +38,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from txhyperswarm.interfaces import IStatsSource
 from txhyperswarm.peerinfo import PeerInfo
 from txhyperswarm.queue import IQueueListener, PeerQueue
 
@@ -57,7 +58,7 @@ class IDialLoopListener(Interface):
         """Set the inbound limit of both transports (``-1``: refuse all)."""
 
 
-@implementer(IQueueListener)
+@implementer(IQueueListener, IStatsSource)
 class DialLoop:
     """
     :param clock: an ``IReactorTime``.
@@ -259,7 +260,7 @@ class DialLoop:
             d.errback(reason if reason is not None else RuntimeError("the dial loop is stopped"))
 
     def stats(self) -> dict:
-        """Live figures (``IStatsSource``-shaped)."""
+        """``peers``, ``client_sockets``, ``server_sockets``, ``queued``, ``open``."""
         return {
             "peers": self.peers,
             "client_sockets": self.client_sockets,

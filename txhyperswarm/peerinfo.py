@@ -10,18 +10,32 @@ A *server* info is made for each accepted connection and is never queued.
 Where an info is in its life is :attr:`PeerInfo.stage`, a :class:`Stage`;
 the queue moves it with :meth:`PeerInfo.move` and an :class:`Event`, along
 the explicit table :data:`TRANSITIONS` (anything else raises
-:class:`InvalidTransition`: a bug)::
+:class:`InvalidTransition`: a bug). A client info's life:
 
-    NEW ──enqueue──▶ QUEUED ──shift──▶ DIALLING ──connect──▶ CONNECTED
-     ▲                 ▲                 │  │                   │
-     │ restore         │ enqueue         │  │ back_off,         │ disconnect
-     │ (dedup un-ban)  │ (timer fired)   │  │ forget_later,     ▼
-   BANNED ◀─ban_rest── BACKING_OFF ◀─────┘  │ ban_rest       CLOSED
-     │  ▲                  ▲                │                 │
-     │  └──────────────────┼────────────────┴──── back_off, forget_later,
-     │                     └───────────────────── ban_rest ───┘
-     ▼ forget (timer, remove(), a skipped dial)
-   FORGOTTEN  (terminal; FORGETTING ──forget──▶ FORGOTTEN likewise)
+=============  ================  =======================================
+from           event             to
+=============  ================  =======================================
+NEW            enqueue           QUEUED (found; ``add``)
+QUEUED         shift             DIALLING (handed out by ``shift``)
+DIALLING       connect           CONNECTED (``info.connected``)
+CONNECTED      disconnect        CLOSED (``info.disconnected``, a ban)
+DIALLING,      back_off          BACKING_OFF (``requeue``: a retry left)
+CLOSED
+BACKING_OFF    enqueue           QUEUED (its bulk timer fired)
+DIALLING,      forget_later      FORGETTING (``requeue``: retries used
+CLOSED, NEW,                     up or reconnect off)
+BACKING_OFF
+NEW, QUEUED,   ban_rest          BANNED (banned while waiting, or
+DIALLING,                        ``requeue`` of a banned info)
+CLOSED,
+BACKING_OFF,
+FORGETTING
+BANNED         restore           NEW (a dedup loser's survivor closed)
+any but        forget            FORGOTTEN (forget timer, ``remove``,
+FORGOTTEN                        ``skip``; terminal)
+=============  ================  =======================================
+
+A server info starts CONNECTED and ends CLOSED.
 
 The flags of Node's status word that are not a position (PROVEN,
 RECONNECT, BANNED, TRIED, FIREWALLED) stay flags: :attr:`proven`,
@@ -399,6 +413,7 @@ class PeerInfo(EventEmitter):
         if tcp:
             self.firewalled = False
         self.proven = True
+        self.duplicate = False
         self.connection = connection
         self._connected_at = self._owner.seconds()
         self._retries_at_connect = self.retries

@@ -60,7 +60,7 @@ and what both ends of a connection must agree on, swarm.md 5.3, is kept):
 from __future__ import annotations
 
 import math
-import random as _random
+import random
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import attrs
@@ -187,7 +187,7 @@ class BulkTimer:
 class _Buckets:
     """Node's shuffled priority queue: highest bucket first, random within."""
 
-    def __init__(self, rng: _random.Random) -> None:
+    def __init__(self, rng: random.Random) -> None:
         self._rng = rng
         self._buckets: List[List[PeerInfo]] = []
         self._where: Dict[PeerInfo, int] = {}
@@ -249,7 +249,7 @@ class PeerQueue:
         options: Optional[QueueOptions] = None,
         *,
         listener: Any = None,
-        rng: Optional[_random.Random] = None,
+        rng: Optional[random.Random] = None,
     ) -> None:
         self._clock = clock
         self.options = options if options is not None else QueueOptions()
@@ -257,7 +257,7 @@ class PeerQueue:
         self.destroyed = False
         self._infos: Dict[str, PeerInfo] = {}
         self._ids: Dict[PeerInfo, str] = {}
-        self._queue = _Buckets(rng if rng is not None else _random.Random())
+        self._queue = _Buckets(rng if rng is not None else random.Random())
         self._dedup: Dict[str, PeerInfo] = {}
         self._losers: Dict[PeerInfo, List[PeerInfo]] = {}
         self._requeue_timers = [
@@ -340,7 +340,7 @@ class PeerQueue:
         on the requeue schedule, or forget the peer (banned, ``reconnect``
         off, retries used up). ``True`` if it will be dialled again.
         """
-        if self.destroyed or info.stage is Stage.FORGOTTEN:
+        if self.destroyed or not info.client or info.stage is Stage.FORGOTTEN:
             return False
         if info.stage is Stage.CONNECTED:
             info.disconnected()
@@ -392,7 +392,7 @@ class PeerQueue:
         for ft in self._forget_timers.values():
             if ft is not None:
                 ft.stop()
-        self._queue = _Buckets(_random.Random())
+        self._queue = _Buckets(random.Random())
         self._infos.clear()
         self._ids.clear()
         self._dedup.clear()
