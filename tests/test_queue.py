@@ -680,3 +680,15 @@ def test_queue_provides_its_interfaces():
     from txhyperswarm.peerinfo import IPeerOwner
     clock, q, _ = make()
     assert verifyObject(IPeerOwner, q)
+
+
+def test_forgotten_while_dialling_drops_the_late_connection():
+    clock, q, _ = make()
+    q.add(record())
+    info = q.shift()
+    q.remove(info)
+    assert info.banned                     # as Node's destroy()
+    conn = Conn()
+    info.connected(conn, True)             # the dial completes afterwards
+    assert conn.aborted == 1 and info.stage is Stage.FORGOTTEN
+    assert q.requeue(info) is False and q.add(record()) is not info
