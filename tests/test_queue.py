@@ -692,3 +692,25 @@ def test_forgotten_while_dialling_drops_the_late_connection():
     info.connected(conn, True)             # the dial completes afterwards
     assert conn.aborted == 1 and info.stage is Stage.FORGOTTEN
     assert q.requeue(info) is False and q.add(record()) is not info
+
+
+def test_direct_info_is_never_queued():
+    clock, q, _ = make()
+    conn = Conn()
+    info = q.direct(record(), conn, tcp=True)
+    assert (info.client, info.stage, info.type, info.topics) == (True, Stage.CONNECTED, "tcp", [T1])
+    assert q.infos() == [] and len(q) == 0
+    info.disconnected()
+    assert q.requeue(info) is False and info.stage is Stage.CLOSED
+    clock.advance(60)
+    assert len(q) == 0 and q.add(record()) is not info
+
+
+def test_direct_info_deduplicates_and_bans():
+    clock, q, _ = make()
+    kept = q.accepted(Conn(), ("10.0.0.1", 9), tcp=True)
+    conn = Conn()
+    raw = q.direct(record(), conn, tcp=True)
+    assert kept.deduplicate(b"\x02" * 32, b"\x01" * 32) is False
+    assert raw.deduplicate(b"\x02" * 32, b"\x01" * 32) is True   # larger id: its dial loses
+    assert conn.lost == 1 and raw.banned

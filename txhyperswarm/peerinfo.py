@@ -18,6 +18,7 @@ from           event             to
 NEW            enqueue           QUEUED (found; ``add``)
 QUEUED         shift             DIALLING (handed out by ``shift``)
 DIALLING       connect           CONNECTED (``info.connected``)
+NEW            connect           CONNECTED (``direct``: a raw dial)
 CONNECTED      disconnect        CLOSED (``info.disconnected``, a ban)
 DIALLING,      back_off          BACKING_OFF (``requeue``: a retry left)
 CLOSED
@@ -35,7 +36,8 @@ any but        forget            FORGOTTEN (forget timer, ``remove``,
 FORGOTTEN                        ``skip``; terminal)
 =============  ================  =======================================
 
-A server info starts CONNECTED and ends CLOSED.
+A server info starts CONNECTED and ends CLOSED; so does a ``direct`` one
+(the swarm's raw ``connect()``), which the queue never requeues.
 
 The flags of Node's status word that are not a position (PROVEN,
 RECONNECT, BANNED, TRIED, FIREWALLED) stay flags: :attr:`proven`,
@@ -147,6 +149,7 @@ TRANSITIONS: Dict[Tuple[Stage, Event], Stage] = {
     (S.BACKING_OFF, E.ENQUEUE): S.QUEUED,
     (S.QUEUED, E.SHIFT): S.DIALLING,
     (S.DIALLING, E.CONNECT): S.CONNECTED,
+    (S.NEW, E.CONNECT): S.CONNECTED,
     (S.CONNECTED, E.DISCONNECT): S.CLOSED,
     (S.DIALLING, E.BACK_OFF): S.BACKING_OFF,
     (S.CLOSED, E.BACK_OFF): S.BACKING_OFF,

@@ -12,7 +12,8 @@ The seam the swarm (or :class:`txhyperswarm.dialloop.DialLoop`) uses:
   :meth:`PeerQueue.requeue` (the dial failed);
 - after a dialled connection closed: ``info.disconnected()`` then
   :meth:`PeerQueue.requeue`;
-- :meth:`PeerQueue.accepted` for every inbound connection (then
+- :meth:`PeerQueue.accepted` for every inbound connection, and
+  :meth:`PeerQueue.direct` for a raw ``connect()`` (then
   ``info.disconnected()`` when it closes);
 - :meth:`PeerQueue.remove` to forget a peer now, :meth:`PeerQueue.destroy`
   on shutdown.
@@ -340,8 +341,8 @@ class PeerQueue:
         on the requeue schedule, or forget the peer (banned, ``reconnect``
         off, retries used up). ``True`` if it will be dialled again.
         """
-        if self.destroyed or not info.client or info.stage is Stage.FORGOTTEN:
-            return False
+        if self.destroyed or info not in self._ids or info.stage is Stage.FORGOTTEN:
+            return False  # forgotten, inbound, or a direct() info
         if info.stage is Stage.CONNECTED:
             info.disconnected()
         slot = info.retry_step()
@@ -379,6 +380,18 @@ class PeerQueue:
         info = PeerInfo(
             self, None, remote=remote, local=local, stable_after=self.options.stable_after
         )
+        info.connected(connection, tcp)
+        return info
+
+    def direct(self, record: PeerRecord, connection: Any, *, tcp: bool) -> PeerInfo:
+        """
+        An info for the swarm's raw ``connect(peer)`` (``client=True``, not
+        remembered, never queued or requeued; ``deduplicate`` and ``ban``
+        work on it). Call ``info.disconnected()`` when the connection closes.
+        """
+        info = PeerInfo(self, record, stable_after=self.options.stable_after)
+        if record.topic:
+            info.add_topic(record.topic)
         info.connected(connection, tcp)
         return info
 
