@@ -7,8 +7,8 @@ bookkeeping (swarm.md 1.6 and 2.6): pure logic over a
 
 What the swarm calls, and when:
 
-- :meth:`DialLoop.drain` is the queue's ``readable()`` (pass the loop as the
-  queue's listener, or call it from there);
+- :meth:`DialLoop.drain` runs on the queue's ``readable()`` (the loop makes
+  itself the listener of a queue that has none);
 - :meth:`DialLoop.accepted` for every inbound connection the network
   accepted (before anything else), :meth:`DialLoop.server_closed` when it
   closes;
@@ -19,7 +19,9 @@ What the swarm calls, and when:
 
 What the loop calls:
 
-- ``dial(info) -> Deferred[(connection, tcp: bool)]`` to start a dial;
+- ``dial(info) -> Deferred[(connection, tcp: bool)]`` to start a dial (a
+  failure, a refusal by the ``firewall`` included, counts as a failed
+  attempt: the peer is requeued on the backoff schedule);
 - its :class:`IDialLoopListener`: ``connection(connection, info)`` and
   ``disconnection(connection, info)`` (the swarm's events, in Node's order),
   ``inbound_limit(limit)`` when inbound must be refused (``-1``) or allowed
@@ -98,6 +100,8 @@ class DialLoop:
         self.stopped = False
         self._flushes: List[List[Any]] = []
         self._kicks: List[Any] = []
+        if queue.listener is None:
+            queue.listener = self
 
     # -- IQueueListener ---------------------------------------------------
 

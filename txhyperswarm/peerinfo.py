@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from pyee import EventEmitter
 from twisted.logger import Logger
@@ -235,7 +235,8 @@ class PeerInfo(EventEmitter):
 
     Made by the queue only: :meth:`txhyperswarm.queue.PeerQueue.add` for
     found peers (``client=True``), :meth:`~txhyperswarm.queue.PeerQueue.accepted`
-    for inbound connections (``client=False``).
+    for inbound connections (``client=False``),
+    :meth:`~txhyperswarm.queue.PeerQueue.direct` for a raw ``connect()``.
 
     :ivar peer: the first :class:`~txhyperswarm.peer_record.PeerRecord` seen
         for this queue identity (``None`` for inbound).
@@ -496,6 +497,3 @@ class PeerInfo(EventEmitter):
         """
         return self._owner.deduplicate(local_id, remote_id, self)
 
-
-#: For type checkers: what builds an info.
-InfoFactory = Callable[..., PeerInfo]

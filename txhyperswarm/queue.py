@@ -55,7 +55,9 @@ and what both ends of a connection must agree on, swarm.md 5.3, is kept):
   which could drop a newer info of the same id).
 - ``info.topics`` is refilled with the known topics on every connect (Node
   leaves it ``[]`` from the second connection of an info on, gotcha 20).
-- ``backoff()`` on a queued info moves it to its new priority bucket.
+- A bulk timer that missed ticks (a late reactor) fires everything pushed
+  before them at once (Node's interval fires once and leaves the rest for
+  the next tick).
 """
 
 from __future__ import annotations
