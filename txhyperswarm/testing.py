@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import math
 import random as _random
 import socket
 from collections import Counter, deque
@@ -206,10 +207,19 @@ class UDPNetwork:
         for _ in range(10_000_000):
             calls = self.clock.getDelayedCalls()
             nxt = min((c.getTime() for c in calls), default=end)
-            if nxt > end:
+            if nxt >= end:
                 break
-            self.clock.advance(max(0.0, nxt - self.clock.seconds()))
-        self.clock.advance(max(0.0, end - self.clock.seconds()))
+            self._advance_to(nxt)
+        self._advance_to(end)
+
+    def _advance_to(self, when: float) -> None:
+        # now + (when - now) can fall short of when by a rounding error:
+        # step up to the next float until it does not.
+        now = self.clock.seconds()
+        amount = max(0.0, when - now)
+        while now + amount < when:
+            amount = math.nextafter(amount, math.inf)
+        self.clock.advance(amount)
 
     # -- datagrams ----------------------------------------------------------------
 
@@ -295,7 +305,8 @@ class UDPNetwork:
     def tcp_opened(self, transport: "_MemoryTCPTransport") -> None:
         """``transport`` is established."""
         self._tcp_open[transport] = None
-        self.counts["tcp_connected"] += 1
+        if transport.client:
+            self.counts["tcp_connected"] += 1
 
     def tcp_syn(self, client: "_MemoryTCPTransport") -> None:
         """A connection request from ``client`` reaches its destination."""
@@ -794,6 +805,8 @@ class _MemoryTCPTransport:
         self.local = local
         self.remote = remote
         self._connector = connector
+        #: Whether this end dialled (``connectTCP``) rather than accepted.
+        self.client = connector is not None
         self._peer: Optional["_MemoryTCPTransport"] = None
         self.wire = _Wire(self._network, self)
         self.protocol = None
@@ -1033,8 +1046,13 @@ class _MemoryTCPTransport:
         if self._probes == 0 and now < self._last_heard + idle:
             self._keepalive_at(self._last_heard + idle)
             return
-        # A probe: answered at once if the other end's host is reachable.
-        if self._peer is not None and self._peer.connected and not self._network.is_down(self.remote):
+        # A probe: answered at once if the other end's host is reachable,
+        # with a reset if that end is gone.
+        reachable = self._peer is not None and not self._network.is_down(self.remote)
+        if reachable and not self._peer.connected:
+            self._lost(error.ConnectionLost("Connection reset by peer."))
+            return
+        if reachable:
             self._last_heard = now
             self._probes = 0
             self._keepalive_at(now + idle)
