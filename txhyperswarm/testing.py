@@ -21,6 +21,10 @@ so a lossy run is the same run every time::
     net.run(5)                      # five seconds of simulated time
     assert peer.routing_table_size == 1
 
+The same host reactors provide ``IReactorTCP`` (in-memory TCP connections
+with flow control, half-close and keepalive) and ``IReactorMulticast``
+(group datagrams), so endpoints and multicast code run on them too.
+
 Nothing here opens a socket or touches the global reactor.
 """
 
