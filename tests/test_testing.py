@@ -409,11 +409,15 @@ def test_a_reader_paused_inside_dataReceived_gets_the_rest_once_it_resumes():
 def test_a_4_mib_file_arrives_byte_exact_through_a_pull_producer():
     net = UDPNetwork(latency=0.002)
     server, client = connected_pair(net)
+    sizes = []
+    record = server.dataReceived
+    server.dataReceived = lambda data: (sizes.append(len(data)), record(data))
     payload = os.urandom(4 * 1024 * 1024)
     done = []
     FileSender().beginFileTransfer(io.BytesIO(payload), client.transport).addCallback(done.append)
     assert net.run_until(lambda: len(server.received) == len(payload), 30)
     assert done and bytes(server.received) == payload
+    assert max(sizes) == 65536  # a real reactor reads 64 KiB at most
     client.transport.loseConnection()
     net.run(0.1)
     assert server.lost.check(error.ConnectionDone) and client.lost.check(error.ConnectionDone)
@@ -561,6 +565,104 @@ def test_tcp_delivers_every_byte_in_order_whatever_the_write_sizes(writes, windo
     total = b"".join(writes)
     assert net.run_until(lambda: server.lost is not None, 60)
     assert bytes(server.received) == total
+
+
+def test_the_reactor_ports_and_transports_provide_their_interfaces():
+    from twisted.internet import interfaces as i
+    from zope.interface.verify import verifyObject
+
+    net = UDPNetwork()
+    r = net.reactor("10.0.0.1")
+    for iface in (i.IReactorTime, i.IReactorUDP, i.IReactorMulticast, i.IReactorTCP, i.IReactorPluggableNameResolver):
+        assert verifyObject(iface, r)
+    assert verifyObject(i.IListeningPort, r.listenTCP(0, Factory.forProtocol(Recorder)))
+    mport = r.listenMulticast(0, Collect())
+    assert verifyObject(i.IMulticastTransport, mport) and verifyObject(i.IUDPTransport, mport)
+    server, client = connected_pair(net)
+    for t in (server.transport, client.transport):
+        for iface in (i.ITCPTransport, i.IConsumer, i.IPushProducer, i.ISystemHandle):
+            assert verifyObject(iface, t)
+    assert verifyObject(i.IConnector, r.connectTCP("10.0.0.1", 1, ClientFactory()))
+
+
+def test_a_web_client_and_server_talk_http_over_hostname_endpoints():
+    from twisted.web.client import Agent, HTTPConnectionPool, readBody
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    class Page(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            return b"x" * 300_000
+
+    net = UDPNetwork(latency=0.005)
+    net.reactor("10.0.0.1").listenTCP(80, Site(Page()))
+    net.add_name("web.test", "10.0.0.1")
+    client = net.reactor("10.0.0.2")
+    pool = HTTPConnectionPool(client, persistent=True)
+    bodies = []
+    for _ in range(2):
+        Agent(client, pool=pool).request(b"GET", b"http://web.test/").addCallback(readBody).addCallback(bodies.append)
+        net.run(1)
+    assert bodies == [b"x" * 300_000] * 2
+    assert len(net.tcp_connections()) == 2  # one connection, kept and reused
+    pool.closeCachedConnections()
+    net.run(1)
+    assert net.tcp_connections() == []
+
+
+def test_a_reconnecting_factory_retries_until_the_server_listens():
+    from twisted.internet.protocol import ReconnectingClientFactory
+
+    net = UDPNetwork()
+    made = []
+
+    class Retry(ReconnectingClientFactory):
+        clock = net.clock
+        maxDelay = 2
+
+        def buildProtocol(self, addr):
+            self.resetDelay()
+            made.append(net.clock.seconds())
+            return Recorder()
+
+    f = Retry()
+    net.reactor("10.0.0.2").connectTCP("10.0.0.1", 80, f)
+    net.reactor("10.0.0.1")
+    net.run(5)
+    assert made == [] and f.retries >= 3
+    net.reactor("10.0.0.1").listenTCP(80, Factory.forProtocol(Recorder))
+    net.run(3)
+    assert len(made) == 1
+    f.stopTrying()
+
+
+def test_an_error_in_buildProtocol_is_logged_and_the_client_sees_the_connection_closed(logged_errors):
+    net = UDPNetwork()
+
+    class Broken(Factory):
+        def buildProtocol(self, addr):
+            raise KeyError("no")
+
+    net.reactor("10.0.0.1").listenTCP(80, Broken())
+    got = []
+    TCP4ClientEndpoint(net.reactor("10.0.0.2"), "10.0.0.1", 80).connect(Factory.forProtocol(Recorder)).addCallback(got.append)
+    net.run(0.1)
+    assert got[0].lost.check(error.ConnectionDone)
+    assert logged_errors.take(KeyError)
+
+
+def test_bytes_stay_in_order_when_the_latency_drops_mid_stream():
+    net = UDPNetwork(latency=0.5)
+    server, client = connected_pair(net)
+    for i in range(100):
+        client.transport.write(b"%03d" % i)
+        net.clock.advance(0.01)
+        if i == 50:
+            net.latency = 0.001
+    net.run(2)
+    assert bytes(server.received) == b"".join(b"%03d" % i for i in range(100))
 
 
 # -- multicast -------------------------------------------------------------------

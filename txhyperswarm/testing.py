@@ -45,11 +45,14 @@ from twisted.internet.base import BaseConnector
 from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableProtocol,
+    IHostnameResolver,
+    IHostResolution,
     IListeningPort,
     ILoggingContext,
     IMulticastTransport,
     IPushProducer,
     IReactorMulticast,
+    IReactorPluggableNameResolver,
     IReactorTCP,
     IReactorTime,
     IReactorUDP,
@@ -384,7 +387,34 @@ class UDPNetwork:
             port.deliver(data, src)
 
 
-@implementer(IReactorTime, IReactorUDP, IReactorMulticast, IReactorTCP)
+@implementer(IHostResolution)
+class _Resolution:
+    """One name resolution (already complete: cancelling does nothing)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass
+
+
+@implementer(IHostnameResolver)
+class _MemoryNameResolver:
+    """``reactor.nameResolver``: what ``resolve()`` answers, for ``HostnameEndpoint``."""
+
+    def __init__(self, reactor: "MemoryHostReactor") -> None:
+        self._reactor = reactor
+
+    def resolveHostName(self, resolutionReceiver, hostName, portNumber=0, addressTypes=None, transportSemantics="TCP"):
+        resolutionReceiver.resolutionBegan(_Resolution(hostName))
+        host = hostName if isIPAddress(hostName) else self._reactor.network.lookup_name(hostName)
+        if host is not None and (addressTypes is None or IPv4Address in addressTypes):
+            resolutionReceiver.addressResolved(IPv4Address(transportSemantics, host, portNumber))
+        resolutionReceiver.resolutionComplete()
+        return resolutionReceiver
+
+
+@implementer(IReactorTime, IReactorUDP, IReactorMulticast, IReactorTCP, IReactorPluggableNameResolver)
 class MemoryHostReactor:
     """
     One simulated host's reactor on a :class:`UDPNetwork`: the network's
@@ -397,6 +427,12 @@ class MemoryHostReactor:
     def __init__(self, network: UDPNetwork, host: str) -> None:
         self.network = network
         self.host = host
+        self.nameResolver = _MemoryNameResolver(self)
+
+    def installNameResolver(self, resolver):
+        """Replace :attr:`nameResolver`; returns the old one."""
+        old, self.nameResolver = self.nameResolver, resolver
+        return old
 
     # IReactorTime
     def seconds(self) -> float:
@@ -659,6 +695,8 @@ _SEND_BUFFER = 65536
 class _MemoryTCPPort:
     """A listening TCP port on a :class:`MemoryHostReactor`."""
 
+    log = Logger()
+
     def __init__(self, reactor: MemoryHostReactor, port: int, factory, backlog: int) -> None:
         self._reactor = reactor
         self._network = reactor.network
@@ -689,7 +727,11 @@ class _MemoryTCPPort:
     def accept(self, client: "_MemoryTCPTransport") -> None:
         """A SYN from ``client`` arrived: build the protocol and answer."""
         server = _MemoryTCPTransport(self._reactor, self._addr, client.local)
-        protocol = self.factory.buildProtocol(server.getPeer())
+        try:
+            protocol = self.factory.buildProtocol(server.getPeer())
+        except Exception:
+            self.log.failure("{factory!r} failed in buildProtocol", factory=self.factory)
+            protocol = None
         if protocol is None:
             # Twisted closes the accepted socket at once: the client sees
             # its connection made, then ended.
@@ -713,6 +755,8 @@ class _Wire:
     earlier than the one before it). A segment for an address that is
     :attr:`UDPNetwork.down` waits and is retried (TCP retransmits).
     """
+
+    log = Logger()
 
     def __init__(self, network: UDPNetwork, receiver: "_MemoryTCPTransport") -> None:
         self._network = network
@@ -752,7 +796,11 @@ class _Wire:
                 return
             self._retry = 0.0
             _, kind, data = q.popleft()
-            self._receiver.arrive(kind, bytes(data) if kind == "data" else data)
+            try:
+                self._receiver.arrive(kind, bytes(data) if kind == "data" else data)
+            except Exception:
+                # What a real reactor does with an error out of a callback.
+                self.log.failure("{receiver!r} failed on a TCP {kind}", receiver=self._receiver, kind=kind)
         self._schedule()
 
     def cancel(self) -> None:
@@ -867,7 +915,10 @@ class _MemoryTCPTransport:
         self.disconnected = True
         self._network.tcp_release(self.local, self)
         self.wire.cancel()
-        self._connector.connectionFailed(Failure(err))
+        try:
+            self._connector.connectionFailed(Failure(err))
+        except Exception:
+            self.log.failure("{factory!r} failed in clientConnectionFailed", factory=self._connector.factory)
 
     def arrive(self, kind: str, data) -> None:
         """A segment from the other end (or the network) arrived."""
@@ -876,7 +927,11 @@ class _MemoryTCPTransport:
                 data.wire.push("rst", None)  # the client gave up: reset
                 return
             self.attach(data)
-            protocol = self._connector.buildProtocol(self.getPeer())
+            try:
+                protocol = self._connector.buildProtocol(self.getPeer())
+            except Exception:
+                self.log.failure("{factory!r} failed in buildProtocol", factory=self._connector.factory)
+                protocol = None
             if protocol is None:
                 self.start(Protocol())
                 self.loseConnection()
@@ -1181,7 +1236,6 @@ class _MemoryTCPTransport:
             return
         self.connected = False
         self.disconnected = True
-        self.disconnecting = False
         if self._keepalive_call is not None and self._keepalive_call.active():
             self._keepalive_call.cancel()
         if self._resume_call is not None and self._resume_call.active():
