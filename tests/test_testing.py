@@ -8,7 +8,7 @@ import os
 import socket
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
@@ -456,6 +456,33 @@ def test_half_close_both_ways(who):
     assert closer.lost.check(error.ConnectionDone)
 
 
+def test_a_registered_producer_is_stopped_when_the_connection_ends():
+    net = UDPNetwork()
+    server, client = connected_pair(net)
+
+    @implementer(IPushProducer)
+    class Producer:
+        stopped = 0
+
+        def pauseProducing(self):
+            pass
+
+        def resumeProducing(self):
+            pass
+
+        def stopProducing(self):
+            self.stopped += 1
+
+    p = Producer()
+    client.transport.registerProducer(p, True)
+    server.transport.abortConnection()
+    net.run(0.1)
+    assert client.lost.check(error.ConnectionLost) and p.stopped == 1
+    late = Producer()
+    client.transport.registerProducer(late, True)  # on a closed transport: stopped at once
+    assert late.stopped == 1
+
+
 def test_half_close_to_a_protocol_that_is_not_half_closeable_ends_it():
     net = UDPNetwork(latency=0.01)
     server, client = connected_pair(net, client_proto=HalfCloser)
@@ -544,27 +571,35 @@ def test_data_for_a_down_host_waits_and_keepalive_notices_it_stays_down():
     assert net.counts["tcp_keepalive_timeouts"] == 1
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     writes=st.lists(st.binary(min_size=0, max_size=70_000), max_size=25),
     window=st.integers(512, 300_000),
-    pauses=st.lists(st.booleans(), max_size=30),
+    then=st.lists(st.sampled_from(["pause", "resume", "wait", "write on"]), max_size=25),
 )
-def test_tcp_delivers_every_byte_in_order_whatever_the_write_sizes(writes, window, pauses):
+@example(writes=[b"a" * 40_000, b"b" * 40_000, b"c" * 70_000], window=300_000, then=["write on", "write on"])
+@example(writes=[b"a" * 70_000] * 5, window=100_000, then=["pause", "write on", "wait", "resume"])
+def test_tcp_delivers_every_byte_in_order_whatever_the_write_sizes(writes, window, then):
+    """Whatever the writes, the window and the reader's pauses: every byte, in order, in reads of <= 64 KiB."""
     net = UDPNetwork(latency=0.003, tcp_window=window)
     server, client = connected_pair(net)
-    for data, pause in zip(writes, pauses + [False] * len(writes)):
+    sizes = []
+    record = server.dataReceived
+    server.dataReceived = lambda data: (sizes.append(len(data)), record(data))
+    for data, action in zip(writes, then + ["wait"] * len(writes)):
         client.transport.write(data)
-        if pause:
+        if action == "pause":
             server.transport.pauseProducing()
-        else:
+        elif action == "resume":
             server.transport.resumeProducing()
-        net.run(0.004, step=0.001)
+        if action != "write on":  # else the next write goes out at the same instant
+            net.run(0.004, step=0.001)
     server.transport.resumeProducing()
     client.transport.loseConnection()
     total = b"".join(writes)
     assert net.run_until(lambda: server.lost is not None, 60)
     assert bytes(server.received) == total
+    assert max(sizes, default=0) <= 65536  # as a real reactor reads
 
 
 def test_the_reactor_ports_and_transports_provide_their_interfaces():
@@ -692,10 +727,16 @@ def test_multicast_reaches_every_member_and_the_sender_only_with_loopback(loopba
     assert bystander.got == other_port.got == []
 
     members["10.0.0.3"].transport.leaveGroup("224.0.0.251")
-    sender.setTTL(0)  # TTL 0: the datagram stays on the sending host
     sender.write(b"again", ("224.0.0.251", 5353))
     net.run(0.1)
-    assert members["10.0.0.2"].got == expected and members["10.0.0.3"].got == expected
+    again = [(b"again", ("10.0.0.1", 5353))]
+    assert members["10.0.0.2"].got == expected + again and members["10.0.0.3"].got == expected
+
+    sender.setTTL(0)  # TTL 0: the datagram stays on the sending host
+    sender.write(b"local", ("224.0.0.251", 5353))
+    net.run(0.1)
+    assert members["10.0.0.2"].got == expected + again
+    assert members["10.0.0.1"].got == (expected + again + [(b"local", ("10.0.0.1", 5353))] if loopback else [])
 
 
 def test_multicast_memberships_fail_as_the_kernel_does_and_share_a_port():
