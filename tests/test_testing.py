@@ -254,6 +254,8 @@ def test_line_protocols_talk_through_string_endpoints():
     assert Client.lines[0][0] == pytest.approx(0.08)
     net.run(0.1)
     assert net.tcp_connections() == []
+    ports[0].stopListening()
+    assert net.clock.getDelayedCalls() == []  # nothing left behind
 
 
 def test_tcp4_endpoints_and_connector_lifecycle():

@@ -92,14 +92,25 @@ class UDPNetwork:
         (default: 3 × ``latency``).
     :param seed: seeds the random source of the knobs.
     :param record: keep every datagram sent in :attr:`log`.
+    :param tcp_window: how many bytes a TCP connection keeps in flight
+        unacknowledged (sent, not yet handed to the receiving protocol)
+        before writes wait in its send buffer.
+    :param tcp_keepalive: ``(idle, interval, count)`` of TCP keepalive, in
+        seconds and probes (Linux's defaults); a connection overrides them
+        with ``getHandle().setsockopt``.
 
     :ivar drop: ``None`` or a callable ``(data, src, dst) -> bool``; a
         datagram for which it returns true is lost (on top of ``loss``).
     :ivar down: addresses ``(host, port)`` (or hosts, as ``(host, None)``)
-        that swallow whatever is sent to them.
+        that swallow whatever datagram is sent to them, answer no TCP
+        connection request, and take TCP segments only once they are up
+        again (retransmitted).
     :ivar counts: a :class:`~collections.Counter` of ``sent``,
         ``delivered``, ``lost``, ``duplicated``, ``reordered`` and
-        ``unreachable`` (no socket bound at the destination).
+        ``unreachable`` (no socket bound at the destination) datagrams,
+        ``multicast`` (datagrams sent to a group; each copy is counted as
+        delivered, lost, ... on its own), and for TCP ``tcp_connected``,
+        ``tcp_refused``, ``tcp_bytes`` and ``tcp_keepalive_timeouts``.
     """
 
     def __init__(
