@@ -344,6 +344,34 @@ def test_names_bind_addresses_and_cancelled_connects():
     assert len(net.tcp_connections()) == 2  # only the connection from port 4000
 
 
+def test_a_client_that_gives_up_after_its_syn_arrived_resets_the_accepted_connection():
+    net = UDPNetwork(latency=0.01)
+    servers = []
+
+    class F(Factory):
+        def buildProtocol(self, addr):
+            servers.append(Recorder())
+            return servers[-1]
+
+    net.reactor("10.0.0.1").listenTCP(80, F())
+    failed = []
+
+    class C(ClientFactory):
+        protocol = Recorder
+
+        def clientConnectionFailed(self, connector, reason):
+            failed.append(reason)
+
+    connector = net.reactor("10.0.0.2").connectTCP("10.0.0.1", 80, C())
+    net.run_events(0.015)
+    assert servers[0].made
+    connector.stopConnecting()
+    assert failed[0].check(error.UserError)
+    net.run_events(0.1)
+    assert servers[0].lost.check(error.ConnectionLost)
+    assert net.tcp_connections() == [] and net.counts["tcp_refused"] == 0
+
+
 def test_a_paused_reader_pauses_the_writers_producer_and_bounds_the_bytes():
     net = UDPNetwork(latency=0.005, tcp_window=64 * 1024)
     server, client = connected_pair(net)

@@ -800,7 +800,7 @@ class _Wire:
         self._timer = None
         now = self._network.clock.seconds()
         q = self._queue
-        while q and q[0][0] <= now:
+        while q and q[0][0] <= now + 1e-9:
             if self._network.is_down(self._receiver.local):
                 self._retry = min(60.0, max(0.2, 2 * self._network.latency, 2 * self._retry))
                 self._schedule(now + self._retry)
@@ -814,12 +814,6 @@ class _Wire:
                 self.log.failure("{receiver!r} failed on a TCP {kind}", receiver=self._receiver, kind=kind)
         self._schedule()
 
-    def cancel(self) -> None:
-        """Forget what is in flight (the receiving end is gone)."""
-        self._queue.clear()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
 
 
 class _SocketOptions:
@@ -925,7 +919,6 @@ class _MemoryTCPTransport:
         self._failed = True
         self.disconnected = True
         self._network.tcp_release(self.local, self)
-        self.wire.cancel()
         try:
             self._connector.connectionFailed(Failure(err))
         except Exception:
@@ -950,8 +943,9 @@ class _MemoryTCPTransport:
                 self.start(protocol)
             return
         if kind == "refused":
-            self._network.counts["tcp_refused"] += 1
-            self.failIfNotConnected(error.ConnectionRefusedError("Connection refused"))
+            if not self.disconnected:
+                self._network.counts["tcp_refused"] += 1
+                self.failIfNotConnected(error.ConnectionRefusedError("Connection refused"))
             return
         self._last_heard = self._network.clock.seconds()
         self._probes = 0
