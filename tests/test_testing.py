@@ -344,6 +344,26 @@ def test_names_bind_addresses_and_cancelled_connects():
     assert len(net.tcp_connections()) == 2  # only the connection from port 4000
 
 
+def test_client_ports_are_ephemeral_distinct_and_not_reused_at_once():
+    net = UDPNetwork()
+    net.reactor("10.0.0.1").listenTCP(80, Factory.forProtocol(Recorder))
+    net.reactor("10.0.0.1").listenUDP(32769, Collect())  # UDP ports are another namespace
+    r = net.reactor("10.0.0.2")
+    r.listenTCP(32770, Factory.forProtocol(Recorder))
+    clients = []
+    for _ in range(3):
+        TCP4ClientEndpoint(r, "10.0.0.1", 80).connect(Factory.forProtocol(Recorder)).addCallback(clients.append)
+    net.run(0.1)
+    ports = [c.transport.getHost().port for c in clients]
+    assert ports == [32768, 32769, 32771]
+    for c in clients:
+        c.transport.loseConnection()
+    net.run(0.1)
+    TCP4ClientEndpoint(r, "10.0.0.1", 80).connect(Factory.forProtocol(Recorder)).addCallback(clients.append)
+    net.run(0.1)
+    assert clients[-1].transport.getHost().port == 32772
+
+
 def test_a_client_that_gives_up_after_its_syn_arrived_resets_the_accepted_connection():
     net = UDPNetwork(latency=0.01)
     servers = []
