@@ -1,4 +1,4 @@
-"""txhyperswarm.testing: the in-memory UDP network runs the real classes unchanged."""
+"""txhyperswarm.testing: the in-memory network (UDP, multicast, TCP) runs the real classes unchanged."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, clientFromString, serverFromString
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import ClientFactory, DatagramProtocol, Factory, Protocol
+from twisted.protocols.basic import FileSender, LineReceiver
+from zope.interface import implementer
 
 from txhyperswarm.dht.node import DHTNode
 from txhyperswarm.testing import UDPNetwork
@@ -143,17 +147,6 @@ def test_utp_carries_a_stream_through_loss_reordering_and_duplication(loss):
 
 
 # -- TCP ------------------------------------------------------------------------
-
-from twisted.internet.endpoints import (  # noqa: E402
-    TCP4ClientEndpoint,
-    TCP4ServerEndpoint,
-    clientFromString,
-    serverFromString,
-)
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer  # noqa: E402
-from twisted.internet.protocol import ClientFactory  # noqa: E402
-from twisted.protocols.basic import FileSender, LineReceiver  # noqa: E402
-from zope.interface import implementer  # noqa: E402
 
 
 class LineEcho(LineReceiver):

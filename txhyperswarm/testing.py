@@ -475,7 +475,7 @@ class MemoryHostReactor:
         return p
 
     def _check_interface(self, interface: str, port: int) -> None:
-        if interface not in ("", "0.0.0.0", self.host):
+        if interface not in ("", "0.0.0.0", "::", self.host):
             raise error.CannotListenError(
                 interface, port, socket.error(errno.EADDRNOTAVAIL, f"{interface} is not an address of {self.host}")
             )
