@@ -9,7 +9,7 @@ from twisted.internet import defer, protocol, task
 
 from txhyperswarm.dht import messages as m
 from txhyperswarm.dht.node import DHTNode
-from txhyperswarm.dht.rpc import RequestTimeout
+from txhyperswarm.dht.errors import RequestTimeout
 from txhyperswarm.udp import UDPSocket, is_utp_datagram
 
 from tests.dht.test_messages import VECTORS
@@ -54,7 +54,7 @@ def test_ten_thousand_hostile_datagrams_then_a_ping(reactor):
     sink = _Sink()
     port = reactor.listenUDP(0, sink, interface="127.0.0.1")
     seen = []
-    inner = node._rpc.datagram_received
+    inner = node.rpc.datagram_received
     node.udp.set_dht_receiver(lambda data, addr: (seen.append(data), inner(data, addr)))
     out = []  # what the node sends: answers, relays, its own requests
     real_send = node.udp.send
@@ -138,8 +138,8 @@ def test_ping_timeout_errback_names_the_peer(reactor):
     # a bound socket that never answers
     sink = _Sink()
     port = reactor.listenUDP(0, sink, interface="127.0.0.1")
-    node._rpc._tick_loop.stop()
-    node._rpc._tick_loop.start(0.01, now=False)  # fast ticks: same tick counts
+    node.rpc._tick_loop.stop()
+    node.rpc._tick_loop.start(0.01, now=False)  # fast ticks: same tick counts
     try:
         with_err = node.ping("127.0.0.1", port.getHost().port)
         try:

@@ -22,7 +22,7 @@ from txhyperswarm.dht.messages import (
     decode_peers_output,
     encode_peer,
 )
-from txhyperswarm.dht.node import CommandError, IgnoreRequest
+from txhyperswarm.dht.errors import CommandError, IgnoreRequest
 from txhyperswarm.dht.records import RecordStore
 from txhyperswarm.peer_record import PeerRecord
 
@@ -574,11 +574,11 @@ def test_forged_and_stale_tokens_are_rejected(reactor, network):
         assert server.dropped["bad_token"] == 2
         assert len(network.commands[0].store) == 0
         # a token from one rotation ago still works (5-10 min validity) ...
-        server._rpc.tokens.rotate()
+        server.rpc.tokens.rotate()
         assert (yield raw.request(addr, UPDATE, "peers", value=peers.encode_announce(4000), token=token)) is not None
         assert len(network.commands[0].store) == 1
         # ... one from two rotations ago does not
-        server._rpc.tokens.rotate()
+        server.rpc.tokens.rotate()
         assert (yield raw.request(addr, UPDATE, "peers", value=peers.encode_announce(4001), token=token,
                                   timeout=0.3)) is None
         assert len(network.commands[0].store) == 1

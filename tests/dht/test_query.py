@@ -9,8 +9,9 @@ import pytest
 from twisted.internet import defer
 
 from txhyperswarm.dht import messages as m
-from txhyperswarm.dht.query import QueryError, QueryTable, Reply
-from txhyperswarm.dht.routing import Peer
+from txhyperswarm.dht.errors import QueryError
+from txhyperswarm.dht.query import QueryTable, Reply
+from txhyperswarm.dht.routing import Contact
 
 from tests.dht._fakes import FakeNetwork
 
@@ -38,8 +39,8 @@ def test_query_table_keeps_k_closest_sorted():
     table = QueryTable(os.urandom(32), target, k=5)
     ids = [os.urandom(32) for _ in range(30)]
     for i in ids:
-        table.add_unverified(Peer(i, "10.0.0.1", 1), None)
-        table.add_unverified(Peer(i, "10.0.0.1", 1), None)  # duplicates ignored
+        table.add_unverified(Contact(i, "10.0.0.1", 1), None)
+        table.add_unverified(Contact(i, "10.0.0.1", 1), None)  # duplicates ignored
     assert [p.id for p in table.unverified] == sorted(ids, key=lambda i: xor(i, target))[:5]
     table.add_verified(ids[0], None, "10.0.0.1", 1)  # no token: not verified
     table.add_verified(ids[0], b"t" * 32, "10.0.0.1", 1)
@@ -91,7 +92,7 @@ def test_query_and_update_updates_the_closest_nodes_with_their_tokens():
     updates = [(dst, msg) for src, dst, msg in net.log if src == querier.address() and msg.type == m.UPDATE]
     assert len(updates) == 20
     for dst, msg in updates:
-        assert by_addr[dst]._rpc.tokens.valid(msg.roundtripToken, "127.0.0.1")
+        assert by_addr[dst].rpc.tokens.valid(msg.roundtripToken, "127.0.0.1")
     # a later lookup sees the stored values
     d = nodes[9].query("store", target)
     net.run(1)
@@ -154,13 +155,13 @@ def test_cancelling_a_walk_stops_it():
     net, nodes = network(20)
     size = nodes[1].routing_table_size
     d = nodes[1].query("_find_node", os.urandom(32))
-    assert nodes[1]._rpc.inflight_count > 0
+    assert nodes[1].rpc.inflight_count > 0
     d.cancel()
     failures = []
     d.addErrback(failures.append)
     assert failures[0].check(defer.CancelledError)
-    assert nodes[1]._rpc.inflight_count == 0  # its requests are forgotten
-    assert nodes[1].inflight_queries == 0 and not nodes[1]._walks
+    assert nodes[1].rpc.inflight_count == 0  # its requests are forgotten
+    assert nodes[1].inflight_queries == 0 and not nodes[1].walk_context.walks
     net.run(10)
     assert nodes[1].routing_table_size == size  # cancelling evicts nobody
 
@@ -200,5 +201,5 @@ def test_cancelling_a_walk_that_waits_for_names():
     d.cancel()
     d.addErrback(lambda f: f.trap(defer.CancelledError))
     net.run(2)
-    assert n.is_bootstrapped and n.inflight_queries == 0 and not n._walks
+    assert n.is_bootstrapped and n.inflight_queries == 0 and not n.walk_context.walks
     assert [m for m in net.sent(src=n.address()) if m.target == target] == []  # never sent

@@ -6,7 +6,7 @@ import os
 
 from hypothesis import given, settings, strategies as st
 
-from txhyperswarm.dht.routing import KBucket, Peer, RoutingTable
+from txhyperswarm.dht.routing import KBucket, Contact, RoutingTable
 
 from tests.dht._fakes import FakeNetwork
 
@@ -33,9 +33,9 @@ def test_bucket_splits_only_on_our_side():
     local = b"\x00" * 32
     pinged = []
     bucket = KBucket(local, on_ping=lambda old, new: pinged.append((old, new)))
-    far = [Peer(b"\x80" + os.urandom(31), "10.0.0.1", 1) for _ in range(21)]
+    far = [Contact(b"\x80" + os.urandom(31), "10.0.0.1", 1) for _ in range(21)]
     # byte 1 = 0..29: every bucket on the far side of a split gets <= 20
-    near = [Peer(b"\x00" + bytes([i]) + os.urandom(30), "10.0.0.1", 1) for i in range(30)]
+    near = [Contact(b"\x00" + bytes([i]) + os.urandom(30), "10.0.0.1", 1) for i in range(30)]
     for p in far[:20]:
         assert bucket.add(p)
     assert not bucket.add(far[20])  # split; the far half may not split again
@@ -49,7 +49,7 @@ def test_refresh_moves_a_contact_to_the_newest_end():
     local = b"\x00" * 32
     pinged = []
     bucket = KBucket(local, on_ping=lambda old, new: pinged.append(old))
-    far = [Peer(b"\x80" + os.urandom(31), "10.0.0.1", 1) for _ in range(21)]
+    far = [Contact(b"\x80" + os.urandom(31), "10.0.0.1", 1) for _ in range(21)]
     for p in far[:20]:
         bucket.add(p)
     bucket.add(far[0])  # seen again

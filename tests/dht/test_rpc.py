@@ -10,9 +10,10 @@ import os
 from twisted.internet import defer
 
 from txhyperswarm.dht import messages as m
-from txhyperswarm.dht.node import CommandError, IgnoreRequest, QueryError
-from txhyperswarm.dht.routing import Peer
-from txhyperswarm.dht.rpc import RequestCancelled, RequestTimeout, TICK_INTERVAL
+from txhyperswarm.dht.errors import CommandError, IgnoreRequest, QueryError
+from txhyperswarm.dht.routing import Contact
+from txhyperswarm.dht.errors import RequestCancelled, RequestTimeout
+from txhyperswarm.dht.rpc import TICK_INTERVAL
 from txhyperswarm.dht.tokens import TokenStore, roundtrip_token
 
 from tests.dht._fakes import FakeNetwork
@@ -74,16 +75,16 @@ def test_saturated_io_queues_requests():
     for addr in dead:
         a.ping(*addr).addErrback(lambda f: None)
     # 50 requests/s reached and >= 16 in flight: the rest wait in the queue
-    assert a._rpc.inflight_count < 70
-    assert a._rpc.inflight_count + a._rpc.pending_count() == 70
+    assert a.rpc.inflight_count < 70
+    assert a.rpc.inflight_count + a.rpc.pending_count() == 70
     # an unsendable request is refused now, not when the queue reaches it
     # (from the tick, which must not raise)
     bad = []
     a.ping("127.0.0.1", 70000).addErrback(bad.append)
     assert bad and bad[0].check(ValueError)
     net.run(60)
-    assert a._rpc.inflight_count == 0 and a._rpc.pending_count() == 0
-    assert a._rpc._tick_loop.running
+    assert a.rpc.inflight_count == 0 and a.rpc.pending_count() == 0
+    assert a.rpc._tick_loop.running
 
 
 # -- tokens --------------------------------------------------------------------
@@ -112,10 +113,10 @@ def test_token_store_accepts_current_and_previous_secret_only():
 
 def _update(net, sender, target_node, token):
     """Send an UPDATE 'echo' from ``sender`` to ``target_node`` with ``token``."""
-    peer = Peer(target_node.id, *target_node.address())
+    peer = Contact(target_node.id, *target_node.address())
     peer.token = token
     results = []
-    sender._rpc.update(b"echo", b"\x01" * 32, b"hi", peer, lambda err, msg, addr, req: results.append((err, msg)))
+    sender.rpc.update(b"echo", b"\x01" * 32, b"hi", peer, lambda err, msg, addr, req: results.append((err, msg)))
     return results
 
 
@@ -128,7 +129,7 @@ def test_update_needs_a_fresh_token():
     net.run(0.1)
     assert d.called
     token = b.routing_table.get(a.id).token
-    assert token == a._rpc.tokens.token("127.0.0.1")
+    assert token == a.rpc.tokens.token("127.0.0.1")
 
     res = _update(net, b, a, token)
     net.run(0.1)
@@ -246,8 +247,8 @@ def test_command_registry_query_update_errors_and_deferreds():
     replies = {}
     for v in (b"x", b"boom", b"later", b"ignore"):
         replies[v] = []
-        peer = Peer(a.id, *a.address())
-        b._rpc.query(b"thing", target, v, peer, lambda err, msg, addr, req, v=v: replies[v].append((err, msg)))
+        peer = Contact(a.id, *a.address())
+        b.rpc.query(b"thing", target, v, peer, lambda err, msg, addr, req, v=v: replies[v].append((err, msg)))
     net.run(0.1)
     assert replies[b"x"][0][1].value == b"v:x"
     boom = replies[b"boom"][0][1]
@@ -282,7 +283,7 @@ def test_update_without_handler_and_query_without_target():
     # a command without target gets no reply
     before = a.dropped["no_target"]
     res = []
-    b._rpc.query(b"q", None, None, Peer(a.id, *a.address()), lambda *args: res.append(args))
+    b.rpc.query(b"q", None, None, Contact(a.id, *a.address()), lambda *args: res.append(args))
     net.run(8)
     assert isinstance(res[0][0], RequestTimeout)
     assert a.dropped["no_target"] == before + 3
@@ -356,12 +357,12 @@ def test_stop_service_fails_pending_requests_and_walks():
     a.add_nodes([(b"\x09" * 32, *dead)])
     walk = a.query("_find_node", b"\x01" * 32)
     walk.addErrback(errors.append)
-    assert a._walks and not walk.called
+    assert a.walk_context.walks and not walk.called
     d = a.stopService()
     assert d.called
     assert len(errors) == 2 and "cancelled" in str(errors[0].value)
     assert errors[1].check(QueryError) and "stopped" in str(errors[1].value)
-    assert not a._walks and a.inflight_queries == 0
+    assert not a.walk_context.walks and a.inflight_queries == 0
     assert a.udp.receiver is None
     # stopped: no timers left on the clock
     net.clock.advance(1000)
@@ -441,7 +442,7 @@ def _envelopes(draw):
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
 def test_any_datagram_is_handled_or_counted_never_raised(data, port):
     before = sum(_FUZZ_NODE.dropped.values())
-    _FUZZ_NODE._rpc.datagram_received(data, ("127.0.0.1", port))
+    _FUZZ_NODE.rpc.datagram_received(data, ("127.0.0.1", port))
     _FUZZ.clock.advance(0.02)
     assert _FUZZ_NODE.dropped["error"] == 0
     try:
@@ -512,7 +513,7 @@ def test_cancelling_a_ping_forgets_the_request():
     d.addErrback(failures.append)
     net.clock.advance(1.0)
     assert failures and failures[0].check(defer.TimeoutError)
-    assert a._rpc.inflight_count == 0
+    assert a.rpc.inflight_count == 0
     net.run(10)
     assert len(net.sent(dst=dead)) == 1  # no retries after the cancel
 
@@ -536,7 +537,7 @@ def test_a_datagram_the_transport_refuses_is_lost_not_raised():
     net.run(8)
     assert failures and failures[0].check(RequestTimeout)
     assert a.dropped["send_error"] == 3  # the original and both resends
-    assert a._rpc._tick_loop.running
+    assert a.rpc._tick_loop.running
     d = a.ping(*b.address())
     net.run(0.1)
     assert d.result.id == b.id

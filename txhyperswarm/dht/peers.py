@@ -40,7 +40,7 @@ from txhyperswarm.dht.messages import (
     encode_peer,
     ipv4_bytes,
 )
-from txhyperswarm.dht.node import CommandError, IgnoreRequest
+from txhyperswarm.dht.errors import CommandError, IgnoreRequest
 from txhyperswarm.dht.records import RecordStore
 from txhyperswarm.peer_record import PeerRecord
 
