@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter, deque
-from typing import Callable, Deque, Dict, Optional, Tuple, Union
+from typing import Callable, Deque, Dict, Optional, Tuple
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
