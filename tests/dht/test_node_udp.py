@@ -190,7 +190,7 @@ def test_stopped_nodes_leave_nothing_on_the_reactor(reactor):
     c.startService()
     yield defer.gatherResults([b.bootstrapped(), c.bootstrapped()])
     announcement = peers.announce(c, b"\x01" * 32, 1000)
-    yield announcement.ready
+    assert (yield announcement.when_ready()) is True
     found = yield peers.lookup(c, b"\x01" * 32)
     assert [(p.host, p.port) for p in found] == [("127.0.0.1", 1000)]
     # still running at stop: a walk, an explicit holepunch (500 ms relay
