@@ -896,9 +896,9 @@ def test_refresh_starts_the_next_cycle_now_and_keeps_the_schedule():
 def test_stopping_the_node_leaves_no_announce_timer():
     # A join waits 300-600 s between cycles on the node's clock; once the
     # node stops, nothing of the DHT layer may stay scheduled.
-    from tests.dht._fakes import FakeNetwork
+    from tests.dht.dhtnet import DHTNetwork
 
-    net = FakeNetwork()
+    net = DHTNetwork()
     servers = [net.node()]
     net.clock.advance(0)
     servers += [net.node(bootstrap=[servers[0].address()]) for _ in range(3)]

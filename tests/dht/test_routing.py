@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from txhyperswarm.dht.routing import KBucket, Contact, RoutingTable
 
-from tests.dht._fakes import FakeNetwork
+from tests.dht.dhtnet import DHTNetwork
 
 _id = st.binary(min_size=32, max_size=32)
 
@@ -76,10 +76,10 @@ def _full_far_bucket(net, down_oldest: bool):
 
 
 def test_full_bucket_keeps_the_oldest_when_it_answers():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, others, newcomer = _full_far_bucket(net, down_oldest=False)
     net.run(10)
-    pings = [m for m in net.sent(src=a.address(), command=b"_ping")]
+    pings = [m for m in net.messages(src=a.address(), command=b"_ping")]
     # the three oldest were pinged (one after the other) with their ids
     assert [m.value for m in pings] == [o.id for o in others[:3]]
     assert a.routing_table.get(newcomer.id) is None
@@ -88,7 +88,7 @@ def test_full_bucket_keeps_the_oldest_when_it_answers():
 
 
 def test_full_bucket_evicts_the_oldest_when_it_does_not_answer():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, others, newcomer = _full_far_bucket(net, down_oldest=True)
     net.run(7)
     assert a.routing_table.get(newcomer.id) is None  # still retrying the oldest
@@ -96,11 +96,11 @@ def test_full_bucket_evicts_the_oldest_when_it_does_not_answer():
     assert a.routing_table.get(others[0].id) is None
     assert a.routing_table.get(newcomer.id) is not None
     assert a.routing_table_size == 20
-    assert len(net.sent(src=a.address(), dst=others[0].address(), command=b"_ping")) == 3
+    assert len(net.messages(src=a.address(), dst=others[0].address(), command=b"_ping")) == 3
 
 
 def test_stopping_during_a_reping_or_sweep_evicts_nobody():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, others, newcomer = _full_far_bucket(net, down_oldest=True)
     net.run(1)  # the oldest is being pinged (it will not answer)
     swept = others[5]
@@ -116,7 +116,7 @@ def test_stopping_during_a_reping_or_sweep_evicts_nobody():
 
 
 def test_ping_sweep_removes_dead_nodes():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a = net.node()
     net.clock.advance(0)
     others = [net.node() for _ in range(4)]
@@ -131,7 +131,7 @@ def test_ping_sweep_removes_dead_nodes():
 
 
 def test_empty_table_rebootstraps_on_the_sweep():
-    net = FakeNetwork()
+    net = DHTNetwork()
     boot = net.node()
     net.clock.advance(0)
     a = net.node(bootstrap=[boot.address()])
