@@ -102,3 +102,30 @@ def test_an_error_in_the_node_on_a_datagram_is_counted_and_logged(logged_errors,
     assert a.stats()["dropped"]["error"] == 1
     net.run(8)
     assert len(logged_errors.take(RuntimeError)) == a.stats()["dropped"]["error"] == 3
+
+
+def test_the_node_is_its_rpcs_controller_and_has_a_stop_hook_seam():
+    from txhyperswarm.dht.rpc import IRPCController
+
+    net, a, b = two_nodes()
+    assert verifyObject(IRPCController, a)
+    calls = []
+    a.add_stop_hook(lambda: calls.append("kept"))
+    gone = lambda: calls.append("removed")  # noqa: E731
+    a.add_stop_hook(gone)
+    a.remove_stop_hook(gone)
+    a.stopService()
+    a.stopService()  # hooks run once
+    assert calls == ["kept"]
+
+
+def test_a_failing_stop_hook_is_logged_and_the_node_still_stops(logged_errors):
+    net, a, b = two_nodes()
+
+    def broken():
+        raise RuntimeError("hook")
+
+    a.add_stop_hook(broken)
+    assert a.stopService().called
+    assert not a.udp.listening
+    assert len(logged_errors.take(RuntimeError)) == 1
