@@ -131,27 +131,20 @@ def test_service_owns_its_socket_or_shares_one(reactor):
     assert not owned.udp.listening
 
 
-@pytest_twisted.inlineCallbacks
-def test_ping_timeout_errback_names_the_peer(reactor):
-    node = DHTNode(reactor, bootstrap=[], host="127.0.0.1")
-    node.startService()
-    # a bound socket that never answers
-    sink = _Sink()
-    port = reactor.listenUDP(0, sink, interface="127.0.0.1")
-    node.rpc._tick_loop.stop()
-    node.rpc._tick_loop.start(0.01, now=False)  # fast ticks: same tick counts
-    try:
-        with_err = node.ping("127.0.0.1", port.getHost().port)
-        try:
-            yield with_err
-        except RequestTimeout as e:
-            assert f"127.0.0.1:{port.getHost().port}" in str(e) and "_ping" in str(e)
-        else:
-            raise AssertionError("no timeout")
-        assert len(sink.received) == 3
-    finally:
-        yield port.stopListening()
-        yield node.stopService()
+def test_ping_timeout_errback_names_the_peer():
+    from tests.dht.dhtnet import DHTNetwork
+
+    net = DHTNetwork()
+    node = net.node()
+    silent = ("127.0.0.1", 9)
+    net.down.add(silent)  # swallows what it gets
+    failures = []
+    node.ping(*silent).addErrback(failures.append)
+    net.run(8)
+    (failure,) = failures
+    assert failure.check(RequestTimeout)
+    assert "127.0.0.1:9" in str(failure.value) and "_ping" in str(failure.value)
+    assert len(net.sent(dst=silent)) == 3
 
 
 @pytest_twisted.inlineCallbacks

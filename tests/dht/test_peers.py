@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 
 from txhyperswarm.dht import peers
 from txhyperswarm.dht.messages import (
+    PeersInput,
     PeersOutput,
     decode_peers_input,
     decode_peers_output,
@@ -52,7 +53,14 @@ def handler(**kw) -> peers.PeersCommand:
 
 def ann(port=None, local=None, unannounce=False) -> bytes:
     """A ``PeersInput`` with exactly the fields given (``port=None``: absent)."""
-    return peers._peers_input(port, local, unannounce)
+    value = PeersInput()
+    if port is not None:
+        value.port = port
+    if local is not None:
+        value.localAddress = encode_peer(*local)
+    if unannounce:
+        value.unannounce = True
+    return value.SerializeToString()
 
 
 def out(value: bytes) -> PeersOutput:
