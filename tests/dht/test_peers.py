@@ -926,3 +926,35 @@ def test_stopping_the_node_leaves_no_announce_timer():
     assert ready.result is False
     assert waiting.when_ready().result is True
     assert waiting.stop().result is None  # nothing left to unannounce through
+
+
+def test_refresh_or_stop_from_on_update_behave_as_node():
+    clock = Clock()
+    node = FakeNode(clock)
+    t = peers.join(node, TOPIC, on_update=lambda err: t.refresh(), reactor=clock, random=random.Random(1))
+    node.calls[0][-1].callback(None)
+    assert len(node.calls) == 1  # Node's update() finds no timer yet: nothing
+    assert len(clock.getDelayedCalls()) == 1  # the next cycle is scheduled once
+    stopper = peers.join(node, TOPIC, on_update=lambda err: stopper.stop(), reactor=clock)
+    node.calls[1][-1].errback(QueryError("No nodes responded"))
+    assert len(clock.getDelayedCalls()) == 1  # stopped: only the first join's timer
+    assert stopper.when_ready().result is False
+
+
+def test_a_node_that_is_not_running_fails_each_cycle_at_once():
+    clock = Clock()
+    node = FakeNode(clock)
+    node.walk = lambda *a, **kw: defer.fail(QueryError("DHT node is not running"))
+    updates, joined = [], []
+
+    def on_update(err):
+        updates.append(err)
+        for t in joined:
+            t.refresh()  # while its cycle ends: nothing
+
+    t = peers.join(node, TOPIC, on_update=on_update, reactor=clock)
+    joined.append(t)
+    assert len(updates) == 1 and t.when_ready().result is False
+    clock.advance(600)  # the next cycle fails at once too, and refresh() adds none
+    assert len(updates) == 2
+    assert len(clock.getDelayedCalls()) == 1

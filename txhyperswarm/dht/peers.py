@@ -551,13 +551,12 @@ class DHTTopic:
             d = node.query_and_update(COMMAND, topic, self._value, on_reply=on_reply)
         else:
             d = node.query_stream(COMMAND, topic, self._value, on_reply=on_reply)
-        if not d.called:
-            self._walk = d
+        self._walk = d
         d.addBoth(self._cycle_ended)
 
     def _cycle_ended(self, result) -> None:
-        self._walk = None
         if self._ended:  # stopped, or the node stopped: as Node, no 'update'
+            self._walk = None
             return None
         error = None
         if isinstance(result, Failure):
@@ -566,10 +565,12 @@ class DHTTopic:
                           topic=self.topic.hex(), err=result.getErrorMessage())
         self.cycles += 1
         if self._on_update is not None:
+            # still "running" here: a refresh() from on_update does nothing, as Node
             try:
                 self._on_update(error)
             except Exception:
                 self.log.failure("on_update raised for {topic}", topic=self.topic.hex())
+        self._walk = None
         if not self._ended:  # on_update may have stopped us
             delay = REANNOUNCE_WAIT + self._random.random() * REANNOUNCE_WAIT
             self._timer = self._reactor.callLater(delay, self._cycle)
