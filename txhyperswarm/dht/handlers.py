@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 
 from txhyperswarm.dht.commands import CommandRegistry, Request
 from txhyperswarm.dht.errors import CommandError, IgnoreRequest
-from txhyperswarm.dht.messages import Holepunch, Message, encode_peer
+from txhyperswarm.dht.messages import DecodeError, Holepunch, Message, decode_holepunch, encode_peer
 from txhyperswarm.dht.query import decode_to
 
 __all__ = ["Responder", "first_peer", "norm_target", "PING", "FIND_NODE", "HOLEPUNCH", "OTHER"]
@@ -95,8 +95,8 @@ class Responder:
             self.dropped["value"] += 1
             return
         try:
-            punch = Holepunch.FromString(msg.value)
-        except Exception:
+            punch = decode_holepunch(msg.value)
+        except DecodeError:
             self.dropped["value"] += 1
             return
         if punch.HasField("to"):
