@@ -338,11 +338,12 @@ async def _announce(reactor, args) -> int:
         if announcement is None and handle is None:
             sys.stderr.write("hyperswarm announce: nothing to announce on: no bootstrap node and no mDNS\n")
             return 1
-        first = announcement.ready if announcement is not None else handle.ready
+        first = announcement.when_ready() if announcement is not None else handle.ready
         kind, result = await _race(reactor, first, None)
         if kind == "done":
-            if isinstance(result, Failure):
-                sys.stderr.write(f"hyperswarm announce: the first announce failed: {result.getErrorMessage()}\n")
+            if isinstance(result, Failure) or result is False:
+                why = result.getErrorMessage() if isinstance(result, Failure) else "no DHT node answered"
+                sys.stderr.write(f"hyperswarm announce: the first announce failed: {why}\n")
                 return 1
             _emit({"topic": topic.hex(), "announced": True})
             await _interrupted.wait()

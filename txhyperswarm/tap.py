@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from txhyperswarm._parsing import parse_host_port, topic_from_text
-from txhyperswarm._state import KeepState, NodeState
+from txhyperswarm.dht.state import KeepState, NodeState
 
 __all__ = ["Options", "makeService", "build_service"]
 
