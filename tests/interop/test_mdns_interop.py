@@ -136,7 +136,7 @@ def test_node_and_python_find_each_other_but_never_themselves(discovery, node, p
     yield found.wait_for(lambda p: p.port == 37015)
     # a few more query/answer rounds in both directions
     nodeproc.send({"cmd": "update"})
-    mine.update()
+    mine.refresh()
     yield deferLater(reactor, 0.5, lambda: None)
     assert {(p.host, p.port) for p in found.peers} == {("127.0.0.1", 37015)}
     node_peers = {(o["host"], o["port"]) for o in nodeproc.lines if is_peer(o)}
@@ -209,7 +209,7 @@ console.log(JSON.stringify({ all, dflt }))
 def test_interfaces_joined_are_the_ones_multicast_dns_joins(private_netns, node):
     import subprocess
 
-    from txhyperswarm import mdns
+    from txhyperswarm import netif
 
     def node_view():
         out = subprocess.run([node, "-e", NODE_INTERFACES], capture_output=True, text=True, timeout=30, check=True)
@@ -227,12 +227,12 @@ def test_interfaces_joined_are_the_ones_multicast_dns_joins(private_netns, node)
         ip("link", "set", "hsv0", "up")
         theirs = node_view()
         assert theirs == {"all": ["127.0.0.1"], "dflt": "127.0.0.1"}
-        assert sorted(mdns._interface_addresses()) == sorted(theirs["all"])
-        assert mdns._default_outgoing() == theirs["dflt"]
+        assert sorted(netif.interface_addresses()) == sorted(theirs["all"])
+        assert netif.default_outgoing() == theirs["dflt"]
         ip("link", "set", "hsv1", "up")  # both ends up: both running
         theirs = node_view()
         assert sorted(theirs["all"]) == ["10.77.0.1", "10.77.0.2", "127.0.0.1"] and theirs["dflt"] == "0.0.0.0"
-        assert sorted(mdns._interface_addresses()) == sorted(theirs["all"])
-        assert mdns._default_outgoing() == theirs["dflt"]
+        assert sorted(netif.interface_addresses()) == sorted(theirs["all"])
+        assert netif.default_outgoing() == theirs["dflt"]
     finally:
         ip("link", "del", "hsv0")
