@@ -1,5 +1,6 @@
 """The ``hyperswarm`` console script as real processes."""
 
+import json
 import subprocess
 import sys
 
@@ -54,3 +55,57 @@ def test_ping_nobody_times_out_with_exit_1():
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert result.stdout == ""
     assert f"127.0.0.1:{port}" in result.stderr
+
+
+def test_lookup_prints_each_source_host_port_local_once(monkeypatch, capsys):
+    # Discovery passes every report on (repeats included); the CLI alone
+    # de-duplicates what it prints, by (source, host, port, local).
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    from txhyperswarm import cli
+    from txhyperswarm._observer import OneShotObserver
+    from txhyperswarm.peer_record import PeerRecord
+
+    topic = bytes.fromhex(TOPIC)
+    records = [
+        PeerRecord(topic, "192.0.2.1", 4000, False, ("192.0.2.9", 49737), None, "dht"),
+        PeerRecord(topic, "192.0.2.1", 4000, False, ("192.0.2.8", 49737), None, "dht"),  # another referrer
+        PeerRecord(topic, "192.0.2.1", 4000, True, None, None, "dht"),
+        PeerRecord(topic, "192.0.2.1", 4000, True, None, None, "mdns"),
+        PeerRecord(topic, "192.0.2.1", 4000, True, None, None, "mdns"),
+    ]
+
+    class Joined:
+        dht, mdns = object(), None
+
+        def stop(self):
+            return defer.succeed(None)
+
+    class FakeDiscovery:
+        def join(self, topic, **kwargs):
+            assert kwargs["lookup"] is True
+            for record in records:
+                kwargs["on_peer"](record)
+            kwargs["on_update"](None)  # the walk ended
+            return Joined()
+
+    monkeypatch.setattr(cli, "_discovery", lambda reactor, bootstrap, mdns_on: (None, None, FakeDiscovery()))
+    args = cli._build_parser().parse_args(["lookup", TOPIC, "--no-mdns"])
+    done = defer.Deferred.fromCoroutine(cli._lookup(Clock(), args, OneShotObserver()))
+    assert done.result == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(p["source"], p["local"], p["referrer"]) for p in printed] == [
+        ("dht", False, "192.0.2.9:49737"), ("dht", True, None), ("mdns", True, None),
+    ]
+
+
+def test_bootstrap_list():
+    from txhyperswarm._parsing import bootstrap_list
+
+    assert bootstrap_list(None) is None and bootstrap_list([]) is None
+    assert bootstrap_list(["none"]) == []
+    assert bootstrap_list(["127.0.0.1:5", "[::1]:6"]) == [("127.0.0.1", 5), ("::1", 6)]
+    for bad in (["none", "127.0.0.1:5"], ["127.0.0.1"], ["127.0.0.1:0"]):
+        with pytest.raises(ValueError):
+            bootstrap_list(bad)
