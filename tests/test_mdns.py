@@ -733,8 +733,13 @@ def test_refresh_queries_now_even_when_only_announcing_as_node():
 
 
 def test_stats():
+    from zope.interface.verify import verifyObject
+
+    from txhyperswarm.interfaces import IStatsSource
+
     net = FakeNet()
     d = started(net, "127.0.0.2")
+    assert verifyObject(IStatsSource, d)
     d.lookup(TOPIC, lambda p: None)
     net.run()
     d._protocol.datagramReceived(b"junk", ("127.0.0.1", 5353))

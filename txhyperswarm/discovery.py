@@ -184,7 +184,8 @@ class Discovery:
         :raises ValueError: a topic that is not 32 bytes, a port outside
             0..65535, ``announce_port=0`` without a DHT node, or neither
             announcing nor looking up.
-        :raises RuntimeError: after :meth:`close`.
+        :raises RuntimeError: after :meth:`close`, or for
+            ``announce_port=0`` with mDNS before the DHT node listens.
         """
         if self._closed:
             raise RuntimeError("Discovery is closed")
