@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 
 from tests.harness import REPO, free_port
-from txhyperswarm._state import SNAPSHOT_INTERVAL, KeepState, NodeState
+from txhyperswarm.dht.state import SNAPSHOT_INTERVAL, KeepState, NodeState
 
 TWIST = [sys.executable, "-m", "twisted"]
 

@@ -17,7 +17,7 @@ from twisted.python import usage
 
 from txhyperswarm._parsing import bootstrap_list, topic_from_text
 from txhyperswarm._signals import on_stop_signals
-from txhyperswarm._state import KeepState, NodeState
+from txhyperswarm.dht.state import KeepState, NodeState
 
 __all__ = ["Options", "makeService", "build_service"]
 
