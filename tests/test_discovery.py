@@ -73,7 +73,7 @@ def dht_joins(monkeypatch):
         made.append(FakeDHTJoin(node, topic, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(peers, "join", join, raising=False)
+    monkeypatch.setattr(peers, "join", join)
     return made
 
 

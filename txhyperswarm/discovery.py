@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from txhyperswarm._observer import OneShotObserver
 from txhyperswarm._reactor import default_reactor
+from txhyperswarm.dht import peers
 from txhyperswarm.interfaces import IDiscoveryTopic
 from txhyperswarm.peer_record import PeerRecord
 
@@ -202,7 +203,7 @@ class Discovery:
             mdns_port = self.dht.address()[1]
         dht_join = None
         if self.dht is not None:
-            dht_join = _dht_join(
+            dht_join = peers.join(
                 self.dht, topic, announce_port=announce_port, local_address=local_address,
                 lookup=lookup, on_peer=on_peer, on_update=on_update,
             )
@@ -244,74 +245,3 @@ class Discovery:
 
     def _forget(self, topic: DiscoveryTopic) -> None:
         self._topics.pop(topic, None)
-
-
-def _dht_join(node, topic, **kwargs) -> IDiscoveryTopic:
-    """``txhyperswarm.dht.peers.join`` (or, until it exists, the adapter below)."""
-    from txhyperswarm.dht import peers
-
-    join = getattr(peers, "join", None)
-    if join is None:
-        return _LegacyDHTTopic(node, topic, **kwargs)
-    return join(node, topic, **kwargs)
-
-
-# -- ADAPTER, to be removed: the DHT join over the old peers.announce /
-# -- peers.lookup_stream until txhyperswarm.dht.peers.join exists -----------
-
-
-@implementer(IDiscoveryTopic)
-class _LegacyDHTTopic:
-    """
-    IDiscoveryTopic over ``peers.announce``/``peers.lookup_stream``
-    (first cycle only for a lookup: refresh() does nothing for it).
-    """
-
-    def __init__(self, node, topic, *, announce_port, local_address, lookup, on_peer, on_update) -> None:
-        from txhyperswarm.dht import peers
-
-        self.topic = topic
-        self.announcing = announce_port is not None
-        self.lookup = bool(lookup)
-        self._on_update = on_update
-        self._ready: OneShotObserver[bool] = OneShotObserver()
-        self._stopping = False
-        self._announcement = self._walk = None
-        report = on_peer if (lookup and on_peer is not None) else None
-        if self.announcing:
-            self._announcement = peers.announce(
-                node, topic, port=announce_port or None, local_address=local_address, on_peer=report,
-            )
-            self._announcement.ready.addBoth(self._cycle_ended)
-        else:
-            self._walk = peers.lookup_stream(node, topic, report or (lambda _: None), local_address)
-            self._walk.addBoth(self._cycle_ended)
-
-    def _cycle_ended(self, result) -> None:
-        if self._stopping:
-            return None
-        error = result.value if isinstance(result, Failure) else None
-        if self._on_update is not None:
-            try:
-                self._on_update(error)
-            except Exception:
-                log.failure("on_update for {topic} failed", topic=self.topic.hex())
-        self._ready.fire(error is None)
-        return None
-
-    def when_ready(self) -> defer.Deferred:
-        return self._ready.when_fired()
-
-    def refresh(self) -> None:
-        if self._announcement is not None:
-            self._announcement.refresh()
-
-    def stop(self) -> defer.Deferred:
-        if self._stopping:
-            return defer.succeed(None)
-        self._stopping = True
-        self._ready.fire(False)
-        if self._announcement is not None:
-            return self._announcement.stop().addCallback(lambda _: None)
-        self._walk.cancel()
-        return defer.succeed(None)
