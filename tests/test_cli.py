@@ -109,3 +109,71 @@ def test_bootstrap_list():
     for bad in (["none", "127.0.0.1:5"], ["127.0.0.1"], ["127.0.0.1:0"]):
         with pytest.raises(ValueError):
             bootstrap_list(bad)
+
+
+class _FakeJoined:
+    """A Discovery topic whose first round (the early flush) is already done."""
+
+    mdns = None
+
+    def __init__(self):
+        self.dht = object()
+        self.stopped = 0
+
+    def when_ready(self):
+        from twisted.internet import defer
+
+        return defer.succeed(True)
+
+    def stop(self):
+        from twisted.internet import defer
+
+        self.stopped += 1
+        return defer.succeed(None)
+
+
+class _FakeDiscovery:
+    def __init__(self):
+        self.joined = _FakeJoined()
+        self.kwargs = None
+
+    def join(self, topic, **kwargs):
+        self.kwargs = kwargs
+        return self.joined
+
+
+def _announce_in_process(monkeypatch):
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    from txhyperswarm import cli
+    from txhyperswarm._observer import OneShotObserver
+
+    fake = _FakeDiscovery()
+    monkeypatch.setattr(cli, "_discovery", lambda reactor, bootstrap, mdns_on: (None, None, fake))
+    args = cli._build_parser().parse_args(["announce", TOPIC, "--port", "4000", "--no-mdns",
+                                           "--local-address", "10.0.0.2:4000"])
+    interrupted = OneShotObserver()
+    done = defer.Deferred.fromCoroutine(cli._announce(Clock(), args, interrupted))
+    return fake, interrupted, done
+
+
+def test_announce_prints_once_the_first_dht_cycle_ended_not_at_the_early_flush(monkeypatch, capsys):
+    fake, interrupted, done = _announce_in_process(monkeypatch)
+    assert fake.kwargs["announce_port"] == 4000 and fake.kwargs["local_address"] == ("10.0.0.2", 4000)
+    assert fake.kwargs["lookup"] is False
+    assert capsys.readouterr().out == ""  # when_ready() fired: not enough
+    fake.kwargs["on_update"](None)  # the first cycle, UPDATEs included, has ended
+    assert json.loads(capsys.readouterr().out) == {"topic": TOPIC, "announced": True}
+    fake.kwargs["on_update"](RuntimeError("a later cycle failed"))  # no matter
+    assert not done.called
+    interrupted.fire(2)
+    assert done.result == 0 and fake.joined.stopped >= 1
+
+
+def test_announce_whose_first_dht_cycle_failed_exits_1(monkeypatch, capsys):
+    fake, interrupted, done = _announce_in_process(monkeypatch)
+    fake.kwargs["on_update"](RuntimeError("No nodes responded"))
+    assert done.result == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "the first announce failed: No nodes responded" in err

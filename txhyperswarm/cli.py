@@ -322,21 +322,27 @@ async def _announce(reactor, args, interrupted: OneShotObserver) -> int:
     if discovery is None:
         sys.stderr.write("hyperswarm announce: nothing to announce on: no bootstrap node and no mDNS\n")
         return 1
-    first_error = []
+    first_cycle: defer.Deferred = defer.Deferred()
 
     def cycle_ended(error) -> None:
-        if not first_error:
-            first_error.append(error)
+        if not first_cycle.called:
+            first_cycle.callback(error)
 
     joined = None
     try:
         joined = discovery.join(topic, announce_port=args.port, local_address=args.local_address,
                                 lookup=False, on_update=cycle_ended)
-        # the DHT's first announce when there is a DHT node, else mDNS's
-        kind, ok = await _race(reactor, joined.when_ready(), None, interrupted)
+        # The first announce is done when the DHT's first cycle has ended
+        # (its UPDATEs sent: not when_ready(), which may fire early, after 6
+        # full responses); with no DHT node, once mDNS announced.
+        if joined.dht is not None:
+            kind, error = await _race(reactor, first_cycle, None, interrupted)
+            why = _error_text(error) if error is not None else None
+        else:
+            kind, ok = await _race(reactor, joined.when_ready(), None, interrupted)
+            why = None if ok is True else "mDNS did not announce"
         if kind == "done":
-            if ok is not True:
-                why = _error_text(first_error[0]) if first_error and first_error[0] is not None else "no DHT node answered"
+            if why is not None:
                 sys.stderr.write(f"hyperswarm announce: the first announce failed: {why}\n")
                 return 1
             _emit({"topic": topic.hex(), "announced": True})
