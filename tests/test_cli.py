@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from twisted.internet import defer
 
 from tests.harness import REPO, free_port
 
@@ -60,7 +61,6 @@ def test_ping_nobody_times_out_with_exit_1():
 def test_lookup_prints_each_source_host_port_local_once(monkeypatch, capsys):
     # Discovery passes every report on (repeats included); the CLI alone
     # de-duplicates what it prints, by (source, host, port, local).
-    from twisted.internet import defer
     from twisted.internet.task import Clock
 
     from txhyperswarm import cli
@@ -121,13 +121,9 @@ class _FakeJoined:
         self.stopped = 0
 
     def when_ready(self):
-        from twisted.internet import defer
-
         return defer.succeed(True)
 
     def stop(self):
-        from twisted.internet import defer
-
         self.stopped += 1
         return defer.succeed(None)
 
@@ -143,7 +139,6 @@ class _FakeDiscovery:
 
 
 def _announce_in_process(monkeypatch):
-    from twisted.internet import defer
     from twisted.internet.task import Clock
 
     from txhyperswarm import cli
