@@ -213,7 +213,7 @@ class Discovery:
                 mdns_join = self.mdns.join(
                     topic, announce_port=mdns_port, local_address=local_address, lookup=lookup, on_peer=on_peer,
                 )
-            except BaseException:
+            except Exception:
                 if dht_join is not None:
                     dht_join.stop()
                 raise

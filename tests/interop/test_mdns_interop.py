@@ -143,6 +143,30 @@ def test_node_and_python_find_each_other_but_never_themselves(discovery, node, p
     assert node_peers == {("127.0.0.1", 37014)}
 
 
+@pytest_twisted.inlineCallbacks
+def test_discovery_announces_the_dht_port_on_mdns_to_node(discovery, node, processes, reactor):
+    # txhyperswarm.discovery with announce_port=0: the DHT socket's port,
+    # which mDNS answers with (Node's discovery does the same)
+    from txhyperswarm.dht.node import DHTNode
+    from txhyperswarm.discovery import Discovery
+
+    dht = DHTNode(reactor, bootstrap=[], ephemeral=True, host="127.0.0.1", port=0)
+    dht.startService()
+    try:
+        topic = new_topic()
+        joined = Discovery(reactor, dht=dht, mdns=discovery).join(topic, announce_port=0, lookup=False)
+        port = dht.address()[1]
+        assert joined.mdns.announce_port == port
+        looker = processes.node("mdns_discovery.js", topic.hex())
+        line = yield looker.wait_for(lambda o: is_peer(o, port), timeout=WAIT)
+        assert (line["host"], line["local"]) == ("127.0.0.1", True)
+        assert (yield joined.mdns.when_ready()) is True
+        assert (yield joined.when_ready()) is False  # no DHT node answered (it has none)
+        assert (yield joined.stop()) is None
+    finally:
+        yield dht.stopService()
+
+
 def _normalise(decoded, topic_id_hex):
     """dns-packet's decode of a datagram with the sender's random id blanked."""
     for rec in decoded["answers"]:
