@@ -108,6 +108,8 @@ def _run_python(args) -> None:
                 err = None
                 if hasattr(result, "getErrorMessage"):
                     err = result.getErrorMessage()
+                elif result is False:  # a DHTTopic's first round failed
+                    err = "no DHT node answered"
                 out({"event": event, "id": msg["id"], "error": err, "peers": found,
                      "first_ms": first[0] if first else None,
                      "total_ms": (time.perf_counter() - started) * 1000,
@@ -117,7 +119,7 @@ def _run_python(args) -> None:
                 peers.lookup_stream(node, topic, on_peer).addBoth(done, "lookup-done")
             elif msg["cmd"] == "announce":
                 a = peers.announce(node, topic, msg.get("port"))
-                a.ready.addBoth(done, "announced")
+                a.when_ready().addBoth(done, "announced")
 
     stdio.StandardIO(Commands())
     reactor.callWhenRunning(start)

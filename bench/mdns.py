@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.test_mdns import NODE_ANSWER, NODE_QUERY, TOPIC  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
-from txhyperswarm import _mdns_wire as wire  # noqa: E402
+from txhyperswarm.mdns import wire  # noqa: E402
 from txhyperswarm.mdns import MulticastDiscovery  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def ours(n):
     looker.join(TOPIC, on_peer=peers.append)
     answerer = MulticastDiscovery(clock)
     answerer._listening_port = port = _NullPort()
-    answerer.join(TOPIC, port=37591, lookup=False)
+    answerer.join(TOPIC, announce_port=37591, lookup=False)
     clock.advance(0)
     source = ("127.0.0.1", 5353)
     name = wire.domain_name(TOPIC)

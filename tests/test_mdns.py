@@ -1,5 +1,5 @@
 """
-Tests for txhyperswarm.mdns / txhyperswarm._mdns_wire: mDNS as @hyperswarm/discovery 2.0.1.
+Tests for txhyperswarm.mdns (wire, topic, service) and txhyperswarm.netif: mDNS as @hyperswarm/discovery 2.0.1.
 
 Most tests drive MulticastDiscovery on a Clock with an in-memory multicast
 "network" (no sockets). The NODE_* datagrams were captured from Node
@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 
-from txhyperswarm import _mdns_wire as wire
+from txhyperswarm.mdns import wire
 from txhyperswarm.mdns import MulticastDiscovery
 from txhyperswarm.peer_record import PeerRecord
 
@@ -161,6 +161,17 @@ def started(net, host, **kw):
     return d
 
 
+def ready(topic):
+    """What ``topic.when_ready()`` fired with, or ``None`` while it has not fired."""
+    d = topic.when_ready()
+    out = []
+    d.addBoth(out.append)
+    if not out:
+        d.cancel()  # forgets this waiter; its CancelledError lands in out
+        return None
+    return out[0]
+
+
 def decoded(data):
     p = wire.decode_packet(data)
     return p, [describe(r) for r in p.answers]
@@ -298,7 +309,7 @@ def test_mangled_datagrams_never_raise_out_of_datagram_received(base, edits, cut
     net = FakeNet()
     d = started(net, "127.0.0.2")
     peers = []
-    d.join(TOPIC, port=1, on_peer=peers.append)
+    d.join(TOPIC, announce_port=1, on_peer=peers.append)
     net.run()
     data = bytearray(base)
     for pos, value in edits:
@@ -502,8 +513,8 @@ def test_lookup_queries_now_then_every_30_to_60_seconds():
         orig(sender, data, addr)
 
     net.transmit = spy
-    assert t.ready.called
-    t.update()  # immediate query, restarts the schedule
+    assert ready(t) is True
+    t.refresh()  # immediate query, restarts the schedule
     net.run(400, step=0.25)
     gaps = [b - a for a, b in zip(sent_at, sent_at[1:])]
     assert len(sent_at) >= 7 and all(30 <= g < 60.25 for g in gaps)
@@ -517,9 +528,9 @@ def test_announce_only_sends_one_announcement_on_next_turn_and_no_query():
     net = FakeNet()
     d = started(net, "127.0.0.2")
     t = d.announce(TOPIC, 37591)
-    assert net.log == [] and not t.ready.called
+    assert net.log == [] and ready(t) is None
     net.clock.advance(0)
-    assert t.ready.called
+    assert ready(t) is True
     [(src, data)] = net.log
     assert data == node_style_response(NAME, 37591, t.id)
     net.run(300)
@@ -567,18 +578,18 @@ def test_stopped_topic_neither_answers_nor_reports():
     lb = b.lookup(TOPIC, peers.append)
     net.run(100)
     assert peers == [] and a.sent["response"] == 0
-    assert lb.ready.called
+    assert ready(lb) is True
 
 
 def test_topics_joined_before_start_send_once_listening():
     net = FakeNet()
     d = MulticastDiscovery(net.reactor("127.0.0.2"), interface="127.0.0.2")
-    t = d.join(TOPIC, port=5000)
+    t = d.join(TOPIC, announce_port=5000)
     net.clock.advance(0)
-    assert not t.ready.called and net.log == []
+    assert ready(t) is None and net.log == []
     d.startService()
     assert [wire.decode_packet(x).is_response for _, x in net.log] == [False, True]
-    assert t.ready.called
+    assert ready(t) is True
 
 
 def test_start_sets_socket_options_and_stop_closes():
@@ -593,7 +604,7 @@ def test_start_sets_socket_options_and_stop_closes():
     assert r.called and port.closed and t.stopped and d.address() is None
 
 
-def test_on_peer_errors_are_logged_not_raised():
+def test_on_peer_errors_are_logged_not_raised(logged_errors):
     net = FakeNet()
     d = started(net, "127.0.0.2")
 
@@ -609,6 +620,7 @@ def test_on_peer_errors_are_logged_not_raised():
     d._protocol.datagramReceived(NODE_ANSWER, ("127.0.0.7", 5353))
     assert len(calls) == 1 and len(heard) == 1
     assert d.dropped == {}
+    assert [f.getErrorMessage() for f in logged_errors.take(RuntimeError)] == ["user bug"]
 
 
 def test_query_collects_distinct_peers_then_stops():
@@ -621,7 +633,7 @@ def test_query_collects_distinct_peers_then_stops():
     assert not result.called
     net.run(2)
     assert [(p.host, p.port, p.source) for p in result.result] == [("127.0.0.2", 1111, "mdns")]
-    assert not b._topics
+    assert b.stats()["topics"] == 0
 
 
 def test_bad_arguments():
@@ -629,11 +641,124 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         d.join(b"short")
     with pytest.raises(ValueError):
-        d.join(TOPIC, port=0, lookup=False)
+        d.join(TOPIC, lookup=False)
     with pytest.raises(ValueError):
         d.announce(TOPIC, 0)
+    with pytest.raises(ValueError, match="Discovery passes the DHT node's bound port"):
+        d.join(TOPIC, announce_port=0)
+    for port in (-1, 65536):
+        with pytest.raises(ValueError):
+            d.join(TOPIC, announce_port=port)
+    assert d.stats()["topics"] == 0
     with pytest.raises(ValueError):
         MulticastDiscovery(Clock(), interface="not-an-address")
+
+
+# -- the discovery contract (IDiscoveryTopic) ------------------------------------
+
+
+def test_a_join_is_an_idiscoverytopic():
+    from zope.interface.verify import verifyObject
+
+    from txhyperswarm.interfaces import IDiscoveryTopic
+    from txhyperswarm.mdns import MDNSTopic
+
+    d = started(FakeNet(), "127.0.0.2")
+    t = d.join(TOPIC, announce_port=4000, lookup=False, local_address=("10.0.0.1", 4000))
+    assert isinstance(t, MDNSTopic) and verifyObject(IDiscoveryTopic, t)
+    assert (t.topic, t.announcing, t.lookup, t.announce_port) == (TOPIC, True, False, 4000)
+    u = d.join(TOPIC)
+    assert (u.announcing, u.lookup, u.announce_port) == (False, True, None)
+
+
+def test_when_ready_is_a_new_deferred_per_call_firing_true_once_sent():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    t = d.join(TOPIC, announce_port=4000, lookup=True)  # query now, announcement next turn
+    first, second = t.when_ready(), t.when_ready()
+    assert first is not second
+    second.cancel()  # one waiter's cancellation does not touch another
+    second.addErrback(lambda f: f.trap(defer.CancelledError))
+    assert not first.called and len(net.log) == 1  # the query does not make an announcing join ready
+    net.clock.advance(0)
+    assert first.result is True and ready(t) is True
+    t.stop()
+    assert ready(t) is True  # stays True
+
+
+def test_when_ready_fires_false_when_stopped_first_and_stop_fires_none_at_once():
+    net = FakeNet()
+    d = MulticastDiscovery(net.reactor("127.0.0.2"), interface="127.0.0.2")  # not listening
+    t = d.join(TOPIC, announce_port=4000)
+    waiting = t.when_ready()
+    stopped = t.stop()
+    assert stopped.called and stopped.result is None
+    assert waiting.result is False and ready(t) is False
+    assert t.stop().result is None  # idempotent
+    d.startService()
+    net.run()
+    assert net.log == [] and ready(t) is False  # a stopped join sends nothing, not even at start
+
+
+def test_every_answer_is_reported_repeats_included_and_on_update_never_called():
+    d, _, _ = looking_up()
+    peers, updates = [], []
+    d.join(TOPIC, on_peer=peers.append, on_update=updates.append)
+    for _ in range(3):
+        d._protocol.datagramReceived(NODE_ANSWER, ("127.0.0.7", 5353))
+    assert [(p.host, p.port) for p in peers] == [("127.0.0.7", 37591)] * 3
+    assert updates == []
+
+
+def test_a_join_that_does_not_look_up_reports_no_peer():
+    d = started(FakeNet(), "127.0.0.2")
+    peers = []
+    d.join(TOPIC, announce_port=4000, lookup=False, on_peer=peers.append)
+    d._protocol.datagramReceived(NODE_ANSWER, ("127.0.0.7", 5353))
+    assert peers == []
+
+
+def test_refresh_queries_now_even_when_only_announcing_as_node():
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    t = d.announce(TOPIC, 4000)
+    net.run()
+    assert [wire.decode_packet(x).is_response for _, x in net.log] == [True]
+    t.refresh()  # Node's topic.update() restarts the mDNS loop whatever the topic
+    assert [wire.decode_packet(x).is_response for _, x in net.log][1] is False
+    t.stop()
+    t.refresh()  # a stopped join does nothing
+    net.run(120)
+    assert net.clock.getDelayedCalls() == []
+
+
+def test_stats():
+    from zope.interface.verify import verifyObject
+
+    from txhyperswarm.interfaces import IStatsSource
+
+    net = FakeNet()
+    d = started(net, "127.0.0.2")
+    assert verifyObject(IStatsSource, d)
+    d.lookup(TOPIC, lambda p: None)
+    net.run()
+    d._protocol.datagramReceived(b"junk", ("127.0.0.1", 5353))
+    stats = d.stats()
+    assert stats == {"listening": True, "topics": 1, "sent": {"query": 1}, "dropped": {"short": 1}}
+    stats["sent"]["query"] += 5
+    assert d.sent == {"query": 1}  # a copy
+    d.stopService()
+    assert d.stats()["listening"] is False and d.stats()["topics"] == 0
+
+
+def test_the_interfaces_module_is_public_and_the_old_names_are_gone():
+    from txhyperswarm import netif
+
+    assert set(netif.interface_addresses()) == {a for a, _ in netif.interfaces()}
+    assert netif.default_outgoing() in ("0.0.0.0", "127.0.0.1")
+    import txhyperswarm.mdns as mdns
+
+    assert not hasattr(mdns, "_interfaces")
 
 
 # -- real sockets, private namespace only --------------------------------------
@@ -678,7 +803,7 @@ def test_two_python_instances_on_one_host_find_each_other(real_discovery, reacto
     assert {(p.host, p.port) for p in pa} == {("127.0.0.1", 41002)}
     assert {(p.host, p.port) for p in pb} == {("127.0.0.1", 41001)}
     assert all(p.local and p.referrer is None and p.to is None and p.source == "mdns" for p in pa + pb)
-    assert ta.ready.called and tb.ready.called
+    assert ready(ta) is True and ready(tb) is True
     assert a.dropped == {} and b.dropped == {}
 
 
@@ -705,7 +830,7 @@ def test_announcement_goes_out_before_any_datagram_is_handled():
     d._protocol.datagramReceived(NODE_QUERY, ("127.0.0.1", 5353))
     kinds = [len(wire.decode_packet(x).answers) for _, x in net.log]
     assert kinds == [0, 2, 3]  # query, announcement, answer with the A record
-    assert t.ready.called
+    assert ready(t) is True
     net.run()
     assert len(net.log) == 4  # + the answer to our own looped-back query, no second announcement
 
@@ -723,10 +848,10 @@ def test_joins_in_one_turn_announce_every_announcing_topic_of_the_name():
 
 
 def test_default_interfaces_joined_like_multicast_dns(monkeypatch):
-    import txhyperswarm.mdns as mdns
+    from txhyperswarm import netif
 
     addresses = [("127.0.0.1", True)]  # (address, internal)
-    monkeypatch.setattr(mdns, "_interfaces", lambda: list(addresses))
+    monkeypatch.setattr(netif, "interfaces", lambda: list(addresses))
     net = FakeNet()
     d = MulticastDiscovery(net.reactor("127.0.0.2"))
     d.startService()
@@ -759,7 +884,7 @@ d.startService()
 def on_peer(p):
     print(json.dumps({"event": "peer", "host": p.host, "port": p.port}), flush=True)
 t = d.announce(topic, port, lookup=True, on_peer=on_peer)
-t.ready.addCallback(lambda _: print(json.dumps({"event": "ready"}), flush=True))
+t.when_ready().addCallback(lambda _: print(json.dumps({"event": "ready"}), flush=True))
 reactor.run()
 """
 
@@ -799,9 +924,9 @@ def test_announce_with_host_puts_it_in_the_srv_target():
 
 
 def test_stop_leaves_no_timer_and_no_deferred_waiting(monkeypatch):
-    import txhyperswarm.mdns as mdns
+    from txhyperswarm import netif
 
-    monkeypatch.setattr(mdns, "_interfaces", lambda: [("127.0.0.1", True)])
+    monkeypatch.setattr(netif, "interfaces", lambda: [("127.0.0.1", True)])
     net = FakeNet()
     a = started(net, "127.0.0.2")
     a.announce(TOPIC, 1111)
@@ -821,8 +946,8 @@ def test_stop_leaves_no_timer_and_no_deferred_waiting(monkeypatch):
     assert net.clock.getDelayedCalls() == []
 
 
-def test_a_failing_announcement_never_raises_out_of_datagram_received(monkeypatch):
-    import txhyperswarm.mdns as mdns
+def test_a_failing_announcement_never_raises_out_of_datagram_received(monkeypatch, logged_errors):
+    from txhyperswarm.mdns import service
 
     net = FakeNet()
     d = started(net, "127.0.0.2")
@@ -831,13 +956,14 @@ def test_a_failing_announcement_never_raises_out_of_datagram_received(monkeypatc
     def broken(records):
         raise RuntimeError("bug while encoding")
 
-    monkeypatch.setattr(mdns, "encode_response", broken)
+    monkeypatch.setattr(service, "encode_response", broken)
     # the announcement is due before this datagram is handled, and fails;
     # the query is still handled (and its answer fails the same way)
     d._protocol.datagramReceived(NODE_QUERY, ("127.0.0.1", 5353))
     assert d.dropped == {"internal_error": 2}
     d._protocol.datagramReceived(b"junk", ("127.0.0.1", 5353))
     assert d.dropped == {"internal_error": 2, "short": 1}
+    assert len(logged_errors.take(RuntimeError)) == 2
 
 
 def test_many_joins_before_start_all_go_out_once_listening():
@@ -856,9 +982,9 @@ def test_many_joins_before_start_all_go_out_once_listening():
     queries = {q.name for p in kinds if not p.is_response for q in p.questions}
     answered = {r.port for p in kinds if p.is_response for r in p.answers if r.type == wire.TYPE_SRV}
     assert queries == {t.name + "." for t in lookups}
-    assert answered == {t.port for t in announces}
+    assert answered == {t.announce_port for t in announces}
     assert len(net.log) == 70
-    assert all(t.ready.called for t in lookups + announces)
+    assert all(ready(t) is True for t in lookups + announces)
     assert d.dropped == {}
 
 
@@ -866,7 +992,7 @@ def test_no_timer_runs_for_a_discovery_that_is_not_listening():
     net = FakeNet()
     d = MulticastDiscovery(net.reactor("127.0.0.2"), interface="127.0.0.2", random=random.Random(3))
     t = d.lookup(TOPIC, lambda p: None)
-    t.update()
+    t.refresh()
     net.run()
     assert net.clock.getDelayedCalls() == []  # the query loop starts with the service
     d.startService()

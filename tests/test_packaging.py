@@ -64,6 +64,20 @@ def test_twist_finds_the_plugin_after_install(tmp_path, editable):
     where = _run(venv, "-c", "import txhyperswarm; print(txhyperswarm.__file__)", cwd=tmp_path)
     assert where.stdout.strip().startswith(str(source if editable else venv)), where.stdout
 
+    # Every module of the source tree is installed and imports (a subpackage
+    # missing from setup.cfg's packages would be left out of a regular install).
+    listing = _run(venv, "-c", (
+        "import importlib, pkgutil, txhyperswarm\n"
+        "for m in pkgutil.walk_packages(txhyperswarm.__path__, 'txhyperswarm.'):\n"
+        "    importlib.import_module(m.name); print(m.name)"
+    ), cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr[-3000:]
+    in_source = {
+        ".".join(p.relative_to(source).with_suffix("").parts).removesuffix(".__init__")
+        for p in (source / "txhyperswarm").rglob("*.py")
+    } - {"txhyperswarm"}
+    assert set(listing.stdout.split()) == in_source
+
     script = venv / "bin" / "hyperswarm"
     assert script.exists()
     cli = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path)

@@ -17,9 +17,19 @@ def test_unknown_names_raise_attribute_error():
 
 def test_the_public_classes_are_the_ones_in_their_modules():
     from txhyperswarm.dht.node import DHTNode
+    from txhyperswarm.discovery import Discovery
+    from txhyperswarm.mdns import MulticastDiscovery
     from txhyperswarm.peer_record import PeerRecord
+    from txhyperswarm.peerinfo import PeerInfo
+    from txhyperswarm.queue import QueueOptions
     from txhyperswarm.udp import UDPSocket
+    from txhyperswarm.utp.socket import UTPSocket
 
     assert txhyperswarm.DHTNode is DHTNode
+    assert txhyperswarm.Discovery is Discovery
+    assert txhyperswarm.MulticastDiscovery is MulticastDiscovery
+    assert txhyperswarm.PeerInfo is PeerInfo
+    assert txhyperswarm.QueueOptions is QueueOptions
+    assert txhyperswarm.UTPSocket is UTPSocket
     assert txhyperswarm.PeerRecord is PeerRecord
     assert txhyperswarm.UDPSocket is UDPSocket

@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 
 from tests.harness import REPO, free_port
-from txhyperswarm._state import SNAPSHOT_INTERVAL, KeepState, NodeState
+from txhyperswarm.dht.state import SNAPSHOT_INTERVAL, KeepState, NodeState
 
 TWIST = [sys.executable, "-m", "twisted"]
 
@@ -24,6 +24,7 @@ def _twist(*args, timeout=30):
         (["--bootstrap-node", "--port", "70000"], "--port"),
         (["--bootstrap-node", "--bootstrap", "127.0.0.1"], "--bootstrap"),
         (["--bootstrap-node", "--bootstrap", "127.0.0.1:0"], "--bootstrap"),
+        (["--bootstrap-node", "--bootstrap", "none", "--bootstrap", "127.0.0.1:5"], "--bootstrap: 'none' excludes"),
         (["--bootstrap-node", "--no-such-option"], "no-such-option"),
         (["--bootstrap-node", "--host", "nonsense"], "--host"),
         (["--bootstrap-node", "--host", "::1"], "--host"),

@@ -11,13 +11,20 @@ private.
 
 from txhyperswarm._version import __version__
 
-__all__ = ["__version__", "DHTNode", "MulticastDiscovery", "PeerRecord", "UDPSocket"]
+__all__ = [
+    "__version__", "DHTNode", "Discovery", "MulticastDiscovery", "PeerInfo", "PeerRecord", "QueueOptions",
+    "UDPSocket", "UTPSocket",
+]
 
 _LAZY = {
     "DHTNode": "txhyperswarm.dht.node",
+    "Discovery": "txhyperswarm.discovery",
     "MulticastDiscovery": "txhyperswarm.mdns",
+    "PeerInfo": "txhyperswarm.peerinfo",
     "PeerRecord": "txhyperswarm.peer_record",
+    "QueueOptions": "txhyperswarm.queue",
     "UDPSocket": "txhyperswarm.udp",
+    "UTPSocket": "txhyperswarm.utp.socket",
 }
 
 

@@ -1,12 +1,15 @@
-"""Parsing of what users type: topics and ``HOST:PORT`` addresses (interfaces.md)."""
+"""
+Parsing of what users type (interfaces.md), shared by ``hyperswarm`` and
+``twist hyperswarm``: topics, ``HOST:PORT`` addresses, ``--bootstrap`` lists.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import string
-from typing import Tuple
+from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["topic_from_text", "parse_host_port"]
+__all__ = ["bootstrap_list", "topic_from_text", "parse_host_port"]
 
 _HEX = frozenset(string.hexdigits)
 
@@ -39,3 +42,20 @@ def parse_host_port(text: str) -> Tuple[str, int]:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"bad port in {text!r}: expected 1..65535")
     return host, int(port_text)
+
+
+def bootstrap_list(values: Optional[Sequence[str]]) -> Optional[List[Tuple[str, int]]]:
+    """
+    ``--bootstrap`` values -> ``[(host, port)]``; none given -> ``None`` (the
+    public list); ``none`` -> ``[]``.
+
+    :raises ValueError: a value is not ``HOST:PORT``, or ``none`` comes with
+        other values.
+    """
+    if not values:
+        return None
+    if "none" in values:
+        if len(values) > 1:
+            raise ValueError("'none' excludes other values")
+        return []
+    return [parse_host_port(v) for v in values]

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from txhyperswarm._parsing import parse_host_port, topic_from_text
+from txhyperswarm._observer import OneShotObserver
+from txhyperswarm._parsing import bootstrap_list, parse_host_port, topic_from_text
+from txhyperswarm._signals import on_stop_signals
 
 __all__ = ["main"]
 
@@ -36,22 +37,6 @@ class _Parser(argparse.ArgumentParser):
 
 class _BadInput(Exception):
     """Input that parses but makes no sense: one line, exit 2."""
-
-
-def bootstrap_list(values: Optional[List[str]]):
-    """
-    ``--bootstrap`` values -> ``[(host, port)]``; none given -> ``None`` (the
-    public list); ``none`` -> ``[]``.
-
-    :raises ValueError: a value is not ``HOST:PORT``.
-    """
-    if not values:
-        return None
-    if "none" in values:
-        if len(values) > 1:
-            raise ValueError("'none' excludes other values")
-        return []
-    return [parse_host_port(v) for v in values]
 
 
 def _emit(obj: dict) -> None:
@@ -139,37 +124,12 @@ def _bootstrap_arg(values):
 # -- waiting: done, --timeout, or SIGINT/SIGTERM ------------------------------
 
 
-class _Interrupt:
-    """The SIGINT/SIGTERM a command has seen (handlers installed by :func:`run`)."""
-
-    def __init__(self) -> None:
-        self.seen = False
-        self._waiters: List[defer.Deferred] = []
-
-    def set(self) -> None:
-        if self.seen:
-            return
-        self.seen = True
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def wait(self) -> defer.Deferred:
-        """A Deferred firing with ``None`` at the first signal (at once if one came already)."""
-        if self.seen:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred(self._waiters.remove)
-        self._waiters.append(d)
-        return d
-
-
-_interrupted = _Interrupt()
-
-
-def _race(reactor, work: defer.Deferred, timeout: Optional[float], interruptible: bool = True) -> defer.Deferred:
+def _race(reactor, work: defer.Deferred, timeout: Optional[float],
+          interrupted: Optional[OneShotObserver] = None) -> defer.Deferred:
     """
     Wait for ``work``, ``timeout`` seconds (``None``: no limit) or (when
-    ``interruptible``) a signal.
+    given) the ``interrupted`` observer (fired by :func:`run` at
+    SIGINT/SIGTERM).
 
     :returns: a Deferred firing with ``("done", result)`` (``result`` may be
         a Failure, which is consumed), ``("timeout", None)`` or
@@ -177,7 +137,7 @@ def _race(reactor, work: defer.Deferred, timeout: Optional[float], interruptible
         (not cancelled) when it did not finish: the caller decides.
     """
     outcome: defer.Deferred = defer.Deferred()
-    signalled = _interrupted.wait() if interruptible else defer.Deferred()
+    signalled = interrupted.when_fired() if interrupted is not None else defer.Deferred()
     timer = reactor.callLater(timeout, lambda: settle("timeout")) if timeout is not None else None
 
     def settle(kind: str, value=None) -> None:
@@ -197,7 +157,7 @@ def _race(reactor, work: defer.Deferred, timeout: Optional[float], interruptible
 # -- ping ------------------------------------------------------------------
 
 
-async def _ping(reactor, args) -> int:
+async def _ping(reactor, args, interrupted: OneShotObserver) -> int:
     from txhyperswarm.dht.node import DHTNode
 
     host, port = args.address
@@ -206,7 +166,7 @@ async def _ping(reactor, args) -> int:
     try:
         started = reactor.seconds()
         pinging = node.ping(host, port)
-        kind, reply = await _race(reactor, pinging, args.timeout)
+        kind, reply = await _race(reactor, pinging, args.timeout, interrupted)
         if kind != "done":
             pinging.cancel()  # forgets the request
             why = f"no reply in {args.timeout:g}s" if kind == "timeout" else "interrupted before a reply"
@@ -264,11 +224,35 @@ async def _stop(*services) -> None:
             await defer.maybeDeferred(svc.stopService)
 
 
-async def _lookup(reactor, args) -> int:
-    from twisted.internet.task import deferLater
+def _error_text(error) -> str:
+    """An ``on_update`` error (a Failure or an exception) as one line."""
+    if isinstance(error, Failure):
+        return error.getErrorMessage() or error.type.__name__
+    return str(error) or type(error).__name__
 
-    from txhyperswarm.dht import peers
+
+def _discovery(reactor, bootstrap, mdns_on: bool):
+    """
+    The services a command discovers through, started: ``(node, mdns,
+    Discovery or None)``; no DHT node with ``--bootstrap none``, no mDNS
+    with ``--no-mdns`` or when 5353 cannot be bound.
+    """
     from txhyperswarm.dht.node import DHTNode
+    from txhyperswarm.discovery import Discovery
+
+    node = mdns = None
+    if bootstrap != []:
+        node = DHTNode(reactor, bootstrap=bootstrap, ephemeral=True, host="0.0.0.0", port=0)
+        node.startService()
+    if mdns_on:
+        mdns = _start_mdns(reactor)
+    if node is None and mdns is None:
+        return None, None, None
+    return node, mdns, Discovery(reactor, dht=node, mdns=mdns)
+
+
+async def _lookup(reactor, args, interrupted: OneShotObserver) -> int:
+    from twisted.internet.task import deferLater
 
     bootstrap = _bootstrap_arg(args.bootstrap)
     _say_topic("lookup", args.topic)
@@ -276,86 +260,102 @@ async def _lookup(reactor, args) -> int:
     seen = set()
 
     def report(record) -> None:
+        # Discovery passes every report on (repeats included); only what
+        # is printed is de-duplicated.
         key = (record.source, record.host, record.port, record.local)
         if key not in seen:
             seen.add(key)
             _emit(_record_json(record))
 
-    node = mdns = None
-    waits = []
-    walk = {"failed": None, "ended": False}
+    walk = {"failed": None, "ended": False, "decided": False}
+    walked: defer.Deferred = defer.Deferred()
+
+    def cycle_ended(error) -> None:
+        # The first DHT cycle (the walk) has ended. Nothing after the
+        # command decided (a cycle ended by the stop) changes the outcome.
+        if walk["ended"] or walk["decided"]:
+            return
+        walk["ended"] = True
+        if error is not None:
+            walk["failed"] = _error_text(error)
+        walked.callback(None)
+
+    node, mdns, discovery = _discovery(reactor, bootstrap, not args.no_mdns)
     if bootstrap == []:
         walk["failed"] = "no bootstrap node (--bootstrap none)"
-    else:
-        node = DHTNode(reactor, bootstrap=bootstrap, ephemeral=True, host="0.0.0.0", port=0)
-        node.startService()
-
-        def walk_ended(result) -> None:
-            walk["ended"] = True
-            if isinstance(result, Failure) and not result.check(defer.CancelledError):
-                walk["failed"] = result.getErrorMessage() or result.type.__name__
-
-        waits.append(peers.lookup_stream(node, topic, report).addBoth(walk_ended))
-    if not args.no_mdns:
-        mdns = _start_mdns(reactor)
-        if mdns is not None:
-            handle = mdns.lookup(topic, report)
-            waits.append(handle.ready.addCallback(lambda _: deferLater(reactor, MDNS_LISTEN, lambda: None)))
+    if discovery is None:
+        sys.stderr.write(f"hyperswarm lookup: the DHT walk failed: {walk['failed']}\n")
+        return 1
+    joined = None
     try:
+        joined = discovery.join(topic, lookup=True, on_peer=report, on_update=cycle_ended)
+        waits = []
+        if joined.dht is not None:
+            waits.append(walked)
+        if joined.mdns is not None:
+            waits.append(joined.mdns.when_ready().addCallback(lambda _: deferLater(reactor, MDNS_LISTEN, lambda: None)))
         everything = defer.DeferredList(waits, consumeErrors=True)
-        kind, _ = await _race(reactor, everything, args.timeout)
+        kind, _ = await _race(reactor, everything, args.timeout, interrupted)
         if kind != "done":
             # Cut short (--timeout or a signal): the walk failed only if no
             # node has answered it so far.
             if node is not None and not walk["ended"] and node.routing_table_size == 0:
                 when = f"within --timeout {args.timeout:g}s" if kind == "timeout" else "before the interrupt"
                 walk["failed"] = f"no bootstrap node answered {when}"
-            everything.cancel()  # stops the walk and the mDNS wait
+            everything.cancel()  # stops waiting for the walk and the mDNS listen
+        walk["decided"] = True
     finally:
+        walk["decided"] = True
+        if joined is not None:
+            joined.stop()  # a lookup has nothing to unannounce: this is at once
         await _stop(mdns, node)
     if walk["failed"] is not None and (node is not None or mdns is None):
         sys.stderr.write(f"hyperswarm lookup: the DHT walk failed: {walk['failed']}\n")
     return 1 if walk["failed"] is not None and mdns is None else 0
 
 
-async def _announce(reactor, args) -> int:
-    from txhyperswarm.dht import peers
-    from txhyperswarm.dht.node import DHTNode
-
+async def _announce(reactor, args, interrupted: OneShotObserver) -> int:
     bootstrap = _bootstrap_arg(args.bootstrap)
     _say_topic("announce", args.topic)
     topic = bytes(args.topic)
-    node = mdns = announcement = handle = None
+    node, mdns, discovery = _discovery(reactor, bootstrap, not args.no_mdns)
+    if discovery is None:
+        sys.stderr.write("hyperswarm announce: nothing to announce on: no bootstrap node and no mDNS\n")
+        return 1
+    first_cycle: defer.Deferred = defer.Deferred()
+
+    def cycle_ended(error) -> None:
+        if not first_cycle.called:
+            first_cycle.callback(error)
+
+    joined = None
     try:
-        if bootstrap != []:
-            node = DHTNode(reactor, bootstrap=bootstrap, ephemeral=True, host="0.0.0.0", port=0)
-            node.startService()
-            announcement = peers.announce(node, topic, port=args.port, local_address=args.local_address)
-        if not args.no_mdns:
-            mdns = _start_mdns(reactor)
-            if mdns is not None:
-                handle = mdns.announce(topic, args.port)
-        if announcement is None and handle is None:
-            sys.stderr.write("hyperswarm announce: nothing to announce on: no bootstrap node and no mDNS\n")
-            return 1
-        first = announcement.ready if announcement is not None else handle.ready
-        kind, result = await _race(reactor, first, None)
+        joined = discovery.join(topic, announce_port=args.port, local_address=args.local_address,
+                                lookup=False, on_update=cycle_ended)
+        # The first announce is done when the DHT's first cycle has ended
+        # (its UPDATEs sent: not when_ready(), which may fire early, after 6
+        # full responses); with no DHT node, once mDNS announced.
+        if joined.dht is not None:
+            kind, error = await _race(reactor, first_cycle, None, interrupted)
+            why = _error_text(error) if error is not None else None
+        else:
+            kind, ok = await _race(reactor, joined.when_ready(), None, interrupted)
+            why = None if ok is True else "mDNS did not announce"
         if kind == "done":
-            if isinstance(result, Failure):
-                sys.stderr.write(f"hyperswarm announce: the first announce failed: {result.getErrorMessage()}\n")
+            if why is not None:
+                sys.stderr.write(f"hyperswarm announce: the first announce failed: {why}\n")
                 return 1
             _emit({"topic": topic.hex(), "announced": True})
-            await _interrupted.wait()
-        if announcement is not None:
-            unannounce = announcement.stop()
-            kind, _ = await _race(reactor, unannounce, UNANNOUNCE_LIMIT, interruptible=False)
-            if kind == "timeout":
-                unannounce.cancel()
-                sys.stderr.write(f"hyperswarm announce: unannounce took over {UNANNOUNCE_LIMIT:g}s; exiting\n")
+            await interrupted.when_fired()
+        stopping = joined.stop()  # unannounces on the DHT; mDNS stops at once
+        kind, _ = await _race(reactor, stopping, UNANNOUNCE_LIMIT)
+        if kind == "timeout":
+            stopping.cancel()
+            sys.stderr.write(f"hyperswarm announce: unannounce took over {UNANNOUNCE_LIMIT:g}s; exiting\n")
         return 0
     finally:
-        if handle is not None:
-            handle.stop()
+        if joined is not None:
+            joined.stop()
         await _stop(mdns, node)
 
 
@@ -369,24 +369,18 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     from twisted.internet.task import react
 
     status = {"code": 1}
-
-    def install_handlers():
-        # SIGINT/SIGTERM end every command through its own clean-up (announce:
-        # unannounce; lookup: stop as at --timeout; ping: no reply, exit 1).
-        # Installed before the reactor runs (so an early signal is not lost)
-        # and again once it runs, since it installs its own as it starts.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: reactor.callFromThread(_interrupted.set))
+    # SIGINT/SIGTERM end every command through its own clean-up (announce:
+    # unannounce; lookup: stop as at --timeout; ping: no reply, exit 1).
+    interrupted: OneShotObserver = OneShotObserver()
+    on_stop_signals(reactor, interrupted.fire)
 
     async def job(reactor):
-        reactor.callWhenRunning(install_handlers)
         try:
-            status["code"] = await _COMMANDS[args.command](reactor, args)
+            status["code"] = await _COMMANDS[args.command](reactor, args, interrupted)
         except _BadInput as e:
             sys.stderr.write(f"hyperswarm: error: {e}\n")
             status["code"] = 2
 
-    install_handlers()
     try:
         react(lambda r: defer.Deferred.fromCoroutine(job(r)))
     except SystemExit as e:

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import signal
 import sys
 
 from twisted.application import service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from txhyperswarm._parsing import parse_host_port, topic_from_text
-from txhyperswarm._state import KeepState, NodeState
+from txhyperswarm._parsing import bootstrap_list, topic_from_text
+from txhyperswarm._signals import on_stop_signals
+from txhyperswarm.dht.state import KeepState, NodeState
 
 __all__ = ["Options", "makeService", "build_service"]
 
@@ -63,13 +63,7 @@ class Options(usage.Options):
 
     def opt_bootstrap(self, value: str) -> None:
         """DHT bootstrap node HOST:PORT (repeatable); 'none' for none."""
-        if value == "none":
-            self["bootstrap"].append(None)
-            return
-        try:
-            self["bootstrap"].append(parse_host_port(value))
-        except ValueError as e:
-            raise usage.UsageError(f"--bootstrap: {e}") from None
+        self["bootstrap"].append(value)  # parsed in postOptions
 
     def opt_topic(self, value: str) -> None:
         """Topic to join (repeatable): 64 hex characters, or text hashed with SHA-256."""
@@ -99,13 +93,13 @@ class Options(usage.Options):
             self["port"] = BOOTSTRAP_NODE_PORT if self["bootstrap-node"] else 0
         elif not 0 <= port < 65536:
             raise usage.UsageError(f"--port must be 0..65535, got {port}")
-        boots = self["bootstrap"]
-        if None in boots:
-            if len(boots) > 1:
-                raise usage.UsageError("--bootstrap none excludes other --bootstrap values")
-            self["bootstrap"] = []
-        elif not boots:
-            self["bootstrap"] = [] if self["bootstrap-node"] else None  # None: DHTNode's public list
+        try:
+            boots = bootstrap_list(self["bootstrap"])
+        except ValueError as e:
+            raise usage.UsageError(f"--bootstrap: {e}") from None
+        if boots is None and self["bootstrap-node"]:
+            boots = []
+        self["bootstrap"] = boots  # None: DHTNode's public list
         if self["expose"]:
             _check_endpoint("client", self["expose"])
         if self["listen"]:
@@ -148,21 +142,18 @@ class _ExitCleanly(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        # twist starts services before the reactor runs, and the reactor
-        # installs its own handlers as it starts: install ours now (a signal
-        # before the reactor runs would otherwise raise KeyboardInterrupt or
-        # kill the process; the stop it queues runs once the reactor does)
-        # and again once it runs.
-        self._install()
-        self._reactor.callWhenRunning(self._install)
+        # twist starts services before the reactor runs: a signal before
+        # the reactor runs queues a stop that runs once it does.
+        on_stop_signals(self._reactor, self._on_signal)
 
-    def _install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
+    def _on_signal(self, signum: int) -> None:
+        from twisted.internet.error import ReactorNotRunning
 
-    def _on_signal(self, signum, frame) -> None:
         log.info("signal {signum}: shutting down", signum=signum)
-        self._reactor.callFromThread(self._reactor.stop)
+        try:
+            self._reactor.stop()
+        except ReactorNotRunning:  # a second signal while shutting down
+            pass
 
 
 class _Daemon(service.MultiService):

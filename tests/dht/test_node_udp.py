@@ -9,7 +9,7 @@ from twisted.internet import defer, protocol, task
 
 from txhyperswarm.dht import messages as m
 from txhyperswarm.dht.node import DHTNode
-from txhyperswarm.dht.rpc import RequestTimeout
+from txhyperswarm.dht.errors import RequestTimeout
 from txhyperswarm.udp import UDPSocket, is_utp_datagram
 
 from tests.dht.test_messages import VECTORS
@@ -54,7 +54,7 @@ def test_ten_thousand_hostile_datagrams_then_a_ping(reactor):
     sink = _Sink()
     port = reactor.listenUDP(0, sink, interface="127.0.0.1")
     seen = []
-    inner = node._rpc.datagram_received
+    inner = node.rpc.datagram_received
     node.udp.set_dht_receiver(lambda data, addr: (seen.append(data), inner(data, addr)))
     out = []  # what the node sends: answers, relays, its own requests
     real_send = node.udp.send
@@ -131,27 +131,20 @@ def test_service_owns_its_socket_or_shares_one(reactor):
     assert not owned.udp.listening
 
 
-@pytest_twisted.inlineCallbacks
-def test_ping_timeout_errback_names_the_peer(reactor):
-    node = DHTNode(reactor, bootstrap=[], host="127.0.0.1")
-    node.startService()
-    # a bound socket that never answers
-    sink = _Sink()
-    port = reactor.listenUDP(0, sink, interface="127.0.0.1")
-    node._rpc._tick_loop.stop()
-    node._rpc._tick_loop.start(0.01, now=False)  # fast ticks: same tick counts
-    try:
-        with_err = node.ping("127.0.0.1", port.getHost().port)
-        try:
-            yield with_err
-        except RequestTimeout as e:
-            assert f"127.0.0.1:{port.getHost().port}" in str(e) and "_ping" in str(e)
-        else:
-            raise AssertionError("no timeout")
-        assert len(sink.received) == 3
-    finally:
-        yield port.stopListening()
-        yield node.stopService()
+def test_ping_timeout_errback_names_the_peer():
+    from tests.dht.dhtnet import DHTNetwork
+
+    net = DHTNetwork()
+    node = net.node()
+    silent = ("127.0.0.1", 9)
+    net.down.add(silent)  # swallows what it gets
+    failures = []
+    node.ping(*silent).addErrback(failures.append)
+    net.run(8)
+    (failure,) = failures
+    assert failure.check(RequestTimeout)
+    assert "127.0.0.1:9" in str(failure.value) and "_ping" in str(failure.value)
+    assert len(net.sent(dst=silent)) == 3
 
 
 @pytest_twisted.inlineCallbacks
@@ -190,7 +183,7 @@ def test_stopped_nodes_leave_nothing_on_the_reactor(reactor):
     c.startService()
     yield defer.gatherResults([b.bootstrapped(), c.bootstrapped()])
     announcement = peers.announce(c, b"\x01" * 32, 1000)
-    yield announcement.ready
+    assert (yield announcement.when_ready()) is True
     found = yield peers.lookup(c, b"\x01" * 32)
     assert [(p.host, p.port) for p in found] == [("127.0.0.1", 1000)]
     # still running at stop: a walk, an explicit holepunch (500 ms relay

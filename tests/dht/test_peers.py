@@ -17,12 +17,13 @@ from twisted.internet.task import Clock
 
 from txhyperswarm.dht import peers
 from txhyperswarm.dht.messages import (
+    PeersInput,
     PeersOutput,
     decode_peers_input,
     decode_peers_output,
     encode_peer,
 )
-from txhyperswarm.dht.node import CommandError, IgnoreRequest
+from txhyperswarm.dht.errors import CommandError, IgnoreRequest, QueryError
 from txhyperswarm.dht.records import RecordStore
 from txhyperswarm.peer_record import PeerRecord
 
@@ -52,7 +53,14 @@ def handler(**kw) -> peers.PeersCommand:
 
 def ann(port=None, local=None, unannounce=False) -> bytes:
     """A ``PeersInput`` with exactly the fields given (``port=None``: absent)."""
-    return peers._peers_input(port, local, unannounce)
+    value = PeersInput()
+    if port is not None:
+        value.port = port
+    if local is not None:
+        value.localAddress = encode_peer(*local)
+    if unannounce:
+        value.unannounce = True
+    return value.SerializeToString()
 
 
 def out(value: bytes) -> PeersOutput:
@@ -263,49 +271,62 @@ class FakeNode:
     def __init__(self, clock):
         self.reactor = clock
         self.calls = []
-        self._stop_hooks = {}
+        self.stop_hooks = []
 
-    def _walk(self, kind, command, target, value, on_reply=None):
+    def add_stop_hook(self, hook):
+        self.stop_hooks.append(hook)
+
+    def remove_stop_hook(self, hook):
+        if hook in self.stop_hooks:
+            self.stop_hooks.remove(hook)
+
+    def walk(self, kind, command, target, value, on_reply=None):
         d = defer.Deferred()
         self.calls.append((kind, command, target, value, on_reply, d))
         return d
 
     def query_stream(self, command, target, value=None, on_reply=None):
-        return self._walk("query", command, target, value, on_reply)
+        return self.walk("query", command, target, value, on_reply)
 
     def query_and_update(self, command, target, value=None, on_reply=None):
-        return self._walk("query_and_update", command, target, value, on_reply)
+        return self.walk("query_and_update", command, target, value, on_reply)
 
     def update(self, command, target, value=None, on_reply=None):
-        return self._walk("update", command, target, value, on_reply)
+        return self.walk("update", command, target, value, on_reply)
 
 
-def test_lookup_stream_reports_each_peer_once_and_fires_at_the_end():
+def one_peer_reply(port=4000, node=("127.0.0.1", 1)):
+    return FakeReply(node, None, PeersOutput(peers=encode_peer("127.0.0.1", port)).SerializeToString(),
+                     ("127.0.0.1", 9))
+
+
+def test_lookup_stream_reports_every_peer_of_every_reply_and_fires_at_the_end():
     node = FakeNode(Clock())
     found = []
     d = peers.lookup_stream(node, TOPIC, found.append)
     kind, command, target, value, on_reply, walk = node.calls[0]
     assert (kind, command, target, value) == ("query", "peers", TOPIC, b"")
-    one = PeersOutput(peers=encode_peer("127.0.0.1", 4000)).SerializeToString()
-    on_reply(FakeReply(("127.0.0.1", 1), None, one, ("127.0.0.1", 9)))
-    on_reply(FakeReply(("127.0.0.1", 2), None, one, ("127.0.0.1", 9)))
-    assert found == [PeerRecord(TOPIC, "127.0.0.1", 4000, False, ("127.0.0.1", 1), ("127.0.0.1", 9), "dht")]
+    on_reply(one_peer_reply(node=("127.0.0.1", 1)))
+    on_reply(one_peer_reply(node=("127.0.0.1", 2)))
+    assert found == [
+        PeerRecord(TOPIC, "127.0.0.1", 4000, False, ("127.0.0.1", 1), ("127.0.0.1", 9), "dht"),
+        PeerRecord(TOPIC, "127.0.0.1", 4000, False, ("127.0.0.1", 2), ("127.0.0.1", 9), "dht"),
+    ]
     assert not d.called
     walk.callback(None)
     assert d.called
 
 
-def test_lookup_collects_a_list():
+def test_lookup_collects_a_list_each_peer_once():
     node = FakeNode(Clock())
     d = peers.lookup(node, TOPIC, local_address=("10.0.0.9", 1))
     *_, value, on_reply, walk = node.calls[0]
     assert value == peers.encode_lookup(("10.0.0.9", 1))
-    on_reply(FakeReply(("127.0.0.1", 1), None,
-                       PeersOutput(localPeers=bytes.fromhex("01050fa0")).SerializeToString(), None))
+    local = PeersOutput(localPeers=bytes.fromhex("01050fa0")).SerializeToString()
+    on_reply(FakeReply(("127.0.0.1", 1), None, local, None))
+    on_reply(FakeReply(("127.0.0.1", 2), None, local, None))
     walk.callback(None)
-    result = []
-    d.addCallback(result.append)
-    assert result == [[PeerRecord(TOPIC, "10.0.1.5", 4000, True, None, None, "dht")]]
+    assert d.result == [PeerRecord(TOPIC, "10.0.1.5", 4000, True, None, None, "dht")]
 
 
 def test_lookup_rejects_a_topic_that_is_not_32_bytes_or_a_bad_lan_address():
@@ -315,16 +336,56 @@ def test_lookup_rejects_a_topic_that_is_not_32_bytes_or_a_bad_lan_address():
         peers.lookup(FakeNode(Clock()), TOPIC, local_address=("not-an-ip", 1))
 
 
-def test_announce_reannounces_300_to_600_s_after_each_walk_and_stops():
+@pytest.mark.parametrize("kw", [dict(announce_port=-1), dict(announce_port=65536),
+                                dict(announce_port=None, lookup=False),
+                                dict(local_address=("not-an-ip", 1))])
+def test_join_rejects_what_it_cannot_send(kw):
+    node = FakeNode(Clock())
+    with pytest.raises(ValueError):
+        peers.join(node, TOPIC, **kw)
+    assert node.calls == [] and node.stop_hooks == []
+
+
+def test_join_provides_the_discovery_topic_interface():
+    from zope.interface.verify import verifyObject
+
+    from txhyperswarm.interfaces import IDiscoveryTopic
+
+    t = peers.join(FakeNode(Clock()), TOPIC, announce_port=0)
+    assert verifyObject(IDiscoveryTopic, t)
+    assert (t.topic, t.announcing, t.lookup) == (TOPIC, True, True)
+    t = peers.join(FakeNode(Clock()), TOPIC, lookup=False, announce_port=5)
+    assert (t.announcing, t.lookup) == (True, False)
+    t = peers.join(FakeNode(Clock()), TOPIC)
+    assert (t.announcing, t.lookup) == (False, True)
+
+
+@pytest.mark.parametrize("announce_port, kind, value", [
+    (None, "query", b""),
+    (0, "query_and_update", b"\x08\x00"),
+    (4000, "query_and_update", bytes.fromhex("08a01f")),
+])
+def test_each_cycle_announces_or_looks_up(announce_port, kind, value):
     clock = Clock()
     node = FakeNode(clock)
-    a = peers.announce(node, TOPIC, reactor=clock, random=random.Random(3))
-    assert [c[:4] for c in node.calls] == [("query_and_update", "peers", TOPIC, b"\x08\x00")]
-    assert not a.ready.called
+    peers.join(node, TOPIC, announce_port=announce_port, reactor=clock)
+    assert [c[:4] for c in node.calls] == [(kind, "peers", TOPIC, value)]
+    node.calls[0][-1].callback([])
+    clock.advance(600)
+    assert [c[:4] for c in node.calls] == [(kind, "peers", TOPIC, value)] * 2
+
+
+def test_cycles_repeat_300_to_600_s_after_each_ended_and_stop():
+    clock = Clock()
+    node = FakeNode(clock)
+    updates = []
+    t = peers.join(node, TOPIC, announce_port=0, on_update=updates.append, reactor=clock,
+                   random=random.Random(3))
+    ready = t.when_ready()
     clock.advance(1000)
-    assert len(node.calls) == 1  # nothing new while the walk runs
-    node.calls[0][-1].callback(None)
-    assert a.ready.called and a.announces == 1
+    assert len(node.calls) == 1 and not ready.called  # nothing new while the walk runs
+    node.calls[0][-1].callback([])
+    assert ready.result is True and updates == [None] and t.cycles == 1
     delays = []
     for n in range(2, 8):
         start = clock.seconds()
@@ -332,74 +393,124 @@ def test_announce_reannounces_300_to_600_s_after_each_walk_and_stops():
             clock.advance(1)
             assert clock.seconds() - start <= 600
         delays.append(clock.seconds() - start)
-        node.calls[-1][-1].callback(None)
+        node.calls[-1][-1].callback([])
+    assert updates == [None] * 7
     assert all(300 <= x <= 601 for x in delays)
     assert len(set(delays)) > 1  # random, not fixed
-    stopped = a.stop()
+    stopped = t.stop()
     kind, _, _, value, _, walk = node.calls[-1]
     assert kind == "update" and decode_peers_input(value).unannounce
-    walk.callback(None)
-    assert stopped.result is True
+    assert not stopped.called  # until the unannounce is done
+    walk.callback([])
+    assert stopped.result is None
     clock.advance(3600)
-    assert node.calls[-1][0] == "update"  # no announce after stop
-    assert a.stop().result is True
+    assert node.calls[-1][0] == "update" and len(updates) == 7  # no cycle after stop
+    assert t.stop().result is None  # idempotent
+    assert node.calls[-1][0] == "update" and len([c for c in node.calls if c[0] == "update"]) == 1
 
 
-def test_a_failed_first_announce_fails_ready_and_retries():
+def test_the_delay_is_drawn_from_the_injected_random():
+    class Fixed:
+        def __init__(self, x):
+            self.x = x
+
+        def random(self):
+            return self.x
+
+    for x, delay in [(0.0, 300), (0.5, 450), (0.999, 599.7)]:
+        clock = Clock()
+        node = FakeNode(clock)
+        peers.join(node, TOPIC, reactor=clock, random=Fixed(x))
+        node.calls[0][-1].callback(None)
+        clock.advance(delay - 0.01)
+        assert len(node.calls) == 1
+        clock.advance(0.02)
+        assert len(node.calls) == 2
+
+
+def test_a_failed_first_cycle_makes_ready_false_reports_the_error_and_retries():
     clock = Clock()
     node = FakeNode(clock)
-    a = peers.announce(node, TOPIC, 4000, reactor=clock)
-    node.calls[0][-1].errback(RuntimeError("No nodes responded"))
-    failures = []
-    a.ready.addErrback(failures.append)
-    assert failures and "No nodes responded" in failures[0].getErrorMessage()
+    updates = []
+    t = peers.join(node, TOPIC, announce_port=4000, on_update=updates.append, reactor=clock)
+    ready = t.when_ready()
+    node.calls[0][-1].errback(QueryError("No nodes responded"))
+    assert ready.result is False and t.when_ready().result is False
+    assert len(updates) == 1 and isinstance(updates[0], QueryError)
     clock.advance(600)
     assert len(node.calls) == 2
     assert node.calls[1][3] == bytes.fromhex("08a01f")
+    node.calls[1][-1].callback([])
+    assert updates[1:] == [None]
+    assert t.when_ready().result is False  # the first round decides
 
 
-def test_a_failed_first_announce_nobody_waits_for_logs_no_unhandled_error(monkeypatch):
+def test_a_failed_first_cycle_nobody_waits_for_logs_no_unhandled_error():
     import gc
 
-    from twisted.logger import Logger, globalLogPublisher
+    from twisted.logger import globalLogPublisher
 
-    # The announcement's own warning goes elsewhere: a logged event keeps its
-    # source (the announcement) alive in the log buffer, and nothing is
-    # collected.
-    warnings = []
-    monkeypatch.setattr(peers.Announcement, "log", Logger(observer=lambda e: warnings.append(e["log_format"])))
-
-    def announce_and_forget():
+    def join_and_forget():
         clock = Clock()
         node = FakeNode(clock)
-        a = peers.announce(node, TOPIC, 4000, reactor=clock)
-        node.calls[0][-1].errback(RuntimeError("No nodes responded"))
-        a.stop()
+        t = peers.join(node, TOPIC, announce_port=4000, reactor=clock)
+        t.when_ready()
+        node.calls[0][-1].errback(QueryError("No nodes responded"))
+        t.stop()
+        node.calls[1][-1].errback(QueryError("No nodes responded"))
 
-    # keep only the formats: a kept event would keep the announcement alive
     formats = []
     observer = lambda event: formats.append(str(event.get("log_format")))  # noqa: E731
     globalLogPublisher.addObserver(observer)
     try:
-        announce_and_forget()
+        join_and_forget()
         gc.collect()
     finally:
         globalLogPublisher.removeObserver(observer)
-    assert warnings == ["announce of {topic} failed: {err}"]  # it did fail
+    assert "announce of {topic} failed: {err}" in " ".join(formats)  # it did fail
     assert not [f for f in formats if "Unhandled error" in f], formats
 
 
-def test_stop_during_the_first_walk_cancels_it_and_unannounces():
+def test_stop_during_the_first_cycle_cancels_it_makes_ready_false_and_unannounces():
     clock = Clock()
     node = FakeNode(clock)
-    a = peers.announce(node, TOPIC, reactor=clock)
-    d = a.stop()
+    updates = []
+    t = peers.join(node, TOPIC, announce_port=0, on_update=updates.append, reactor=clock)
+    ready = t.when_ready()
+    d = t.stop()
     assert node.calls[0][-1].called  # cancelled
+    assert ready.result is False and updates == []  # no 'update' after stop, as Node
     assert node.calls[1][0] == "update"
-    node.calls[1][-1].errback(RuntimeError("No close nodes responded"))
-    assert d.result is False
+    node.calls[1][-1].errback(QueryError("No close nodes responded"))
+    assert d.result is None  # failed or not: done
     clock.advance(3600)
     assert len(node.calls) == 2
+    assert node.stop_hooks == []
+
+
+def test_stop_of_a_lookup_only_join_fires_at_once_and_sends_nothing():
+    clock = Clock()
+    node = FakeNode(clock)
+    t = peers.join(node, TOPIC, reactor=clock)
+    node.calls[0][-1].callback(None)
+    d = t.stop()
+    assert d.result is None
+    assert [c[0] for c in node.calls] == ["query"]
+    clock.advance(3600)
+    assert len(node.calls) == 1
+    assert t.stop().result is None
+
+
+def test_peers_go_to_on_peer_only_when_looking_up():
+    clock = Clock()
+    for lookup, expect in [(True, [("127.0.0.1", 4000), ("127.0.0.1", 4000)]), (False, [])]:
+        node = FakeNode(clock)
+        found = []
+        peers.join(node, TOPIC, announce_port=0, lookup=lookup, on_peer=found.append, reactor=clock)
+        on_reply = node.calls[0][4]
+        on_reply(one_peer_reply())
+        on_reply(one_peer_reply())  # a repeat is reported again
+        assert [(p.host, p.port) for p in found] == expect
 
 
 def test_announce_reports_peers_found_on_the_way():
@@ -408,9 +519,95 @@ def test_announce_reports_peers_found_on_the_way():
     found = []
     peers.announce(node, TOPIC, on_peer=found.append, reactor=clock)
     on_reply = node.calls[0][4]
-    on_reply(FakeReply(("127.0.0.1", 1), None,
-                       PeersOutput(peers=encode_peer("127.0.0.1", 4000)).SerializeToString(), None))
+    on_reply(one_peer_reply())
     assert [(p.host, p.port) for p in found] == [("127.0.0.1", 4000)]
+
+
+def _reply(n_peers=0, n_local=None):
+    out = PeersOutput()
+    if n_peers:
+        out.peers = b"".join(encode_peer("127.0.0.1", 1000 + i) for i in range(n_peers))
+    if n_local:
+        out.localPeers = b"".join(bytes((1, i)) + (2000 + i).to_bytes(2, "big") for i in range(n_local))
+    return FakeReply(("127.0.0.1", 1), None, out.SerializeToString(), None)
+
+
+@pytest.mark.parametrize("replies, local, flushes_at", [
+    ([1] * 6, False, 6),                # 6 replies of one peer each
+    ([1] * 5, False, None),             # 5 are not enough
+    ([3, 1, 3, 3, 3, 3, 3], False, 7),  # a smaller reply does not count
+    ([1, 3, 3, 3, 3, 3, 3], False, 7),  # a bigger one restarts the count
+    ([20] * 6, False, 6),               # >= 16 counts but is no new maximum
+    ([0] * 8, False, None),             # empty replies never count
+])
+def test_the_first_round_ends_early_after_6_full_responses(replies, local, flushes_at):
+    clock = Clock()
+    node = FakeNode(clock)
+    t = peers.join(node, TOPIC, reactor=clock)
+    ready = t.when_ready()
+    on_reply = node.calls[0][4]
+    fired_at = None
+    for i, n in enumerate(replies, 1):
+        on_reply(_reply(n))
+        if ready.called and fired_at is None:
+            fired_at = i
+    assert fired_at == flushes_at
+    if flushes_at is not None:
+        assert ready.result is True
+    assert len(node.calls) == 1 and not node.calls[0][-1].called  # the cycle goes on
+
+
+def test_the_local_early_flush_compares_with_the_remote_maximum_as_node():
+    clock = Clock()
+    node = FakeNode(clock)
+    t = peers.join(node, TOPIC, local_address=("10.1.2.3", 1), reactor=clock)
+    ready = t.when_ready()
+    on_reply = node.calls[0][4]
+    on_reply(_reply(4))  # remote maximum 4, remote count 1
+    # 1, 2, 3 local peers are never above the remote maximum, so the local
+    # maximum stays 1 and each counts (comparing with the local maximum would
+    # restart the count at 2 and 3, and never flush here)
+    for n in (1, 2, 3, 1, 1):
+        on_reply(_reply(0, n))
+    assert not ready.called
+    on_reply(_reply(0, 1))  # the 6th local reply of >= 1
+    assert ready.result is True
+
+
+def test_local_peers_do_not_count_without_a_local_address():
+    clock = Clock()
+    node = FakeNode(clock)
+    t = peers.join(node, TOPIC, reactor=clock)
+    ready = t.when_ready()
+    for _ in range(8):
+        node.calls[0][4](_reply(0, 3))
+    assert not ready.called
+
+
+def test_a_later_cycle_does_not_change_the_first_round():
+    clock = Clock()
+    node = FakeNode(clock)
+    t = peers.join(node, TOPIC, reactor=clock)
+    node.calls[0][-1].callback(None)
+    clock.advance(600)
+    node.calls[1][-1].errback(QueryError("No nodes responded"))
+    assert t.when_ready().result is True
+
+
+def test_the_node_stopping_ends_the_cycles():
+    clock = Clock()
+    node = FakeNode(clock)
+    updates = []
+    t = peers.join(node, TOPIC, announce_port=0, on_update=updates.append, reactor=clock)
+    ready = t.when_ready()
+    (hook,) = node.stop_hooks
+    hook()
+    assert ready.result is False
+    node.calls[0][-1].errback(QueryError("DHT node stopped"))
+    assert updates == []
+    clock.advance(3600)
+    assert len(node.calls) == 1
+    assert clock.getDelayedCalls() == []
 
 
 # -- real DHTNodes over loopback sockets ---------------------------------------------
@@ -525,7 +722,7 @@ def test_announce_lookup_unannounce_over_loopback(reactor, network):
     a = yield network.client()
     b = yield network.client()
     ann_ = peers.announce(a, TOPIC, 4000, local_address=("10.1.2.3", 4000))
-    yield ann_.ready
+    assert (yield ann_.when_ready()) is True
     assert network.stored() >= 2  # public + LAN record on at least one node
     found = yield peers.lookup(b, TOPIC, local_address=("10.1.9.9", 7))
     servers = {n.address() for n in network.nodes[:4]}
@@ -536,11 +733,11 @@ def test_announce_lookup_unannounce_over_loopback(reactor, network):
     assert [(p.host, p.port, p.referrer) for p in found if p.local] == [("10.1.2.3", 4000, None)]
     # the default announce port is our DHT socket's port (sent as 0)
     default = peers.announce(b, TOPIC)
-    yield default.ready
+    assert (yield default.when_ready()) is True
     found = yield peers.lookup(a, TOPIC)
     assert {(p.host, p.port) for p in found} == {(LOOPBACK, 4000), b.address()}
-    assert (yield ann_.stop()) is True
-    assert (yield default.stop()) is True
+    assert (yield ann_.stop()) is None
+    assert (yield default.stop()) is None
     assert network.stored() == 0
     assert (yield peers.lookup(b, TOPIC, local_address=("10.1.9.9", 7))) == []
 
@@ -549,13 +746,15 @@ def test_announce_lookup_unannounce_over_loopback(reactor, network):
 def test_lookup_stream_reports_peers_before_the_walk_ends(reactor, network):
     yield network.start(persistent=3)
     a = yield network.client()
-    yield peers.announce(a, TOPIC, 5000).ready
+    yield peers.announce(a, TOPIC, 5000).when_ready()
     b = yield network.client()
     events = []
     d = peers.lookup_stream(b, TOPIC, lambda p: events.append(("peer", p.port)))
     d.addCallback(lambda _: events.append(("done", None)))
     yield d
-    assert events == [("peer", 5000), ("done", None)]
+    # every node holding the record reports it (as Node emits per response)
+    assert events[-1] == ("done", None) and len(events) >= 2
+    assert set(events[:-1]) == {("peer", 5000)}
 
 
 @pytest_twisted.inlineCallbacks
@@ -574,11 +773,11 @@ def test_forged_and_stale_tokens_are_rejected(reactor, network):
         assert server.dropped["bad_token"] == 2
         assert len(network.commands[0].store) == 0
         # a token from one rotation ago still works (5-10 min validity) ...
-        server._rpc.tokens.rotate()
+        server.rpc.tokens.rotate()
         assert (yield raw.request(addr, UPDATE, "peers", value=peers.encode_announce(4000), token=token)) is not None
         assert len(network.commands[0].store) == 1
         # ... one from two rotations ago does not
-        server._rpc.tokens.rotate()
+        server.rpc.tokens.rotate()
         assert (yield raw.request(addr, UPDATE, "peers", value=peers.encode_announce(4001), token=token,
                                   timeout=0.3)) is None
         assert len(network.commands[0].store) == 1
@@ -604,7 +803,7 @@ def test_malformed_peers_requests_do_not_stop_the_node(reactor, network):
         assert (yield raw.request(addr, QUERY, "peers", target=None, value=b"", timeout=0.3)) is None
         assert command.errors == {"no-value": 1, "bad-value": 1, "bad-port": 1, "bad-target": 1}
         # still serving
-        yield peers.announce((yield network.client()), TOPIC, 4000).ready
+        yield peers.announce((yield network.client()), TOPIC, 4000).when_ready()
         found = yield peers.lookup((yield network.client()), TOPIC)
         assert [(p.host, p.port) for p in found] == [(LOOPBACK, 4000)]
     finally:
@@ -660,7 +859,7 @@ def test_what_goes_on_the_wire_is_what_hyperswarm_sends(reactor, network):
     try:
         yield peers.lookup(client, TOPIC)
         a = peers.announce(client, TOPIC)
-        yield a.ready
+        yield a.when_ready()
         yield a.stop()
     finally:
         client.udp.send = real_send
@@ -679,31 +878,35 @@ def test_what_goes_on_the_wire_is_what_hyperswarm_sends(reactor, network):
     assert any(m.command == b"_find_node" and m.target == TOPIC for m in sent)
 
 
-def test_refresh_announces_now_and_keeps_the_schedule():
+def test_refresh_starts_the_next_cycle_now_and_keeps_the_schedule():
     clock = Clock()
     node = FakeNode(clock)
-    a = peers.announce(node, TOPIC, reactor=clock)
-    a.refresh()  # a walk is running: nothing
+    updates = []
+    t = peers.join(node, TOPIC, announce_port=0, on_update=updates.append, reactor=clock)
+    t.refresh()  # a cycle is running: nothing
     assert len(node.calls) == 1
     node.calls[0][-1].callback(None)
-    a.refresh()
-    assert len(node.calls) == 2
+    clock.advance(10)
+    t.refresh()
+    assert len(node.calls) == 2 and updates == [None]
+    assert len(clock.getDelayedCalls()) == 0  # the old timer is gone
     node.calls[1][-1].callback(None)
+    assert updates == [None, None]
     clock.advance(299)
     assert len(node.calls) == 2
     clock.advance(301)
     assert len(node.calls) == 3
-    a.stop()
-    a.refresh()
+    t.stop()
+    t.refresh()
     assert node.calls[-1][0] == "update"
 
 
 def test_stopping_the_node_leaves_no_announce_timer():
-    # An announcement waits 300-600 s between walks on the node's clock;
-    # once the node stops, nothing of the DHT layer may stay scheduled.
-    from tests.dht._fakes import FakeNetwork
+    # A join waits 300-600 s between cycles on the node's clock; once the
+    # node stops, nothing of the DHT layer may stay scheduled.
+    from tests.dht.dhtnet import DHTNetwork
 
-    net = FakeNetwork()
+    net = DHTNetwork()
     servers = [net.node()]
     net.clock.advance(0)
     servers += [net.node(bootstrap=[servers[0].address()]) for _ in range(3)]
@@ -713,14 +916,45 @@ def test_stopping_the_node_leaves_no_announce_timer():
     net.run(1)
     waiting = peers.announce(client, TOPIC, 4000)
     net.run(1)
-    assert waiting.announces == 1  # now between walks, on its timer
+    assert waiting.cycles == 1  # now between cycles, on its timer
     walking = peers.announce(client, b"\x22" * 32, 4001)
-    failures = []
-    walking.ready.addErrback(failures.append)
+    ready = walking.when_ready()
     for n in [client] + servers:
         n.stopService()
     net.run(1)  # datagrams in flight arrive (and are ignored)
     assert net.clock.getDelayedCalls() == []
-    assert failures and "stopped" in failures[0].getErrorMessage()
-    assert not waiting.active and not walking.active
-    assert waiting.stop().result is False  # nothing left to unannounce through
+    assert ready.result is False
+    assert waiting.when_ready().result is True
+    assert waiting.stop().result is None  # nothing left to unannounce through
+
+
+def test_refresh_or_stop_from_on_update_behave_as_node():
+    clock = Clock()
+    node = FakeNode(clock)
+    t = peers.join(node, TOPIC, on_update=lambda err: t.refresh(), reactor=clock, random=random.Random(1))
+    node.calls[0][-1].callback(None)
+    assert len(node.calls) == 1  # Node's update() finds no timer yet: nothing
+    assert len(clock.getDelayedCalls()) == 1  # the next cycle is scheduled once
+    stopper = peers.join(node, TOPIC, on_update=lambda err: stopper.stop(), reactor=clock)
+    node.calls[1][-1].errback(QueryError("No nodes responded"))
+    assert len(clock.getDelayedCalls()) == 1  # stopped: only the first join's timer
+    assert stopper.when_ready().result is False
+
+
+def test_a_node_that_is_not_running_fails_each_cycle_at_once():
+    clock = Clock()
+    node = FakeNode(clock)
+    node.walk = lambda *a, **kw: defer.fail(QueryError("DHT node is not running"))
+    updates, joined = [], []
+
+    def on_update(err):
+        updates.append(err)
+        for t in joined:
+            t.refresh()  # while its cycle ends: nothing
+
+    t = peers.join(node, TOPIC, on_update=on_update, reactor=clock)
+    joined.append(t)
+    assert len(updates) == 1 and t.when_ready().result is False
+    clock.advance(600)  # the next cycle fails at once too, and refresh() adds none
+    assert len(updates) == 2
+    assert len(clock.getDelayedCalls()) == 1

@@ -9,10 +9,11 @@ import pytest
 from twisted.internet import defer
 
 from txhyperswarm.dht import messages as m
-from txhyperswarm.dht.query import QueryError, QueryTable, Reply
-from txhyperswarm.dht.routing import Peer
+from txhyperswarm.dht.errors import QueryError
+from txhyperswarm.dht.query import QueryTable, Reply
+from txhyperswarm.dht.routing import Contact
 
-from tests.dht._fakes import FakeNetwork
+from tests.dht.dhtnet import DHTNetwork
 
 
 def xor(a: bytes, b: bytes) -> int:
@@ -21,7 +22,7 @@ def xor(a: bytes, b: bytes) -> int:
 
 def network(size: int, seed: int = 1):
     rnd = random.Random(seed)
-    net = FakeNetwork()
+    net = DHTNetwork()
     boot = net.node(id=rnd.randbytes(32))
     net.clock.advance(0)
     nodes = [boot]
@@ -38,8 +39,8 @@ def test_query_table_keeps_k_closest_sorted():
     table = QueryTable(os.urandom(32), target, k=5)
     ids = [os.urandom(32) for _ in range(30)]
     for i in ids:
-        table.add_unverified(Peer(i, "10.0.0.1", 1), None)
-        table.add_unverified(Peer(i, "10.0.0.1", 1), None)  # duplicates ignored
+        table.add_unverified(Contact(i, "10.0.0.1", 1), None)
+        table.add_unverified(Contact(i, "10.0.0.1", 1), None)  # duplicates ignored
     assert [p.id for p in table.unverified] == sorted(ids, key=lambda i: xor(i, target))[:5]
     table.add_verified(ids[0], None, "10.0.0.1", 1)  # no token: not verified
     table.add_verified(ids[0], b"t" * 32, "10.0.0.1", 1)
@@ -88,10 +89,10 @@ def test_query_and_update_updates_the_closest_nodes_with_their_tokens():
     assert len(replies) >= 40
     # every UPDATE carried the recipient's token for our IP
     by_addr = {n.address(): n for n in nodes}
-    updates = [(dst, msg) for src, dst, msg in net.log if src == querier.address() and msg.type == m.UPDATE]
+    updates = [(dst, msg) for src, dst, msg in net.decoded() if src == querier.address() and msg.type == m.UPDATE]
     assert len(updates) == 20
     for dst, msg in updates:
-        assert by_addr[dst]._rpc.tokens.valid(msg.roundtripToken, "127.0.0.1")
+        assert by_addr[dst].rpc.tokens.valid(msg.roundtripToken, "127.0.0.1")
     # a later lookup sees the stored values
     d = nodes[9].query("store", target)
     net.run(1)
@@ -109,7 +110,7 @@ def test_update_walks_with_find_node_then_updates():
     d = querier.update("store", target, b"v")
     net.run(1)
     assert [r.value for r in d.result] == [b"ok"] * 20
-    sent = [msg for src, dst, msg in net.log if src == querier.address() and msg.type != m.RESPONSE]
+    sent = [msg for src, dst, msg in net.decoded() if src == querier.address() and msg.type != m.RESPONSE]
     assert {msg.command for msg in sent if msg.type == m.QUERY} == {b"_find_node"}
     assert sum(msg.type == m.UPDATE for msg in sent) == 20
 
@@ -127,7 +128,7 @@ def test_query_stream_calls_on_reply_as_replies_arrive():
 
 
 def test_walk_with_no_responses_fails():
-    net = FakeNetwork()
+    net = DHTNetwork()
     boot = ("127.0.0.1", 9)
     net.down.add(boot)
     a = net.node(bootstrap=[boot])
@@ -145,7 +146,7 @@ def test_bootstrap_nodes_are_forced_into_small_walks():
     fresh = net.node(bootstrap=[nodes[0].address()])
     net.log.clear()
     net.run(1)
-    first = net.sent(src=fresh.address())[0]
+    first = net.messages(src=fresh.address())[0]
     assert first.command == b"_find_node" and first.target == fresh.id
     assert fresh.routing_table_size == 5
 
@@ -154,13 +155,13 @@ def test_cancelling_a_walk_stops_it():
     net, nodes = network(20)
     size = nodes[1].routing_table_size
     d = nodes[1].query("_find_node", os.urandom(32))
-    assert nodes[1]._rpc.inflight_count > 0
+    assert nodes[1].rpc.inflight_count > 0
     d.cancel()
     failures = []
     d.addErrback(failures.append)
     assert failures[0].check(defer.CancelledError)
-    assert nodes[1]._rpc.inflight_count == 0  # its requests are forgotten
-    assert nodes[1].inflight_queries == 0 and not nodes[1]._walks
+    assert nodes[1].rpc.inflight_count == 0  # its requests are forgotten
+    assert nodes[1].inflight_queries == 0 and not nodes[1].walk_context.walks
     net.run(10)
     assert nodes[1].routing_table_size == size  # cancelling evicts nobody
 
@@ -174,7 +175,7 @@ def _named_bootstrap(net, nodes, answers):
         answers.append(name)
         return task.deferLater(net.clock, 0.05, lambda: "127.0.0.1")
 
-    net.clock.resolve = resolve
+    net.reactor("127.0.0.1").resolve = resolve  # every node of the network is on 127.0.0.1
     return net.node(bootstrap=[("boot.example", nodes[0].address()[1])])
 
 
@@ -200,5 +201,5 @@ def test_cancelling_a_walk_that_waits_for_names():
     d.cancel()
     d.addErrback(lambda f: f.trap(defer.CancelledError))
     net.run(2)
-    assert n.is_bootstrapped and n.inflight_queries == 0 and not n._walks
-    assert [m for m in net.sent(src=n.address()) if m.target == target] == []  # never sent
+    assert n.is_bootstrapped and n.inflight_queries == 0 and not n.walk_context.walks
+    assert [m for m in net.messages(src=n.address()) if m.target == target] == []  # never sent

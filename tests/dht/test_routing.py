@@ -6,9 +6,9 @@ import os
 
 from hypothesis import given, settings, strategies as st
 
-from txhyperswarm.dht.routing import KBucket, Peer, RoutingTable
+from txhyperswarm.dht.routing import KBucket, Contact, RoutingTable
 
-from tests.dht._fakes import FakeNetwork
+from tests.dht.dhtnet import DHTNetwork
 
 _id = st.binary(min_size=32, max_size=32)
 
@@ -33,9 +33,9 @@ def test_bucket_splits_only_on_our_side():
     local = b"\x00" * 32
     pinged = []
     bucket = KBucket(local, on_ping=lambda old, new: pinged.append((old, new)))
-    far = [Peer(b"\x80" + os.urandom(31), "10.0.0.1", 1) for _ in range(21)]
+    far = [Contact(b"\x80" + os.urandom(31), "10.0.0.1", 1) for _ in range(21)]
     # byte 1 = 0..29: every bucket on the far side of a split gets <= 20
-    near = [Peer(b"\x00" + bytes([i]) + os.urandom(30), "10.0.0.1", 1) for i in range(30)]
+    near = [Contact(b"\x00" + bytes([i]) + os.urandom(30), "10.0.0.1", 1) for i in range(30)]
     for p in far[:20]:
         assert bucket.add(p)
     assert not bucket.add(far[20])  # split; the far half may not split again
@@ -49,7 +49,7 @@ def test_refresh_moves_a_contact_to_the_newest_end():
     local = b"\x00" * 32
     pinged = []
     bucket = KBucket(local, on_ping=lambda old, new: pinged.append(old))
-    far = [Peer(b"\x80" + os.urandom(31), "10.0.0.1", 1) for _ in range(21)]
+    far = [Contact(b"\x80" + os.urandom(31), "10.0.0.1", 1) for _ in range(21)]
     for p in far[:20]:
         bucket.add(p)
     bucket.add(far[0])  # seen again
@@ -76,10 +76,10 @@ def _full_far_bucket(net, down_oldest: bool):
 
 
 def test_full_bucket_keeps_the_oldest_when_it_answers():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, others, newcomer = _full_far_bucket(net, down_oldest=False)
     net.run(10)
-    pings = [m for m in net.sent(src=a.address(), command=b"_ping")]
+    pings = [m for m in net.messages(src=a.address(), command=b"_ping")]
     # the three oldest were pinged (one after the other) with their ids
     assert [m.value for m in pings] == [o.id for o in others[:3]]
     assert a.routing_table.get(newcomer.id) is None
@@ -88,7 +88,7 @@ def test_full_bucket_keeps_the_oldest_when_it_answers():
 
 
 def test_full_bucket_evicts_the_oldest_when_it_does_not_answer():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, others, newcomer = _full_far_bucket(net, down_oldest=True)
     net.run(7)
     assert a.routing_table.get(newcomer.id) is None  # still retrying the oldest
@@ -96,11 +96,11 @@ def test_full_bucket_evicts_the_oldest_when_it_does_not_answer():
     assert a.routing_table.get(others[0].id) is None
     assert a.routing_table.get(newcomer.id) is not None
     assert a.routing_table_size == 20
-    assert len(net.sent(src=a.address(), dst=others[0].address(), command=b"_ping")) == 3
+    assert len(net.messages(src=a.address(), dst=others[0].address(), command=b"_ping")) == 3
 
 
 def test_stopping_during_a_reping_or_sweep_evicts_nobody():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, others, newcomer = _full_far_bucket(net, down_oldest=True)
     net.run(1)  # the oldest is being pinged (it will not answer)
     swept = others[5]
@@ -116,7 +116,7 @@ def test_stopping_during_a_reping_or_sweep_evicts_nobody():
 
 
 def test_ping_sweep_removes_dead_nodes():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a = net.node()
     net.clock.advance(0)
     others = [net.node() for _ in range(4)]
@@ -131,7 +131,7 @@ def test_ping_sweep_removes_dead_nodes():
 
 
 def test_empty_table_rebootstraps_on_the_sweep():
-    net = FakeNetwork()
+    net = DHTNetwork()
     boot = net.node()
     net.clock.advance(0)
     a = net.node(bootstrap=[boot.address()])

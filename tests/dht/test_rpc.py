@@ -10,12 +10,13 @@ import os
 from twisted.internet import defer
 
 from txhyperswarm.dht import messages as m
-from txhyperswarm.dht.node import CommandError, IgnoreRequest, QueryError
-from txhyperswarm.dht.routing import Peer
-from txhyperswarm.dht.rpc import RequestCancelled, RequestTimeout, TICK_INTERVAL
+from txhyperswarm.dht.errors import CommandError, IgnoreRequest, QueryError
+from txhyperswarm.dht.routing import Contact
+from txhyperswarm.dht.errors import RequestCancelled, RequestTimeout
+from txhyperswarm.dht.rpc import TICK_INTERVAL
 from txhyperswarm.dht.tokens import TokenStore, roundtrip_token
 
-from tests.dht._fakes import FakeNetwork
+from tests.dht.dhtnet import DHTNetwork
 
 
 def started(net, n=1, **kw):
@@ -24,11 +25,21 @@ def started(net, n=1, **kw):
     return nodes
 
 
+def still_ticking(net, node) -> bool:
+    """Whether the node's 750 ms tick still runs: a request to nowhere times out."""
+    nowhere = ("127.0.0.1", 7)
+    net.down.add(nowhere)
+    failures = []
+    node.ping(*nowhere).addErrback(failures.append)
+    net.run(8)
+    return len(failures) == 1 and failures[0].check(RequestTimeout) is not None
+
+
 # -- timeouts and retries ------------------------------------------------------
 
 
 def test_request_is_sent_three_times_and_fails_at_tick_10():
-    net = FakeNetwork()
+    net = DHTNetwork()
     (a,) = started(net)
     dead = ("127.0.0.1", 9)
     net.down.add(dead)
@@ -37,24 +48,24 @@ def test_request_is_sent_three_times_and_fails_at_tick_10():
     d.addErrback(failures.append)
     sent_at = []
     for tick in range(1, 11):
-        before = len(net.sent(dst=dead))
+        before = len(net.messages(dst=dead))
         net.clock.advance(TICK_INTERVAL)
-        if len(net.sent(dst=dead)) > before:
+        if len(net.messages(dst=dead)) > before:
             sent_at.append(tick)
         if tick == 9:
             assert not failures, "failed before tick 10"
-    assert len(net.sent(dst=dead)) == 3  # original + 2 resends
+    assert len(net.messages(dst=dead)) == 3  # original + 2 resends
     assert sent_at == [3, 6]
     assert len(failures) == 1
     err = failures[0].value
     assert isinstance(err, RequestTimeout)
     assert "_ping" in str(err) and "127.0.0.1:9" in str(err)
     # resends are the identical datagram (same rid)
-    assert len({msg.rid for msg in net.sent(dst=dead)}) == 1
+    assert len({msg.rid for msg in net.messages(dst=dead)}) == 1
 
 
 def test_response_to_a_resend_completes_the_request():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, b = started(net, 2)
     net.down.add(b.address())
     d = a.ping(*b.address())
@@ -67,23 +78,23 @@ def test_response_to_a_resend_completes_the_request():
 
 
 def test_saturated_io_queues_requests():
-    net = FakeNetwork()
+    net = DHTNetwork()
     (a,) = started(net)
     dead = [("127.0.0.1", 100 + i) for i in range(70)]
     net.down.update(dead)
     for addr in dead:
         a.ping(*addr).addErrback(lambda f: None)
     # 50 requests/s reached and >= 16 in flight: the rest wait in the queue
-    assert a._rpc.inflight_count < 70
-    assert a._rpc.inflight_count + a._rpc.pending_count() == 70
+    assert a.rpc.inflight_count < 70
+    assert a.rpc.inflight_count + a.rpc.pending_count() == 70
     # an unsendable request is refused now, not when the queue reaches it
     # (from the tick, which must not raise)
     bad = []
     a.ping("127.0.0.1", 70000).addErrback(bad.append)
     assert bad and bad[0].check(ValueError)
     net.run(60)
-    assert a._rpc.inflight_count == 0 and a._rpc.pending_count() == 0
-    assert a._rpc._tick_loop.running
+    assert a.rpc.inflight_count == 0 and a.rpc.pending_count() == 0
+    assert still_ticking(net, a)
 
 
 # -- tokens --------------------------------------------------------------------
@@ -112,15 +123,15 @@ def test_token_store_accepts_current_and_previous_secret_only():
 
 def _update(net, sender, target_node, token):
     """Send an UPDATE 'echo' from ``sender`` to ``target_node`` with ``token``."""
-    peer = Peer(target_node.id, *target_node.address())
+    peer = Contact(target_node.id, *target_node.address())
     peer.token = token
     results = []
-    sender._rpc.update(b"echo", b"\x01" * 32, b"hi", peer, lambda err, msg, addr, req: results.append((err, msg)))
+    sender.rpc.update(b"echo", b"\x01" * 32, b"hi", peer, lambda err, msg, addr, req: results.append((err, msg)))
     return results
 
 
 def test_update_needs_a_fresh_token():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, b = started(net, 2)
     seen = []
     a.add_command("echo", update=lambda req: seen.append(req.value) or b"ok")
@@ -128,7 +139,7 @@ def test_update_needs_a_fresh_token():
     net.run(0.1)
     assert d.called
     token = b.routing_table.get(a.id).token
-    assert token == a._rpc.tokens.token("127.0.0.1")
+    assert token == a.rpc.tokens.token("127.0.0.1")
 
     res = _update(net, b, a, token)
     net.run(0.1)
@@ -149,7 +160,7 @@ def test_update_needs_a_fresh_token():
 
 
 def test_update_with_forged_or_missing_token_gets_no_reply():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, b = started(net, 2)
     seen = []
     a.add_command("echo", update=lambda req: seen.append(req) or None)
@@ -159,7 +170,7 @@ def test_update_with_forged_or_missing_token_gets_no_reply():
     assert seen == []
     assert isinstance(forged[0][0], RequestTimeout) and isinstance(missing[0][0], RequestTimeout)
     assert a.dropped["bad_token"] == 6
-    assert not [msg for msg in net.sent(src=a.address()) if msg.type == m.RESPONSE]
+    assert not [msg for msg in net.messages(src=a.address()) if msg.type == m.RESPONSE]
 
 
 def pair(net):
@@ -170,13 +181,13 @@ def pair(net):
 
 
 def test_error_responses_carry_no_token():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, b = pair(net)
     net.log.clear()
     d = b.query("nosuchcmd", b"\x02" * 32)
     net.run(1)
     assert d.called
-    (resp,) = [x for x in net.sent(src=a.address()) if x.type == m.RESPONSE]
+    (resp,) = [x for x in net.messages(src=a.address()) if x.type == m.RESPONSE]
     assert resp.error == b"Unsupported command"
     assert not resp.HasField("roundtripToken")
     assert resp.HasField("closerNodes")
@@ -186,15 +197,15 @@ def test_error_responses_carry_no_token():
 
 
 def test_ping_reply_and_to_fields():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, b = started(net, 2)
     d = a.ping(*b.address())
     net.run(0.1)
     reply = d.result
     assert reply.node == b.address() and reply.id == b.id and reply.to == a.address()
-    (req,) = net.sent(src=a.address(), command=b"_ping")
+    (req,) = net.messages(src=a.address(), command=b"_ping")
     assert req.to == m.encode_peer(*b.address()) and req.id == a.id and not req.HasField("value")
-    (resp,) = net.sent(src=b.address())
+    (resp,) = net.messages(src=b.address())
     assert resp.to == m.encode_peer(*a.address()) == resp.value
     assert not resp.HasField("closerNodes")
     # both nodes learnt each other
@@ -202,7 +213,7 @@ def test_ping_reply_and_to_fields():
 
 
 def test_ping_with_the_wrong_id_is_ignored():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, b = started(net, 2)
     d = a.ping(*b.address(), id=os.urandom(32))
     net.run(8)
@@ -212,12 +223,12 @@ def test_ping_with_the_wrong_id_is_ignored():
 
 
 def test_ephemeral_node_sends_no_id_and_is_not_added():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, = started(net)
     e, = started(net, ephemeral=True, bootstrap=[a.address()])
     net.run(1)
     assert e.ephemeral and e.is_bootstrapped
-    assert all(not msg.HasField("id") for msg in net.sent(src=e.address()))
+    assert all(not msg.HasField("id") for msg in net.messages(src=e.address()))
     assert a.routing_table_size == 0
     assert e.routing_table.get(a.id) is not None
     d = e.ping(*a.address())
@@ -226,7 +237,7 @@ def test_ephemeral_node_sends_no_id_and_is_not_added():
 
 
 def test_command_registry_query_update_errors_and_deferreds():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, b = started(net, 2)
     later = defer.Deferred()
     calls = []
@@ -246,8 +257,8 @@ def test_command_registry_query_update_errors_and_deferreds():
     replies = {}
     for v in (b"x", b"boom", b"later", b"ignore"):
         replies[v] = []
-        peer = Peer(a.id, *a.address())
-        b._rpc.query(b"thing", target, v, peer, lambda err, msg, addr, req, v=v: replies[v].append((err, msg)))
+        peer = Contact(a.id, *a.address())
+        b.rpc.query(b"thing", target, v, peer, lambda err, msg, addr, req, v=v: replies[v].append((err, msg)))
     net.run(0.1)
     assert replies[b"x"][0][1].value == b"v:x"
     boom = replies[b"boom"][0][1]
@@ -264,7 +275,7 @@ def test_command_registry_query_update_errors_and_deferreds():
 
 
 def test_update_without_handler_and_query_without_target():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, b = pair(net)
     a.add_command("q", query=lambda req: None)
     # query handler returning None: a response without a value
@@ -277,41 +288,41 @@ def test_update_without_handler_and_query_without_target():
     d = b.query_and_update("q", b"\x07" * 32, b"")
     net.run(1)
     assert len(d.result) == 1  # the query-phase reply only
-    (err,) = [x for x in net.sent(src=a.address()) if x.error]
+    (err,) = [x for x in net.messages(src=a.address()) if x.error]
     assert err.error == b"Update not supported"
     # a command without target gets no reply
     before = a.dropped["no_target"]
     res = []
-    b._rpc.query(b"q", None, None, Peer(a.id, *a.address()), lambda *args: res.append(args))
+    b.rpc.query(b"q", None, None, Contact(a.id, *a.address()), lambda *args: res.append(args))
     net.run(8)
     assert isinstance(res[0][0], RequestTimeout)
     assert a.dropped["no_target"] == before + 3
 
 
 def test_holepunch_relay_and_reply_to_initiator():
-    net = FakeNetwork()
+    net = DHTNetwork()
     relay, target = started(net, 2)
     e, = started(net, ephemeral=True)
     d = e.holepunch(*target.address(), referrer=relay.address())
     net.run(0.1)
     reply = d.result
     assert reply.node == target.address() and reply.id == target.id and reply.to == e.address()
-    (direct,) = net.sent(src=e.address(), dst=target.address())
-    (to_relay,) = net.sent(src=e.address(), dst=relay.address())
-    (fwd,) = net.sent(src=relay.address(), dst=target.address())
+    (direct,) = net.messages(src=e.address(), dst=target.address())
+    (to_relay,) = net.messages(src=e.address(), dst=relay.address())
+    (fwd,) = net.messages(src=relay.address(), dst=target.address())
     assert direct.rid == to_relay.rid == fwd.rid and fwd.type == m.QUERY
     assert m.decode_peer(m.decode_holepunch(to_relay.value).to) == target.address()
     assert fwd.id == relay.id and fwd.to == m.encode_peer(*target.address())
     assert fwd.HasField("error") and fwd.error == b""
     assert m.decode_peer(getattr(m.decode_holepunch(fwd.value), "from")) == e.address()
     # the direct probe has no value: ignored; only the relayed one is answered
-    answers = net.sent(src=target.address())
+    answers = net.messages(src=target.address())
     assert len(answers) == 1 and answers[0].type == m.RESPONSE
 
 
 def test_an_answered_holepunch_is_not_relayed_again():
     # dht-rpc clears the 500 ms relay timer when the request finishes
-    net = FakeNetwork()
+    net = DHTNetwork()
     relay, target = started(net, 2)
     e, = started(net, ephemeral=True)
     d = e.holepunch(*target.address(), referrer=relay.address())
@@ -319,7 +330,7 @@ def test_an_answered_holepunch_is_not_relayed_again():
     assert d.result.id == target.id
     assert net.clock.getDelayedCalls() and all("holepunch" not in repr(c) for c in net.clock.getDelayedCalls())
     net.run(1)
-    assert len(net.sent(src=e.address(), dst=relay.address())) == 1
+    assert len(net.messages(src=e.address(), dst=relay.address())) == 1
     for n in (e, relay, target):
         n.stopService()
     net.run(0.1)
@@ -327,17 +338,17 @@ def test_an_answered_holepunch_is_not_relayed_again():
 
 
 def test_relay_refuses_to_poke_the_sender_itself():
-    net = FakeNetwork()
+    net = DHTNetwork()
     relay, = started(net)
     e, = started(net)
     d = e.holepunch(*e.address(), referrer=relay.address())
     net.run(0.1)
-    assert net.sent(src=relay.address()) == []
+    assert net.messages(src=relay.address()) == []
     d.addErrback(lambda f: None)
 
 
 def test_rpc_request_counters():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, b = started(net, 2)
     a.ping(*b.address())
     net.run(0.1)
@@ -346,7 +357,7 @@ def test_rpc_request_counters():
 
 
 def test_stop_service_fails_pending_requests_and_walks():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, = started(net)
     dead = ("127.0.0.1", 9)
     net.down.add(dead)
@@ -356,20 +367,20 @@ def test_stop_service_fails_pending_requests_and_walks():
     a.add_nodes([(b"\x09" * 32, *dead)])
     walk = a.query("_find_node", b"\x01" * 32)
     walk.addErrback(errors.append)
-    assert a._walks and not walk.called
+    assert a.walk_context.walks and not walk.called
     d = a.stopService()
     assert d.called
     assert len(errors) == 2 and "cancelled" in str(errors[0].value)
     assert errors[1].check(QueryError) and "stopped" in str(errors[1].value)
-    assert not a._walks and a.inflight_queries == 0
-    assert a.udp.receiver is None
+    assert not a.walk_context.walks and a.inflight_queries == 0
+    assert not a.udp.listening  # the node made its socket: it closed it
     # stopped: no timers left on the clock
     net.clock.advance(1000)
     assert net.clock.getDelayedCalls() == []
 
 
 def test_requests_after_stop_fail_at_once():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, b = started(net, 2)
     a.stopService()
     errors = []
@@ -394,16 +405,16 @@ def test_requests_before_start_fail_at_once():
 
 
 def test_holepunch_request_is_relayed_again_after_500ms_if_unanswered():
-    net = FakeNetwork()
+    net = DHTNetwork()
     relay, = started(net)
     e, = started(net)
     dead = ("127.0.0.1", 9)
     net.down.add(dead)
     d = e.holepunch(*dead, referrer=relay.address())
     d.addErrback(lambda f: None)
-    assert len(net.sent(src=e.address(), dst=relay.address())) == 1
+    assert len(net.messages(src=e.address(), dst=relay.address())) == 1
     net.run(0.6)
-    relayed = net.sent(src=e.address(), dst=relay.address())
+    relayed = net.messages(src=e.address(), dst=relay.address())
     assert len(relayed) == 2 and relayed[0].rid == relayed[1].rid
 
 
@@ -411,7 +422,8 @@ def test_holepunch_request_is_relayed_again_after_500ms_if_unanswered():
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-_FUZZ = FakeNetwork()
+_FUZZ = DHTNetwork()
+_FUZZ.record = False  # thousands of datagrams: keep no log
 _FUZZ_NODE = _FUZZ.node()
 _FUZZ_NODE.add_command("thing", query=lambda req: req.value, update=lambda req: None)
 _FUZZ.clock.advance(0)
@@ -441,7 +453,7 @@ def _envelopes(draw):
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
 def test_any_datagram_is_handled_or_counted_never_raised(data, port):
     before = sum(_FUZZ_NODE.dropped.values())
-    _FUZZ_NODE._rpc.datagram_received(data, ("127.0.0.1", port))
+    _FUZZ_NODE.rpc.datagram_received(data, ("127.0.0.1", port))
     _FUZZ.clock.advance(0.02)
     assert _FUZZ_NODE.dropped["error"] == 0
     try:
@@ -457,7 +469,7 @@ def test_any_datagram_is_handled_or_counted_never_raised(data, port):
 
 
 def test_persistent_starts_sending_the_id_and_rebootstraps():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, = started(net)
     e, = started(net, ephemeral=True, bootstrap=[a.address()])
     net.run(1)
@@ -469,7 +481,7 @@ def test_persistent_starts_sending_the_id_and_rebootstraps():
 
 
 def test_remote_address_needs_three_agreeing_nodes():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, = started(net)
     others = started(net, 3)
     for o in others[:2]:
@@ -482,7 +494,7 @@ def test_remote_address_needs_three_agreeing_nodes():
 
 
 def test_nodes_snapshot_round_trips():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, = started(net)
     others = started(net, 5)
     for o in others:
@@ -502,7 +514,7 @@ def test_nodes_snapshot_round_trips():
 
 
 def test_cancelling_a_ping_forgets_the_request():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, = started(net)
     dead = ("127.0.0.1", 9)
     net.down.add(dead)
@@ -512,15 +524,15 @@ def test_cancelling_a_ping_forgets_the_request():
     d.addErrback(failures.append)
     net.clock.advance(1.0)
     assert failures and failures[0].check(defer.TimeoutError)
-    assert a._rpc.inflight_count == 0
+    assert a.rpc.inflight_count == 0
     net.run(10)
-    assert len(net.sent(dst=dead)) == 1  # no retries after the cancel
+    assert len(net.messages(dst=dead)) == 1  # no retries after the cancel
 
 
 def test_a_datagram_the_transport_refuses_is_lost_not_raised():
     # Twisted's UDP write raises for a host name or an oversized datagram;
     # that must neither escape ping() nor stop the tick that resends.
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, b = started(net, 2)
     refused = ("127.0.0.1", 9)
     real_send = a.udp.send
@@ -536,18 +548,17 @@ def test_a_datagram_the_transport_refuses_is_lost_not_raised():
     net.run(8)
     assert failures and failures[0].check(RequestTimeout)
     assert a.dropped["send_error"] == 3  # the original and both resends
-    assert a._rpc._tick_loop.running
+    assert still_ticking(net, a)
     d = a.ping(*b.address())
     net.run(0.1)
     assert d.result.id == b.id
 
 
 def test_holepunch_resolves_a_referrer_given_by_name():
-    net = FakeNetwork()
+    net = DHTNetwork()
     relay, target = started(net, 2)
     e, = started(net, ephemeral=True)
-    names = {"relay.example": "127.0.0.1"}
-    net.clock.resolve = lambda name: defer.succeed(names[name])
+    net.add_name("relay.example", "127.0.0.1")
     d = e.holepunch(*target.address(), referrer=("relay.example", relay.address()[1]))
     net.run(0.1)
     assert d.result.id == target.id
@@ -555,7 +566,7 @@ def test_holepunch_resolves_a_referrer_given_by_name():
 
 
 def test_ping_of_a_port_out_of_range_errbacks():
-    net = FakeNetwork()
+    net = DHTNetwork()
     a, = started(net)
     failures = []
     a.ping("127.0.0.1", 70000).addErrback(failures.append)

@@ -85,14 +85,14 @@ def test_python_and_node_find_each_other_through_node_stores(reactor, node, proc
 
         # Python announces with the default port (its DHT port); Node looks up
         a = peers.announce(py, TOPIC)
-        yield a.ready
+        assert (yield a.when_ready()) is True
         line = yield ask(js, "lookup-done", cmd="lookup", node=1, topic=TOPIC.hex())
         assert line["error"] is None
         assert (LOOPBACK, py.address()[1], False) in js_peers(line)
         assert all(p["referrer"] in {f"{h}:{p_}" for h, p_ in js_addrs} for p in line["peers"])
 
         # both unannounce: neither finds the other's record
-        assert (yield a.stop()) is True
+        assert (yield a.stop()) is None
         line = yield ask(js, "unannounced", cmd="unannounce", node=3, topic=TOPIC.hex(), port=4000,
                          localAddress="10.7.0.5:4000")
         assert line["error"] is None
@@ -143,7 +143,7 @@ def test_python_stores_serve_node_peers(reactor, node, processes):
         found = yield peers.lookup(client, TOPIC)
         assert [(p.host, p.port) for p in found] == [(LOOPBACK, 4100)]
         a = peers.announce(client, TOPIC, 4200)
-        yield a.ready
+        assert (yield a.when_ready()) is True
         line = yield ask(looker, "lookup-done", cmd="lookup", topic=TOPIC.hex())
         assert sorted(set(js_peers(line))) == [(LOOPBACK, 4100, False), (LOOPBACK, 4200, False)]
 
@@ -151,7 +151,7 @@ def test_python_stores_serve_node_peers(reactor, node, processes):
         line = yield ask(announcer, "unannounced", cmd="unannounce", topic=TOPIC.hex(), port=4100,
                          localAddress="10.8.0.5:4100")
         assert line["error"] is None
-        assert (yield a.stop()) is True
+        assert (yield a.stop()) is None
         assert sum(len(c.store) for c in net.commands) == 0
         line = yield ask(looker, "lookup-done", cmd="lookup", topic=TOPIC.hex(), localAddress="10.8.3.3:1")
         assert line["peers"] == []

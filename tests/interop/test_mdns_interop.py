@@ -136,11 +136,35 @@ def test_node_and_python_find_each_other_but_never_themselves(discovery, node, p
     yield found.wait_for(lambda p: p.port == 37015)
     # a few more query/answer rounds in both directions
     nodeproc.send({"cmd": "update"})
-    mine.update()
+    mine.refresh()
     yield deferLater(reactor, 0.5, lambda: None)
     assert {(p.host, p.port) for p in found.peers} == {("127.0.0.1", 37015)}
     node_peers = {(o["host"], o["port"]) for o in nodeproc.lines if is_peer(o)}
     assert node_peers == {("127.0.0.1", 37014)}
+
+
+@pytest_twisted.inlineCallbacks
+def test_discovery_announces_the_dht_port_on_mdns_to_node(discovery, node, processes, reactor):
+    # txhyperswarm.discovery with announce_port=0: the DHT socket's port,
+    # which mDNS answers with (Node's discovery does the same)
+    from txhyperswarm.dht.node import DHTNode
+    from txhyperswarm.discovery import Discovery
+
+    dht = DHTNode(reactor, bootstrap=[], ephemeral=True, host="127.0.0.1", port=0)
+    dht.startService()
+    try:
+        topic = new_topic()
+        joined = Discovery(reactor, dht=dht, mdns=discovery).join(topic, announce_port=0, lookup=False)
+        port = dht.address()[1]
+        assert joined.mdns.announce_port == port
+        looker = processes.node("mdns_discovery.js", topic.hex())
+        line = yield looker.wait_for(lambda o: is_peer(o, port), timeout=WAIT)
+        assert (line["host"], line["local"]) == ("127.0.0.1", True)
+        assert (yield joined.mdns.when_ready()) is True
+        assert (yield joined.when_ready()) is False  # no DHT node answered (it has none)
+        assert (yield joined.stop()) is None
+    finally:
+        yield dht.stopService()
 
 
 def _normalise(decoded, topic_id_hex):
@@ -209,7 +233,7 @@ console.log(JSON.stringify({ all, dflt }))
 def test_interfaces_joined_are_the_ones_multicast_dns_joins(private_netns, node):
     import subprocess
 
-    from txhyperswarm import mdns
+    from txhyperswarm import netif
 
     def node_view():
         out = subprocess.run([node, "-e", NODE_INTERFACES], capture_output=True, text=True, timeout=30, check=True)
@@ -227,12 +251,12 @@ def test_interfaces_joined_are_the_ones_multicast_dns_joins(private_netns, node)
         ip("link", "set", "hsv0", "up")
         theirs = node_view()
         assert theirs == {"all": ["127.0.0.1"], "dflt": "127.0.0.1"}
-        assert sorted(mdns._interface_addresses()) == sorted(theirs["all"])
-        assert mdns._default_outgoing() == theirs["dflt"]
+        assert sorted(netif.interface_addresses()) == sorted(theirs["all"])
+        assert netif.default_outgoing() == theirs["dflt"]
         ip("link", "set", "hsv1", "up")  # both ends up: both running
         theirs = node_view()
         assert sorted(theirs["all"]) == ["10.77.0.1", "10.77.0.2", "127.0.0.1"] and theirs["dflt"] == "0.0.0.0"
-        assert sorted(mdns._interface_addresses()) == sorted(theirs["all"])
-        assert mdns._default_outgoing() == theirs["dflt"]
+        assert sorted(netif.interface_addresses()) == sorted(theirs["all"])
+        assert netif.default_outgoing() == theirs["dflt"]
     finally:
         ip("link", "del", "hsv0")

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["varint", "encode", "QUERY_HEAD", "UPDATE_HEAD", "RESPONSE_HEAD"]
+__all__ = ["varint", "encode", "SMALL_VARINTS", "QUERY_HEAD", "UPDATE_HEAD", "RESPONSE_HEAD"]
 
-_SMALL = [bytes((i,)) for i in range(128)]
+#: The one-byte varints 0-127 by value (the responder path writes them inline).
+SMALL_VARINTS = [bytes((i,)) for i in range(128)]
 
 #: version=1, type=QUERY/UPDATE/RESPONSE, then the rid tag.
 QUERY_HEAD = b"\x58\x01\x08\x01\x10"
@@ -31,7 +32,7 @@ RESPONSE_HEAD = b"\x58\x01\x08\x03\x10"
 def varint(n: int) -> bytes:
     """Unsigned LEB128 varint."""
     if n < 128:
-        return _SMALL[n]
+        return SMALL_VARINTS[n]
     if n < 16384:
         return bytes(((n & 0x7F) | 0x80, n >> 7))
     if n < 2097152:  # every 16-bit rid
@@ -47,7 +48,7 @@ def varint(n: int) -> bytes:
 def _field(parts: list, tag: bytes, value: bytes) -> None:
     n = len(value)
     parts.append(tag)
-    parts.append(_SMALL[n] if n < 128 else varint(n))
+    parts.append(SMALL_VARINTS[n] if n < 128 else varint(n))
     parts.append(value)
 
 
@@ -68,7 +69,7 @@ def encode(
     :data:`RESPONSE_HEAD`; the fields follow in Node's order (requests
     carry target/command, responses closerNodes/error).
     """
-    parts = [head, _SMALL[rid] if rid < 128 else varint(rid)]
+    parts = [head, SMALL_VARINTS[rid] if rid < 128 else varint(rid)]
     if to is not None:
         _field(parts, b"\x52", to)
     if node_id is not None:

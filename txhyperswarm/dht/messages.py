@@ -38,6 +38,7 @@ __all__ = [
     "decode_peer",
     "encode_peers",
     "decode_peers",
+    "encode_node",
     "encode_nodes",
     "decode_nodes",
     "decode_holepunch",
@@ -186,9 +187,14 @@ def decode_peers(data: bytes) -> List[Tuple[str, int]]:
     return out
 
 
+def encode_node(node_id: bytes, host: str, port: int) -> bytes:
+    """One 38-byte compact node: the 32-byte id, then the IPv4 address and port."""
+    return _NODE.pack(node_id, socket.inet_aton(host), port)
+
+
 def encode_nodes(nodes: Iterable[Tuple[bytes, str, int]]) -> bytes:
     """``(id, host, port)`` triples -> concatenated 38-byte compact nodes."""
-    return b"".join(_NODE.pack(i, socket.inet_aton(h), p) for i, h, p in nodes)
+    return b"".join(encode_node(i, h, p) for i, h, p in nodes)
 
 
 def decode_nodes(data: Optional[bytes]) -> List[Tuple[bytes, str, int]]:

@@ -1,38 +1,58 @@
 """
 :class:`DHTNode`: a dht-rpc 4.9.6 node (Node's ``dht-rpc/index.js``) as a
-Twisted service.
+Twisted service, speaking the exact UDP wire of Node's dht-rpc so Python and
+Node nodes form one network.
 
-It answers ``_ping``, ``_find_node`` and ``_holepunch``, runs the commands
-registered with :meth:`DHTNode.add_command`, keeps a k-bucket routing table
-fresh, and walks the DHT toward targets (:meth:`DHTNode.query`,
-:meth:`DHTNode.update`, ...), speaking the exact UDP wire of Node's
-dht-rpc so Python and Node nodes form one network.
+The node is the service and the owner of the pieces, each in a module of its
+own:
+
+* :mod:`~txhyperswarm.dht.rpc`: requests, responses, retries, tokens; it
+  calls the node back through :class:`~txhyperswarm.dht.rpc.IRPCController`;
+* :mod:`~txhyperswarm.dht.handlers`: what the node answers (``_ping``,
+  ``_find_node``, ``_holepunch`` and its relay, registered commands);
+* :mod:`~txhyperswarm.dht.commands`: the registry of :meth:`add_command`;
+* :mod:`~txhyperswarm.dht.client`: what it sends (:meth:`ping`,
+  :meth:`query`, :meth:`update`, ...);
+* :mod:`~txhyperswarm.dht.query` and :mod:`~txhyperswarm.dht.routing`:
+  walks and the k-bucket routing table;
+* :mod:`~txhyperswarm.dht.bootstrap`: the bootstrap nodes, resolved;
+* :mod:`~txhyperswarm.dht.nat`: our address as the network sees it;
+* :mod:`~txhyperswarm.dht.errors`: every exception of the layer.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections import Counter
-from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from txhyperswarm._parsing import parse_host_port
+from txhyperswarm._observer import OneShotObserver
 from txhyperswarm._reactor import default_reactor
-from txhyperswarm.dht.messages import (
-    Holepunch,
-    Message,
-    encode_peer,
-    is_ipv4_literal,
+from txhyperswarm.dht import nat
+from txhyperswarm.dht.bootstrap import DEFAULT_BOOTSTRAP, BootstrapNodes
+from txhyperswarm.dht.client import DHTClient
+from txhyperswarm.dht.commands import CommandRegistry, Handler, Request
+from txhyperswarm.dht.errors import (
+    CommandError,
+    IgnoreRequest,
+    QueryError,
+    RemoteError,
+    RequestCancelled,
+    RequestTimeout,
 )
-from txhyperswarm.dht.query import QueryError, Reply, Walk, decode_to
-from txhyperswarm.dht.routing import K, Peer, RoutingTable
-from txhyperswarm.dht.rpc import RPC, RequestCancelled, RequestTimeout
+from txhyperswarm.dht.handlers import FIND_NODE, Responder, norm_target
+from txhyperswarm.dht.messages import Message, is_ipv4_literal
+from txhyperswarm.dht.query import Reply, Walk, WalkContext
+from txhyperswarm.dht.routing import K, Contact, RoutingTable
+from txhyperswarm.dht.rpc import RPC, IRPCController
+from txhyperswarm.interfaces import IStatsSource
 
 __all__ = [
     "DHTNode",
@@ -49,115 +69,13 @@ __all__ = [
 ]
 
 Address = Tuple[str, int]
-Handler = Callable[["Request"], Union[bytes, None, defer.Deferred]]
-
-#: The public hyperswarm 2 bootstrap nodes (@hyperswarm/dht 4.0.1).
-DEFAULT_BOOTSTRAP: Tuple[Address, ...] = (
-    ("bootstrap1.hyperdht.org", 49737),
-    ("bootstrap2.hyperdht.org", 49737),
-    ("bootstrap3.hyperdht.org", 49737),
-)
 
 #: Seconds between DHT ticks (ping sweep every 8th, rebootstrap every 64th).
 TICK_INTERVAL = 5.0
 
-_PING = b"_ping"
-_FIND_NODE = b"_find_node"
-_HOLEPUNCH = b"_holepunch"
-_UNSUPPORTED = b"Unsupported command"
-_UPDATE_NOT_SUPPORTED = b"Update not supported"
-_OTHER = b"(other)"
 
-
-class CommandError(Exception):
-    """
-    Raise from a command handler (or errback its Deferred with it) to answer
-    with an error response: ``error`` = the text, optional ``value`` bytes
-    (e.g. a proof), no roundtrip token.
-    """
-
-    def __init__(self, text: str, value: Optional[bytes] = None) -> None:
-        super().__init__(text)
-        self.text = text
-        self.value = value
-
-
-class IgnoreRequest(Exception):
-    """
-    Raise from a command handler to send no reply at all (as dht-rpc does
-    when a value fails the command's input decoder). Counted in
-    ``DHTNode.dropped["value"]``.
-    """
-
-
-class RemoteError(Exception):
-    """A peer answered a request with an error response (``error`` field)."""
-
-
-class Request:
-    """
-    An incoming QUERY or UPDATE, as a command handler sees it.
-
-    :ivar node: ``(host, port)`` of the sender (UDP source).
-    :ivar id: the sender's 32-byte id, ``None`` when it sent none (ephemeral).
-    :ivar target: the 32-byte(ish) target, as sent.
-    :ivar value: the value bytes, ``None`` when absent (``b""`` when present
-        but empty).
-    :ivar command: the command name (``str``).
-    :ivar is_update: True for an UPDATE (the roundtrip token was valid).
-    """
-
-    __slots__ = ("node", "id", "target", "value", "command", "is_update", "_to")
-
-    def __init__(self, node, node_id, target, value, command, is_update, to) -> None:
-        self.node = node
-        self.id = node_id
-        self.target = target
-        self.value = value
-        self.command = command
-        self.is_update = is_update
-        self._to = to
-
-    @property
-    def to(self) -> Optional[Address]:
-        """Our address as the sender targeted it, ``None`` if not sent."""
-        return decode_to(self._to) if self._to is not None else None
-
-    def __repr__(self) -> str:
-        kind = "UPDATE" if self.is_update else "QUERY"
-        return f"<Request {kind} {self.command} from {self.node[0]}:{self.node[1]}>"
-
-
-class _Command:
-    __slots__ = ("name", "query", "update")
-
-    def __init__(self, name: str, query: Optional[Handler], update: Optional[Handler]) -> None:
-        self.name = name
-        self.query = query
-        self.update = update
-
-
-def _parse_bootstrap(entry) -> Address:
-    if isinstance(entry, str):
-        if entry.startswith(":"):
-            entry = "127.0.0.1" + entry
-        return parse_host_port(entry)
-    host, port = entry
-    return str(host), int(port)
-
-
-def _first_peer(raw: bytes) -> Optional[Address]:
-    """ipv4-peers' first peer of ``raw`` (dht-rpc ``decodePeer``), ``None`` if none."""
-    return decode_to(raw[:6])
-
-
-def _norm_target(target: bytes) -> bytes:
-    if len(target) == 32:
-        return target
-    return target[:32].ljust(32, b"\0")
-
-
-class DHTNode(service.Service):
+@implementer(IRPCController, IStatsSource)
+class DHTNode(DHTClient, service.Service):
     """
     A DHT node (dht-rpc 4.9.6). An ``IService``: :meth:`startService` binds
     (or attaches to the given socket) and starts bootstrapping;
@@ -191,7 +109,7 @@ class DHTNode(service.Service):
         id: Optional[bytes] = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        self._reactor = default_reactor(reactor)
+        reactor = default_reactor(reactor)
         if id is not None and len(id) != 32:
             raise ValueError("a node id is 32 bytes")
         self._id = id if id is not None else random_bytes(32)
@@ -200,30 +118,18 @@ class DHTNode(service.Service):
         self._port = port
         self._own_udp = udp is None
         self._udp = udp
-        if bootstrap is None:
-            self.bootstrap_nodes: List[Address] = list(DEFAULT_BOOTSTRAP)
-        else:
-            self.bootstrap_nodes = [_parse_bootstrap(b) for b in bootstrap]
-        #: Resolved bootstrap addresses (IPv4 literals) used by walks.
-        self._bootstrap_peers: List[Address] = [
-            a for a in self.bootstrap_nodes if is_ipv4_literal(a[0])
-        ]
-        self._needs_resolve = len(self._bootstrap_peers) != len(self.bootstrap_nodes)
-        #: The resolution of bootstrap host names in progress, if any.
-        self._resolving: Optional[defer.Deferred] = None
+        self._bootstrap = BootstrapNodes(reactor, bootstrap)
+        #: The bootstrap nodes as given (names unresolved), ``(host, port)``.
+        self.bootstrap_nodes: List[Address] = self._bootstrap.nodes
 
-        self.concurrency = 16
-        self.concurrency_rps = 50
-        self.inflight_queries = 0
         self.is_bootstrapped = False
         self.destroyed = False
 
         #: Dropped datagrams and requests by reason ("protobuf", "id",
         #: "port0", "bad_token", "no_target", "unknown_rid", "value", ...).
         self.dropped: Counter = Counter()
-        self._received: Counter = Counter()
-        self._rpc = RPC(
-            self._reactor,
+        rpc = RPC(
+            reactor,
             self._send,
             self,
             None if self._ephemeral else self._id,
@@ -232,18 +138,17 @@ class DHTNode(service.Service):
         )
         self._table = RoutingTable(
             self._id,
-            ping=self._reping_node,
-            check=self._check_node,
+            ping=self._reping,
+            check=self._check,
             is_bootstrapped=lambda: self.is_bootstrapped,
         )
-        self._commands: Dict[bytes, _Command] = {}
-        self._walks: Set[Walk] = set()
-        #: Called with no arguments when the service stops, for what keeps
-        #: timers on our clock beyond walks (a peers Announcement).
+        self._commands = CommandRegistry()
+        self._responder = Responder(rpc, self._table, self._id, self._commands, self.dropped)
+        DHTClient.__init__(self, reactor, WalkContext(self._id, rpc, self._table, self._bootstrap))
         self._stop_hooks: Dict[Callable[[], None], None] = {}
-        self._ready_waiters: List[defer.Deferred] = []
+        self._ready: OneShotObserver = OneShotObserver()
         self._tick_loop = LoopingCall(self._on_tick)
-        self._tick_loop.clock = self._reactor
+        self._tick_loop.clock = reactor
         self._start_call = None
 
     # -- properties -------------------------------------------------------
@@ -261,6 +166,40 @@ class DHTNode(service.Service):
     def reactor(self):
         """The reactor (``IReactorTime``) this node runs on; layers above use its clock."""
         return self._reactor
+
+    @property
+    def rpc(self) -> RPC:
+        """The request/response layer (:class:`~txhyperswarm.dht.rpc.RPC`)."""
+        return self._rpc
+
+    @property
+    def walk_context(self) -> WalkContext:
+        """What this node's walks use (:class:`~txhyperswarm.dht.query.WalkContext`)."""
+        return self._walks
+
+    @property
+    def concurrency(self) -> int:
+        """Requests a walk keeps in flight; with ``concurrency_rps``, the
+        in-flight count that means "saturated" (dht-rpc ``concurrency``)."""
+        return self._rpc.concurrency
+
+    @concurrency.setter
+    def concurrency(self, n: int) -> None:
+        self._rpc.concurrency = n
+
+    @property
+    def concurrency_rps(self) -> int:
+        """Requests per second that, with :attr:`concurrency`, mean "saturated"."""
+        return self._rpc.concurrency_rps
+
+    @concurrency_rps.setter
+    def concurrency_rps(self, n: int) -> None:
+        self._rpc.concurrency_rps = n
+
+    @property
+    def inflight_queries(self) -> int:
+        """Walks running now."""
+        return self._walks.inflight_queries
 
     @property
     def routing_table_size(self) -> int:
@@ -290,11 +229,36 @@ class DHTNode(service.Service):
         counted as ``"(other)"``.
         """
         out: Counter = Counter()
-        for cmd, n in self._received.items():
+        for cmd, n in self._responder.received.items():
             out[(cmd.decode("utf-8", "replace"), "in")] += n
         for cmd, n in self._rpc.sent.items():
             out[(cmd.decode("utf-8", "replace"), "out")] += n
         return out
+
+    def stats(self) -> dict:
+        """
+        The node's live figures (``IStatsSource``), a fresh dict:
+
+        * ``id`` (hex ``str``), ``host`` and ``port`` of the UDP socket
+          (``None`` before :meth:`startService`), ``ephemeral`` (``bool``);
+        * ``routing_table_size`` (``int``);
+        * ``rpc_requests``: ``Counter`` by ``(command, direction)``
+          (:attr:`rpc_requests`);
+        * ``dropped``: ``Counter`` of dropped datagrams and requests by
+          reason (:attr:`dropped`).
+        """
+        host = port = None
+        if self._udp is not None and self._udp.listening:
+            host, port = self._udp.address()
+        return {
+            "id": self._id.hex(),
+            "host": host,
+            "port": port,
+            "ephemeral": self._ephemeral,
+            "routing_table_size": len(self._table),
+            "rpc_requests": self.rpc_requests,
+            "dropped": Counter(self.dropped),
+        }
 
     # -- lifecycle --------------------------------------------------------
 
@@ -321,10 +285,24 @@ class DHTNode(service.Service):
             ephemeral=self._ephemeral,
         )
 
+    def add_stop_hook(self, hook: Callable[[], None]) -> None:
+        """
+        Call ``hook()`` once when the node stops (first thing in
+        :meth:`stopService`), for what keeps timers on the node's clock
+        beyond its own walks (a :class:`~txhyperswarm.dht.peers.DHTTopic`).
+        Adding the same hook again has no effect.
+        """
+        self._stop_hooks[hook] = None
+
+    def remove_stop_hook(self, hook: Callable[[], None]) -> None:
+        """Forget a hook added with :meth:`add_stop_hook` (nothing if unknown)."""
+        self._stop_hooks.pop(hook, None)
+
     def stopService(self) -> defer.Deferred:
         """
-        Stop: cancel timers, fail in-flight requests (RequestCancelled) and
-        walks (QueryError), close the socket if we made it.
+        Stop: run the stop hooks, cancel timers, fail in-flight requests
+        (RequestCancelled) and walks (QueryError), close the socket if we
+        made it.
 
         :returns: Deferred firing with ``None`` once closed.
         """
@@ -337,14 +315,15 @@ class DHTNode(service.Service):
             self._tick_loop.stop()
         hooks, self._stop_hooks = self._stop_hooks, {}
         for hook in hooks:
-            hook()
+            try:
+                hook()
+            except Exception:
+                self.log.failure("a DHT node stop hook failed")
         self._rpc.destroy()
-        for walk in list(self._walks):
-            walk.abort(QueryError("DHT node stopped"))
-        self._walks.clear()
-        waiters, self._ready_waiters = self._ready_waiters, []
-        for d in waiters:
-            d.errback(QueryError("DHT node stopped before bootstrapping"))
+        self._walks.abort_all(QueryError("DHT node stopped"))
+        if not self._ready.fired:
+            ready, self._ready = self._ready, OneShotObserver()
+            ready.fire(Failure(QueryError("DHT node stopped before bootstrapping")))
         udp = self._udp
         if udp is None:
             return defer.succeed(None)
@@ -368,77 +347,19 @@ class DHTNode(service.Service):
 
     def bootstrapped(self) -> defer.Deferred:
         """
-        :returns: Deferred firing with ``None`` once the first bootstrap walk
-            has ended (also when it failed, as dht-rpc's ``ready``);
-            errbacks with :class:`QueryError` if the node stops first.
+        :returns: a new Deferred firing with ``None`` once the first
+            bootstrap walk has ended (also when it failed, as dht-rpc's
+            ``ready``); errbacks with :class:`QueryError` if the node stops
+            first.
         """
-        if self.is_bootstrapped:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._ready_waiters.append(d)
-        return d
+        return self._ready.when_fired()
 
     def _set_bootstrapped(self) -> None:
         if self.is_bootstrapped:
             return
         self.is_bootstrapped = True
-        self.log.info(
-            "DHT node bootstrapped with {n} nodes in its table", n=len(self._table)
-        )
-        waiters, self._ready_waiters = self._ready_waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def _resolve_bootstrap(self) -> defer.Deferred:
-        """
-        Resolve the bootstrap nodes given by name (dht-rpc's socket resolves
-        them on each send; Twisted's UDP write takes IP addresses only).
-
-        :returns: Deferred firing with the ``(ip, port)`` list (names that
-            did not resolve are left out and tried again next time); never
-            errbacks. Concurrent callers share one resolution.
-        """
-        if not self._needs_resolve:
-            return defer.succeed(self._bootstrap_peers)
-        if self._resolving is None:
-
-            def one(entry: Address) -> defer.Deferred:
-                host, port = entry
-                if is_ipv4_literal(host):
-                    return defer.succeed([(host, port)])
-                d = self._reactor.resolve(host)
-                d.addCallbacks(
-                    lambda ip: [(ip, port)],
-                    lambda f: self.log.warn(
-                        "cannot resolve bootstrap node {host}: {err}", host=host, err=f.getErrorMessage()
-                    )
-                    or [],
-                )
-                return d
-
-            def done(results):
-                self._resolving = None
-                peers = [a for r in results for a in r]
-                self._bootstrap_peers = peers
-                self._needs_resolve = len(peers) != len(self.bootstrap_nodes)
-                return peers
-
-            self._resolving = defer.gatherResults([one(e) for e in self.bootstrap_nodes]).addCallback(done)
-        shared, mine = self._resolving, defer.Deferred()
-
-        def fire(peers):
-            if not mine.called:
-                mine.callback(peers)
-            return peers
-
-        shared.addCallback(fire)
-        return mine
-
-    def _bootstrap_pending(self) -> bool:
-        """Whether a walk starting now must wait for bootstrap names to resolve:
-        they are not resolved and the walk would send to them (dht-rpc does when
-        the routing table has fewer nodes than there are bootstrap nodes)."""
-        return self._needs_resolve and len(self._table) < len(self.bootstrap_nodes)
+        self.log.info("DHT node bootstrapped with {n} nodes in its table", n=len(self._table))
+        self._ready.fire(None)
 
     def bootstrap(self) -> defer.Deferred:
         """
@@ -461,7 +382,7 @@ class DHTNode(service.Service):
                 self._set_bootstrapped()
             return result
 
-        walk = Walk(self, _FIND_NODE, self._id, None, query=True, background=True)
+        walk = Walk(self._walks, FIND_NODE, self._id, None, query=True, background=True)
         return walk.start().addBoth(ended)
 
     def persistent(self) -> defer.Deferred:
@@ -481,38 +402,21 @@ class DHTNode(service.Service):
     # -- timers -----------------------------------------------------------
 
     def _on_tick(self) -> None:
-        if self._table.on_tick(self.inflight_queries) == "bootstrap":
+        if self._table.on_tick(self._walks.inflight_queries) == "bootstrap":
             self.bootstrap().addErrback(
                 lambda f: self.log.debug("re-bootstrap failed: {err}", err=f.getErrorMessage())
             )
 
-    # A ping cancelled because we stop says nothing about the peer: unlike
-    # dht-rpc, which evicts on ECANCELLED too, give no verdict (the table
-    # survives a stop/start as it was, as walks already treat cancels).
+    # -- IRPCController ---------------------------------------------------
 
-    def _reping_node(self, peer: Peer, callback: Callable[[bool], None]) -> None:
-        # dht-rpc _reping: queryImmediately, only a transport error counts
-        def cb(err, msg, addr, req):
-            if not isinstance(err, RequestCancelled):
-                callback(err is None)
+    def request_received(self, msg: Message, host: str, port: int, is_update: bool) -> None:
+        """A request came (``IRPCController``): note the sender, answer it."""
+        if msg.HasField("id"):
+            self._table.add_node(msg.id, host, port, None, msg.to if msg.HasField("to") else None)
+        self._responder.request_received(msg, host, port, is_update)
 
-        self._rpc.query(_PING, None, peer.id, peer, cb, immediately=True)
-
-    def _check_node(self, peer: Peer, callback: Callable[[bool], None]) -> None:
-        # dht-rpc _check -> ping(): an error response or a bad pong fails too
-        def cb(err, msg, addr, req):
-            if not isinstance(err, RequestCancelled):
-                callback(err is None and not msg.error and self._pong(msg) is not None)
-
-        self._rpc.query(_PING, None, peer.id, peer, cb)
-
-    @staticmethod
-    def _pong(msg: Message) -> Optional[Address]:
-        return _first_peer(msg.to if msg.HasField("to") else (msg.value if msg.HasField("value") else b""))
-
-    # -- incoming ---------------------------------------------------------
-
-    def _on_response(self, msg: Message, host: str, port: int) -> None:
+    def response_received(self, msg: Message, host: str, port: int) -> None:
+        """A response came (``IRPCController``): note the sender."""
         if msg.HasField("id"):
             self._table.add_node(
                 msg.id,
@@ -522,150 +426,13 @@ class DHTNode(service.Service):
                 msg.to if msg.HasField("to") else None,
             )
 
-    def _on_bad_id(self, peer: Peer) -> None:
-        self._table.remove_node(peer)
-
-    def _on_request(self, is_update: bool, msg: Message, host: str, port: int) -> None:
-        if msg.HasField("id"):
-            self._table.add_node(msg.id, host, port, None, msg.to if msg.HasField("to") else None)
-        cmd = msg.command
-        if cmd == _PING:
-            self._received[_PING] += 1
-            if msg.HasField("value") and msg.value != self._id:
-                self.dropped["ping_id"] += 1
-                return
-            to = self._rpc.peer_bytes(host, port)
-            self._rpc.response(msg.rid, host, port, to, None, to)
-        elif cmd == _FIND_NODE:
-            self._received[_FIND_NODE] += 1
-            target = msg.target
-            if len(target) != 32:
-                self.dropped["no_target"] += 1
-                return
-            self._rpc.response(msg.rid, host, port, None, self._table.closest_compact(target))
-        elif cmd == _HOLEPUNCH:
-            self._received[_HOLEPUNCH] += 1
-            self._on_holepunch(msg, host, port)
-        else:
-            self._on_command(is_update, msg, host, port)
-
-    def _on_holepunch(self, msg: Message, host: str, port: int) -> None:
-        if not msg.HasField("value"):
-            self.dropped["value"] += 1
-            return
-        try:
-            punch = Holepunch.FromString(msg.value)
-        except Exception:
-            self.dropped["value"] += 1
-            return
-        if punch.HasField("to"):
-            to = _first_peer(punch.to)
-            if to is None or to == (host, port):
-                self.dropped["value"] += 1
-                return
-            fwd = Message()
-            fwd.CopyFrom(msg)
-            fwd.version = 1
-            if self._rpc.id is not None:
-                fwd.id = self._rpc.id
-            else:
-                fwd.ClearField("id")
-            fwd.to = encode_peer(*to)
-            relay = Holepunch()
-            setattr(relay, "from", encode_peer(host, port))
-            fwd.value = relay.SerializeToString()
-            if not fwd.HasField("error"):
-                fwd.error = b""  # as Node's re-encode of a decoded message
-            self.log.debug("relaying holepunch {a} -> {b}", a=(host, port), b=to)
-            self._rpc.forward(fwd, to)
-            return
-        if punch.HasField("from"):
-            frm = _first_peer(getattr(punch, "from"))
-            if frm is not None:
-                host, port = frm
-        self._rpc.response(msg.rid, host, port)
-
-    def _on_command(self, is_update: bool, msg: Message, host: str, port: int) -> None:
-        if not msg.HasField("target"):
-            self.dropped["no_target"] += 1
-            return
-        command = self._commands.get(msg.command)
-        rid = msg.rid
-        target = msg.target
-        if command is None:
-            self._received[_OTHER] += 1
-            self._rpc.error(rid, host, port, _UNSUPPORTED, self._closer(target))
-            return
-        self._received[msg.command] += 1
-        handler = command.update if is_update else command.query
-        if handler is None:
-            if is_update:
-                self._rpc.error(rid, host, port, _UPDATE_NOT_SUPPORTED, self._closer(target))
-            else:
-                self._rpc.response(rid, host, port, None, self._closer(target))
-            return
-        request = Request(
-            (host, port),
-            msg.id if msg.HasField("id") else None,
-            target,
-            msg.value if msg.HasField("value") else None,
-            command.name,
-            is_update,
-            msg.to if msg.HasField("to") else None,
-        )
-        try:
-            result = handler(request)
-        except Exception:
-            self._answer(Failure(), rid, host, port, target, command.name)
-            return
-        if isinstance(result, defer.Deferred):
-            result.addCallbacks(
-                self._answer,
-                self._answer,
-                callbackArgs=(rid, host, port, target, command.name),
-                errbackArgs=(rid, host, port, target, command.name),
-            )
-        else:
-            self._answer(result, rid, host, port, target, command.name)
-
-    def _answer(self, result, rid: int, host: str, port: int, target: bytes, name: str) -> None:
-        if isinstance(result, Failure):
-            exc = result.value
-            if isinstance(exc, IgnoreRequest):
-                self.dropped["value"] += 1
-                return
-            if isinstance(exc, CommandError):
-                self._rpc.error(
-                    rid, host, port, exc.text.encode("utf-8"), self._closer(target), exc.value
-                )
-                return
-            self.dropped["handler_error"] += 1
-            self.log.failure(
-                "{command} handler failed on a request from {host}:{port}",
-                result,
-                command=name,
-                host=host,
-                port=port,
-            )
-            return
-        if result is not None and not isinstance(result, (bytes, bytearray, memoryview)):
-            self.dropped["handler_error"] += 1
-            self.log.error(
-                "{command} handler returned {type}, not bytes or None", command=name, type=type(result)
-            )
-            return
-        self._rpc.response(
-            rid, host, port, bytes(result) if result is not None else None, self._closer(target)
-        )
-
-    def _closer(self, target: bytes) -> bytes:
-        return self._table.closest_compact(_norm_target(target))
+    def wrong_id(self, contact: Contact) -> None:
+        """A contact answered with another id (``IRPCController``): forget it."""
+        self._table.remove_node(contact)
 
     # -- commands ---------------------------------------------------------
 
-    def add_command(
-        self, name: str, query: Optional[Handler] = None, update: Optional[Handler] = None
-    ) -> None:
+    def add_command(self, name: str, query: Optional[Handler] = None, update: Optional[Handler] = None) -> None:
         """
         Register a command (dht-rpc ``command(name, {query, update})``).
 
@@ -675,205 +442,14 @@ class DHTNode(service.Service):
         an error, :class:`IgnoreRequest` to send no reply. Without a
         ``query`` handler queries are answered with no value; without an
         ``update`` handler updates get the error "Update not supported".
-        Requests without a target are never passed to handlers.
+        Requests without a target are never passed to handlers. Any other
+        exception is logged and counted in ``dropped["handler_error"]`` (no
+        reply).
         """
-        key = name.encode("utf-8")
-        if key in (_PING, _FIND_NODE, _HOLEPUNCH):
-            raise ValueError(f"{name} is a built-in command")
-        self._commands[key] = _Command(name, query, update)
+        self._commands.add(name, query, update)
 
     def remove_command(self, name: str) -> None:
-        self._commands.pop(name.encode("utf-8"), None)
-
-    # -- outgoing ---------------------------------------------------------
-
-    def _with_ip(self, host: str, then: Callable[[str], defer.Deferred]) -> defer.Deferred:
-        if is_ipv4_literal(host):
-            return then(host)
-        return self._reactor.resolve(host).addCallback(then)
-
-    def ping(self, host: str, port: int, id: Optional[bytes] = None) -> defer.Deferred:
-        """
-        Send ``_ping`` to ``host:port`` (with ``id``, the peer only answers
-        if that is its id).
-
-        :returns: Deferred firing with a :class:`Reply`: ``node`` = the
-            address that answered, ``id`` = its id (``None`` if ephemeral),
-            ``to`` = our address as it saw us, ``value`` = the raw pong.
-            Errbacks with :class:`RequestTimeout` (no answer after 3 tries,
-            about 7 s), :class:`RemoteError` (error response or a bad pong),
-            :class:`RequestCancelled` (the node is not running). Cancelling it
-            (e.g. ``addTimeout``) forgets the request.
-        """
-
-        def pong(msg: Message, addr: Address) -> Reply:
-            to = self._pong(msg)
-            if to is None:
-                raise RemoteError(f"Invalid pong from {addr[0]}:{addr[1]}")
-            return dataclasses.replace(Reply.of(msg, addr), to=to)
-
-        def go(ip: str) -> defer.Deferred:
-            return self._request(_PING, id, Peer(id, ip, int(port)), pong)
-
-        return self._with_ip(host, go)
-
-    def holepunch(self, host: str, port: int, referrer: Address) -> defer.Deferred:
-        """
-        Send ``_holepunch`` to ``host:port`` and, through ``referrer`` (the
-        node that told us about it), ask it to answer us (dht.md 1.9).
-
-        :returns: Deferred firing with a :class:`Reply`, errbacks like
-            :meth:`ping`. Both ``host`` and the referrer's host may be names.
-        """
-        rhost, rport = referrer
-        return self._with_ip(
-            host,
-            lambda ip: self._with_ip(rhost, lambda rip: self._holepunch(ip, int(port), (rip, int(rport)))),
-        )
-
-    def _holepunch(self, host: str, port: int, referrer: Address) -> defer.Deferred:
-        peer = Peer(None, host, port)
-        peer.referrer = referrer
-        return self._request(_HOLEPUNCH, None, peer, Reply.of)
-
-    def _request(
-        self, command: bytes, value: Optional[bytes], peer: Peer, convert: Callable[[Message, Address], Reply]
-    ) -> defer.Deferred:
-        """One QUERY as a cancellable Deferred; error responses errback RemoteError."""
-        state = {"req": None, "cancelled": False}
-
-        def cancel(d: defer.Deferred) -> None:
-            state["cancelled"] = True
-            if state["req"] is not None:
-                self._rpc.cancel(state["req"])
-
-        d: defer.Deferred = defer.Deferred(cancel)
-
-        def cb(err, msg, addr, req) -> None:
-            if d.called or state["cancelled"]:
-                return
-            if err is not None:
-                d.errback(err)
-            elif msg.error:
-                d.errback(RemoteError(msg.error.decode("utf-8", "replace")))
-            else:
-                try:
-                    result = convert(msg, addr)
-                except RemoteError as e:
-                    d.errback(e)
-                else:
-                    d.callback(result)
-
-        try:
-            state["req"] = self._rpc.query(command, None, value, peer, cb)
-        except ValueError as e:  # not an IPv4 address and port we can encode
-            return defer.fail(e)
-        return d
-
-    def _walk(
-        self,
-        command: str,
-        target: bytes,
-        value: Optional[bytes],
-        query: bool,
-        update: bool,
-        on_reply: Optional[Callable[[Reply], None]],
-    ) -> defer.Deferred:
-        if self.destroyed or not self.running:
-            return defer.fail(QueryError("DHT node is not running"))
-        if not isinstance(target, (bytes, bytearray)):
-            raise TypeError("target must be bytes")
-        walk = Walk(
-            self,
-            command.encode("utf-8"),
-            bytes(target),
-            None if value is None else bytes(value),
-            query=query,
-            update=update,
-            on_reply=on_reply,
-        )
-        return walk.start()
-
-    def _collect(self, command, target, value, query, update, on_reply) -> defer.Deferred:
-        replies: List[Reply] = []
-        if on_reply is None:
-            collect = replies.append
-        else:
-
-            def collect(reply: Reply) -> None:
-                replies.append(reply)
-                on_reply(reply)
-
-        d = self._walk(command, target, value, query, update, collect)
-        return d.addCallback(lambda _: replies)
-
-    def query_stream(
-        self,
-        command: str,
-        target: bytes,
-        value: Optional[bytes] = None,
-        on_reply: Optional[Callable[[Reply], None]] = None,
-    ) -> defer.Deferred:
-        """
-        Walk toward ``target`` sending QUERY ``command`` (with ``value``) to
-        ever closer nodes; call ``on_reply(Reply)`` for each non-error
-        response as it arrives.
-
-        :returns: Deferred firing with ``None`` when the walk ends;
-            errbacks with :class:`QueryError` ("No nodes responded").
-            Cancelling it stops the walk.
-        """
-        return self._walk(command, target, value, True, False, on_reply)
-
-    def query(
-        self,
-        command: str,
-        target: bytes,
-        value: Optional[bytes] = None,
-        on_reply: Optional[Callable[[Reply], None]] = None,
-    ) -> defer.Deferred:
-        """
-        :meth:`query_stream`, collected (``on_reply`` is also called as
-        replies arrive, if given).
-
-        :returns: Deferred firing with ``list[Reply]``; errbacks with
-            :class:`QueryError`.
-        """
-        return self._collect(command, target, value, True, False, on_reply)
-
-    def update(
-        self,
-        command: str,
-        target: bytes,
-        value: Optional[bytes] = None,
-        on_reply: Optional[Callable[[Reply], None]] = None,
-    ) -> defer.Deferred:
-        """
-        Walk toward ``target`` with ``_find_node``, then send UPDATE
-        ``command`` (with ``value`` and each node's roundtrip token) to the
-        <= 20 closest nodes that answered.
-
-        :returns: Deferred firing with the update responses,
-            ``list[Reply]``; errbacks with :class:`QueryError` ("No nodes
-            responded" / "No close nodes responded").
-        """
-        return self._collect(command, target, value, False, True, on_reply)
-
-    def query_and_update(
-        self,
-        command: str,
-        target: bytes,
-        value: Optional[bytes] = None,
-        on_reply: Optional[Callable[[Reply], None]] = None,
-    ) -> defer.Deferred:
-        """
-        The QUERY walk of :meth:`query`, then the UPDATE phase of
-        :meth:`update` (how ``peers`` announces).
-
-        :returns: Deferred firing with the query and update responses,
-            ``list[Reply]``; errbacks with :class:`QueryError`.
-        """
-        return self._collect(command, target, value, True, True, on_reply)
+        self._commands.remove(name)
 
     # -- routing table access --------------------------------------------
 
@@ -894,36 +470,17 @@ class DHTNode(service.Service):
 
     def closest_nodes(self, target: bytes, n: int = K) -> List[Tuple[bytes, str, int]]:
         """The ``n`` routing-table nodes closest to ``target``."""
-        return [(p.id, p.host, p.port) for p in self._table.closest(_norm_target(target), n)]
+        return [(p.id, p.host, p.port) for p in self._table.closest(norm_target(target), n)]
 
-    def _tally(self, only_ip: bool) -> Optional[bytes]:
-        counts: Dict[bytes, int] = {}
-        result = None
-        good = 0
-        cnt = 0
-        for node in self._table.latest():
-            if cnt >= 10:
-                break
-            to = node.to
-            if not to or len(to) != 6:
-                continue
-            key = to[:4] + b"\0\0" if only_ip else to
-            hits = counts.get(key, 0) + 1
-            if hits > good:
-                good = hits
-                result = to
-            counts[key] = hits
-            cnt += 1
-        return result if cnt - good < 3 and good >= 3 else None
+    # -- our address ------------------------------------------------------
 
     def remote_address(self) -> Optional[Address]:
         """
         Our public address as the nodes we talk to see it (>= 3 of the last
         10 agree), or ``None`` (dht-rpc ``remoteAddress()``).
         """
-        both = self._tally(False) or self._tally(True)
-        return decode_to(both) if both else None
+        return nat.remote_address(self._table)
 
     def holepunchable(self) -> bool:
         """Whether :meth:`remote_address` is consistent in ip and port."""
-        return self._tally(False) is not None
+        return nat.holepunchable(self._table)

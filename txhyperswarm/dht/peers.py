@@ -7,11 +7,15 @@ persistent node stores the records announced to it in a
 :class:`~txhyperswarm.dht.records.RecordStore`. Client side, the module
 functions take the node as first argument and the topic second:
 
-* :func:`announce` -> :class:`Announcement` (re-announces on
-  ``@hyperswarm/discovery``'s schedule until :meth:`Announcement.stop`);
-* :func:`lookup` -> ``Deferred[list[PeerRecord]]``;
-* :func:`lookup_stream` calls ``on_peer`` with each
-  :class:`~txhyperswarm.peer_record.PeerRecord` as replies arrive.
+* :func:`join` -> :class:`DHTTopic`, the DHT half of the discovery contract
+  (:class:`~txhyperswarm.interfaces.IDiscoveryTopic`): announce and/or look
+  up in cycles on ``@hyperswarm/discovery``'s schedule until
+  :meth:`DHTTopic.stop` (swarm.md 4.3, 4.4, 4.8);
+* :func:`announce`: :func:`join` that announces (kept for callers of the
+  old API);
+* :func:`lookup` -> ``Deferred[list[PeerRecord]]`` (one walk, each peer once);
+* :func:`lookup_stream` calls ``on_peer`` with every
+  :class:`~txhyperswarm.peer_record.PeerRecord` as replies arrive (one walk).
 
 What goes on the wire is exactly what hyperswarm 2.15.3 sends: an announce's
 ``PeersInput`` carries ``port`` explicitly (0 when none is given: the DHT
@@ -23,12 +27,15 @@ handler crashes on a ``peers`` request without one).
 from __future__ import annotations
 
 import random as _random
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txhyperswarm._observer import OneShotObserver
 
 from txhyperswarm.dht.messages import (
     DecodeError,
@@ -40,18 +47,20 @@ from txhyperswarm.dht.messages import (
     encode_peer,
     ipv4_bytes,
 )
-from txhyperswarm.dht.node import CommandError, IgnoreRequest
+from txhyperswarm.dht.errors import CommandError, IgnoreRequest
 from txhyperswarm.dht.records import RecordStore
+from txhyperswarm.interfaces import IDiscoveryTopic
 from txhyperswarm.peer_record import PeerRecord
 
 __all__ = [
     "COMMAND",
     "PeersCommand",
     "register",
+    "join",
+    "DHTTopic",
     "announce",
     "lookup",
     "lookup_stream",
-    "Announcement",
     "encode_announce",
     "encode_lookup",
     "encode_unannounce",
@@ -63,6 +72,8 @@ COMMAND = "peers"
 #: ``@hyperswarm/discovery`` ``_notify(loop, false)``: the next walk starts
 #: ``wait + random() * wait`` seconds after the previous one ended.
 REANNOUNCE_WAIT = 300.0
+#: Full responses that end the first round early (swarm.md 4.4).
+EARLY_FLUSH = 6
 
 Address = Tuple[str, int]
 
@@ -223,6 +234,35 @@ def _decode_local(prefix: bytes, data: bytes) -> List[Address]:
     return out
 
 
+def reply_peers(
+    reply, local_prefix: Optional[bytes] = None
+) -> Tuple[Optional[List[Address]], Optional[List[Address]]]:
+    """
+    ``(local peers, public peers)`` of one ``peers`` reply, as
+    ``@hyperswarm/dht``'s ``mapPeers`` reads them: ``None`` where the list is
+    absent (local peers also when the lookup sent no LAN address, whose first
+    two octets ``local_prefix`` completes them); a malformed list is empty.
+    Never raises.
+    """
+    value = reply.value
+    if not value:
+        return None, None
+    try:
+        out = decode_peers_output(value)
+    except DecodeError:
+        return None, None
+    local = None
+    if local_prefix is not None and out.HasField("localPeers"):
+        local = _decode_local(local_prefix, out.localPeers)
+    public = None
+    if out.HasField("peers"):
+        try:
+            public = decode_peers(out.peers)
+        except DecodeError:
+            public = []
+    return local, public
+
+
 def peer_records(topic: bytes, reply, local_prefix: Optional[bytes] = None) -> List[PeerRecord]:
     """
     The peers in one ``peers`` reply, as ``@hyperswarm/dht``'s ``mapPeers``
@@ -231,51 +271,40 @@ def peer_records(topic: bytes, reply, local_prefix: Optional[bytes] = None) -> L
     completes them; ``referrer`` ``None``), then public peers (``referrer`` =
     the replying node). A malformed list yields no peers; never raises.
     """
-    value = reply.value
-    if not value:
-        return []
-    try:
-        out = decode_peers_output(value)
-    except DecodeError:
-        return []
+    local, public = reply_peers(reply, local_prefix)
+    return _records(topic, reply, local, public)
+
+
+def _records(topic: bytes, reply, local, public) -> List[PeerRecord]:
     to = reply.to
     records: List[PeerRecord] = []
-    if local_prefix is not None and out.localPeers:
-        for host, port in _decode_local(local_prefix, out.localPeers):
-            records.append(PeerRecord(topic, host, port, True, None, to, "dht"))
-    if out.peers:
-        try:
-            peers = decode_peers(out.peers)
-        except DecodeError:
-            peers = []
+    for host, port in local or ():
+        records.append(PeerRecord(topic, host, port, True, None, to, "dht"))
+    if public:
         referrer = tuple(reply.node) if reply.node is not None else None
-        for host, port in peers:
+        for host, port in public:
             records.append(PeerRecord(topic, host, port, False, referrer, to, "dht"))
     return records
 
 
-class _Collector:
-    """Turns replies into PeerRecords, each (host, port, local) once."""
+def _local_prefix(local_address: Optional[Address]) -> Optional[bytes]:
+    return ipv4_bytes(local_address[0])[:2] if local_address is not None else None
 
-    def __init__(self, topic: bytes, local_address: Optional[Address], on_peer: Callable[[PeerRecord], object]):
-        self.topic = topic
-        self.prefix = ipv4_bytes(local_address[0])[:2] if local_address is not None else None
-        self.on_peer = on_peer
-        self.seen: Set[Tuple[str, int, bool]] = set()
 
-    def __call__(self, reply) -> None:
-        for record in peer_records(self.topic, reply, self.prefix):
-            key = (record.host, record.port, record.local)
-            if key in self.seen:
-                continue
-            self.seen.add(key)
-            try:
-                self.on_peer(record)
-            except Exception:
-                log.failure("on_peer raised for {peer}", peer=record)
+def _report(on_peer: Callable[[PeerRecord], object], records: List[PeerRecord]) -> None:
+    for record in records:
+        try:
+            on_peer(record)
+        except Exception:
+            log.failure("on_peer raised for {peer}", peer=record)
 
 
 # -- client side ----------------------------------------------------------------
+
+
+def _check_topic(topic: bytes) -> None:
+    if not isinstance(topic, bytes) or len(topic) != 32:
+        raise ValueError("a topic is 32 bytes")
 
 
 def lookup_stream(
@@ -285,10 +314,11 @@ def lookup_stream(
     local_address: Optional[Address] = None,
 ) -> defer.Deferred:
     """
-    Walk the DHT towards ``topic`` asking every node for its ``peers``.
+    One walk of the DHT towards ``topic`` asking every node for its ``peers``.
 
-    ``on_peer(record)`` is called with each :class:`PeerRecord` as its reply
-    arrives; a peer several nodes return is reported once (first referrer).
+    ``on_peer(record)`` is called with every :class:`PeerRecord` of every
+    reply as it arrives: a peer several nodes return is reported each time
+    (as Node emits ``'peer'`` per response).
 
     :param local_address: our ``(host, port)`` on the LAN; sent so that nodes
         return the LAN peers sharing its first two octets.
@@ -300,29 +330,86 @@ def lookup_stream(
     """
     _check_topic(topic)
     value = encode_lookup(local_address)  # ValueError for a bad local_address
-    collect = _Collector(topic, local_address, on_peer)
-    d = node.query_stream(COMMAND, topic, value, on_reply=collect)
+    prefix = _local_prefix(local_address)
+
+    def on_reply(reply) -> None:
+        _report(on_peer, peer_records(topic, reply, prefix))
+
+    d = node.query_stream(COMMAND, topic, value, on_reply=on_reply)
     d.addCallback(lambda _: None)
     return d
 
 
 def lookup(node, topic: bytes, local_address: Optional[Address] = None) -> defer.Deferred:
     """
-    The peers of ``topic`` on the DHT.
+    The peers of ``topic`` on the DHT (one walk).
 
-    :returns: Deferred firing with a ``list[PeerRecord]`` (each
-        ``(host, port, local)`` once) when the walk has ended; errbacks as
-        :meth:`DHTNode.query_stream` (no node answered).
+    :returns: Deferred firing with a ``list[PeerRecord]``, each
+        ``(host, port, local)`` once (the first report), when the walk has
+        ended; errbacks as :meth:`DHTNode.query_stream` (no node answered).
     """
-    found: List[PeerRecord] = []
-    d = lookup_stream(node, topic, found.append, local_address)
-    d.addCallback(lambda _: found)
+    found: Dict[Tuple[str, int, bool], PeerRecord] = {}
+
+    def keep(record: PeerRecord) -> None:
+        found.setdefault((record.host, record.port, record.local), record)
+
+    d = lookup_stream(node, topic, keep, local_address)
+    d.addCallback(lambda _: list(found.values()))
     return d
 
 
-def _check_topic(topic: bytes) -> None:
-    if not isinstance(topic, bytes) or len(topic) != 32:
-        raise ValueError("a topic is 32 bytes")
+def join(
+    node,
+    topic: bytes,
+    *,
+    announce_port: Optional[int] = None,
+    local_address: Optional[Address] = None,
+    lookup: bool = True,
+    on_peer: Optional[Callable[[PeerRecord], object]] = None,
+    on_update: Optional[Callable[[Optional[Exception]], object]] = None,
+    reactor: Optional[IReactorTime] = None,
+    random: Optional[_random.Random] = None,
+) -> "DHTTopic":
+    """
+    Join ``topic`` on the DHT as ``@hyperswarm/discovery``'s topic does
+    (swarm.md 4.3, 4.4, 4.8): the first cycle starts now, each next one a
+    random 300-600 s after the previous ended, until :meth:`DHTTopic.stop`
+    or until the node stops.
+
+    Each cycle announces (a walk sending ``peers`` QUERYs carrying the
+    announce value, then UPDATEs to the closest nodes that gave a token:
+    the records, kept 8-16 min by the nodes, stay alive) or, when not
+    announcing, looks up (the QUERY walk only).
+
+    :param node: a running :class:`~txhyperswarm.dht.node.DHTNode`.
+    :param announce_port: ``None``: do not announce (look up only); ``0``:
+        announce the UDP source port of our DHT socket (hyperswarm's
+        default: the TCP port is the same); any other value: that port.
+    :param local_address: our ``(host, port)`` on the LAN: announced as a
+        LAN record and sent with lookups, so that nodes return the LAN peers
+        sharing its first two octets.
+    :param lookup: report the peers found (``on_peer``).
+    :param on_peer: called with every :class:`PeerRecord` of every reply
+        (repeats included), only when ``lookup``.
+    :param on_update: called with ``None`` or the exception at the end of
+        every cycle.
+    :param reactor: the clock of the cycles; default: the node's.
+    :param random: a ``random.Random`` (its ``random()``) for the delays.
+    :returns: the :class:`DHTTopic`.
+    :raises ValueError: ``topic`` is not 32 bytes, ``announce_port`` is not
+        0-65535, ``local_address`` is not an IPv4 ``(host, port)``, or the
+        join neither announces nor looks up.
+    """
+    _check_topic(topic)
+    if announce_port is not None and not 0 <= announce_port < 65536:
+        raise ValueError(f"bad port {announce_port}")
+    if announce_port is None and not lookup:
+        raise ValueError("a join announces, looks up or both")
+    t = DHTTopic(node, topic, announce_port, local_address, lookup, on_peer, on_update,
+                 reactor if reactor is not None else node.reactor, random)
+    node.add_stop_hook(t.node_stopped)
+    t.refresh()
+    return t
 
 
 def announce(
@@ -334,195 +421,207 @@ def announce(
     on_peer: Optional[Callable[[PeerRecord], object]] = None,
     reactor: Optional[IReactorTime] = None,
     random: Optional[_random.Random] = None,
-) -> "Announcement":
+) -> "DHTTopic":
     """
-    Announce ``topic`` on the DHT now and keep it announced.
+    :func:`join` announcing ``port`` (``None``: the DHT socket's port),
+    reporting peers to ``on_peer`` when it is given.
 
-    Each announce is Node's: a walk sending ``peers`` QUERYs carrying the
-    announce value (so it doubles as a lookup: ``on_peer`` gets the peers it
-    finds), then UPDATEs to the closest nodes that gave a token. The next
-    announce starts a random 300-600 s after a walk ends, as
-    ``@hyperswarm/discovery``, which keeps the records (8-16 min) alive.
-
-    :param port: the port to announce; ``None`` (sent as 0) makes every node
-        record the UDP source port of our DHT socket, as hyperswarm does.
-    :param local_address: our ``(host, port)`` on the LAN, stored as a LAN
-        record for peers on the same /16.
-    :returns: an :class:`Announcement`; its ``ready`` fires after the first
-        announce.
-    :raises ValueError: ``topic`` is not 32 bytes, ``port`` is out of range,
-        or ``local_address`` is not an IPv4 ``(host, port)``.
+    :raises ValueError: as :func:`join`.
     """
-    _check_topic(topic)
-    if port is not None and not 0 <= port < 65536:
-        raise ValueError(f"bad port {port}")
-    a = Announcement(node, topic, port, local_address, on_peer,
-                     reactor if reactor is not None else node.reactor, random)
-    node._stop_hooks[a._node_stopped] = None
-    a._start()
-    return a
+    return join(node, topic, announce_port=port or 0, local_address=local_address,
+                lookup=on_peer is not None, on_peer=on_peer, reactor=reactor, random=random)
 
 
-class _Outcome:
+class _FlushCount:
     """
-    The outcome of a one-time event, handed to each caller as a new Deferred,
-    so a failure nobody waits for is not logged as an unhandled error.
+    One cycle's early-flush counters (discovery's ``maxReplies``/``maxCount``
+    and their local twins, swarm.md 4.4).
     """
 
-    _PENDING = object()
+    __slots__ = ("max_replies", "max_count", "max_local_replies", "max_local_count")
 
     def __init__(self) -> None:
-        self._result = self._PENDING
-        self._waiters: List[defer.Deferred] = []
+        self.max_replies = 1
+        self.max_count = 0
+        self.max_local_replies = 1
+        self.max_local_count = 0
 
-    @property
-    def settled(self) -> bool:
-        return self._result is not self._PENDING
-
-    def settle(self, result) -> None:
-        if self.settled:
-            return
-        self._result = result
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            self._fire(d)
-
-    def _fire(self, d: defer.Deferred) -> None:
-        if isinstance(self._result, Failure):
-            d.errback(self._result)
-        else:
-            d.callback(self._result)
-
-    def when(self) -> defer.Deferred:
-        d: defer.Deferred = defer.Deferred()
-        if self.settled:
-            self._fire(d)
-        else:
-            self._waiters.append(d)
-        return d
+    def count(self, local: Optional[list], public: Optional[list]) -> bool:
+        """Count one response; ``True`` once the round may end early."""
+        if public is not None:
+            n = len(public)
+            if self.max_replies < n < 16:
+                self.max_replies = n
+                self.max_count = 1
+            elif n >= self.max_replies:
+                self.max_count += 1
+        if local is not None:
+            n = len(local)
+            # faithfully: compared with the *remote* maximum (discovery 2.0.1)
+            if self.max_replies < n < 16:
+                self.max_local_replies = n
+                self.max_local_count = 1
+            elif n >= self.max_local_replies:
+                self.max_local_count += 1
+        return self.max_local_count >= EARLY_FLUSH or self.max_count >= EARLY_FLUSH
 
 
-class Announcement:
+@implementer(IDiscoveryTopic)
+class DHTTopic:
     """
-    A topic being announced (see :func:`announce`).
+    A topic joined on the DHT (see :func:`join`); an
+    :class:`~txhyperswarm.interfaces.IDiscoveryTopic`.
 
-    :ivar ready: a new Deferred at each access, firing with ``None`` when the
-        first announce walk has ended, or errbacking with its failure
-        (announcing goes on). A failure nobody waits for is not logged.
-
-    Announcing ends when the DHT node stops (no timer outlives the node's
-    ``stopService``); :meth:`stop` then has nothing to unannounce through.
-    :ivar announces: how many announce walks have completed.
+    :ivar topic: the 32-byte topic.
+    :ivar announce_port: what :func:`join` was given.
+    :ivar lookup: whether peers are reported.
+    :ivar cycles: cycles ended so far (with or without error).
     """
 
     log = Logger()
 
-    def __init__(self, node, topic, port, local_address, on_peer, reactor, random) -> None:
-        from txhyperswarm._reactor import default_reactor
-
+    def __init__(self, node, topic, announce_port, local_address, lookup, on_peer, on_update,
+                 reactor, random) -> None:
         self._node = node
         self.topic = topic
-        self.port = port
+        self.announce_port = announce_port
         self.local_address = local_address
-        self._reactor = default_reactor(reactor)
+        self.lookup = bool(lookup)
+        self._on_peer = on_peer if lookup else None
+        self._on_update = on_update
+        self._reactor = reactor
         self._random = random or _random.Random()
-        self._value = encode_announce(port, local_address)
-        self._on_reply = _Collector(topic, local_address, on_peer) if on_peer is not None else None
-        self._ready = _Outcome()
-        self.announces = 0
+        self._prefix = _local_prefix(local_address)
+        if announce_port is None:
+            self._value = encode_lookup(local_address)
+        else:
+            self._value = encode_announce(announce_port, local_address)
+        self._ready: OneShotObserver = OneShotObserver()
+        self._closed: OneShotObserver = OneShotObserver()
         self._walk: Optional[defer.Deferred] = None
         self._timer = None
-        self._stopped = False
-        self._stopping: Optional[defer.Deferred] = None
-
-    def _start(self) -> None:
-        if self._stopped:
-            return
-        self._timer = None
-        if self._on_reply is not None:
-            self._on_reply.seen.clear()
-        d = self._node.query_and_update(COMMAND, self.topic, self._value, on_reply=self._on_reply)
-        self._walk = d
-        d.addBoth(self._walk_ended)
-
-    def _walk_ended(self, result) -> None:
-        self._walk = None
-        if isinstance(result, Failure) and result.check(defer.CancelledError) and self._stopped:
-            self._ready.settle(result)
-            return None
-        if isinstance(result, Failure):
-            self.log.warn("announce of {topic} failed: {err}", topic=self.topic.hex(),
-                          err=result.getErrorMessage())
-        else:
-            self.announces += 1
-        self._ready.settle(result if isinstance(result, Failure) else None)
-        if not self._stopped:
-            delay = REANNOUNCE_WAIT + self._random.random() * REANNOUNCE_WAIT
-            self._timer = self._reactor.callLater(delay, self._start)
-        return None
+        #: No more cycles: stopped, or the node stopped.
+        self._ended = False
+        self._stop_called = False
+        self.cycles = 0
 
     @property
-    def ready(self) -> defer.Deferred:
-        return self._ready.when()
+    def announcing(self) -> bool:
+        """Whether this join announces."""
+        return self.announce_port is not None
+
+    def when_ready(self) -> defer.Deferred:
+        """
+        A new Deferred for the first round: fires ``True`` when the first
+        cycle ended without error or once 6 full responses came (the cycle
+        goes on), ``False`` when it failed (no node answered) or the topic
+        (or the node) stopped first. Never errbacks.
+        """
+        return self._ready.when_fired()
 
     def refresh(self) -> None:
         """
-        Announce again now instead of at the scheduled time (Node's
-        ``topic.update()``); does nothing while a walk is running or after
-        :meth:`stop`.
+        Start the next cycle now instead of at its time (Node's
+        ``topic.update()``); nothing while a cycle runs or after :meth:`stop`.
         """
-        if self._stopped or self._walk is not None:
+        if self._ended or self._walk is not None:
             return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        self._start()
+        self._timer = None
+        self._cycle()
 
-    @property
-    def active(self) -> bool:
-        """``True`` until :meth:`stop` is called or the node stops."""
-        return not self._stopped
+    def _cycle(self) -> None:
+        self._timer = None
+        counts = _FlushCount()
+        topic = self.topic
+        prefix = self._prefix
 
-    def _node_stopped(self) -> None:
-        self._stopped = True
+        def on_reply(reply) -> None:
+            if self._ended:
+                return
+            local, public = reply_peers(reply, prefix)
+            if self._on_peer is not None:
+                _report(self._on_peer, _records(topic, reply, local, public))
+            if counts.count(local, public):
+                self._ready.fire(True)
+
+        node = self._node
+        if self.announcing:
+            d = node.query_and_update(COMMAND, topic, self._value, on_reply=on_reply)
+        else:
+            d = node.query_stream(COMMAND, topic, self._value, on_reply=on_reply)
+        self._walk = d
+        d.addBoth(self._cycle_ended)
+
+    def _cycle_ended(self, result) -> None:
+        if self._ended:  # stopped, or the node stopped: as Node, no 'update'
+            self._walk = None
+            return None
+        error = None
+        if isinstance(result, Failure):
+            error = result.value
+            self.log.warn("{what} of {topic} failed: {err}", what="announce" if self.announcing else "lookup",
+                          topic=self.topic.hex(), err=result.getErrorMessage())
+        self.cycles += 1
+        if self._on_update is not None:
+            # still "running" here: a refresh() from on_update does nothing, as Node
+            try:
+                self._on_update(error)
+            except Exception:
+                self.log.failure("on_update raised for {topic}", topic=self.topic.hex())
+        self._walk = None
+        if not self._ended:  # on_update may have stopped us
+            delay = REANNOUNCE_WAIT + self._random.random() * REANNOUNCE_WAIT
+            self._timer = self._reactor.callLater(delay, self._cycle)
+        self._ready.fire(error is None)
+        return None
+
+    def _end_cycles(self) -> None:
+        self._ended = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        walk, self._walk = self._walk, None
+        if walk is not None:
+            walk.cancel()
+        self._ready.fire(False)
+
+    def node_stopped(self) -> None:
+        """
+        The node's stop hook: no more cycles (the running walk is aborted by
+        the node); :meth:`stop` then has nothing to unannounce through.
+        """
+        self._ended = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._ready.fire(False)
 
     def stop(self) -> defer.Deferred:
         """
-        Stop re-announcing and unannounce: a ``_find_node`` walk towards the
-        topic, then UPDATEs with ``unannounce=true`` to the closest nodes.
+        Stop the cycles (a running walk is cancelled) and, when announcing,
+        unannounce: a ``_find_node`` walk towards the topic, then UPDATEs
+        with ``unannounce=true`` to the closest nodes.
 
-        :returns: Deferred firing with ``True`` when at least one node took
-            the unannounce, ``False`` when none did (logged); never errbacks.
-            Calling it again returns the same result.
+        :returns: a new Deferred firing with ``None`` once the unannounce is
+            done, failed or not (a failure is logged); at once when not
+            announcing. Never errbacks; calling it again returns the same
+            outcome.
         """
-        if self._stopping is not None:
-            return _chain(self._stopping)
-        self._node._stop_hooks.pop(self._node_stopped, None)
-        self._node_stopped()
-        if self._walk is not None:
-            self._walk.cancel()
-        d = self._node.update(COMMAND, self.topic, encode_unannounce(self.port, self.local_address))
+        if not self._stop_called:
+            self._stop_called = True
+            self._node.remove_stop_hook(self.node_stopped)
+            self._end_cycles()
+            if self.announcing:
+                d = self._node.update(COMMAND, self.topic, encode_unannounce(self.announce_port, self.local_address))
+                d.addCallbacks(lambda _: None, self._unannounce_failed)
+                d.addBoth(self._closed.fire)
+            else:
+                self._closed.fire(None)
+        return self._closed.when_fired()
 
-        def done(result):
-            if isinstance(result, Failure):
-                self.log.warn("unannounce of {topic} failed: {err}", topic=self.topic.hex(),
-                              err=result.getErrorMessage())
-                return False
-            return True
-
-        d.addBoth(done)
-        self._stopping = d
-        return _chain(d)
-
-
-def _chain(d: defer.Deferred) -> defer.Deferred:
-    out: defer.Deferred = defer.Deferred()
-
-    def fire(result):
-        out.callback(result)
-        return result
-
-    d.addBoth(fire)
-    return out
+    def _unannounce_failed(self, failure: Failure) -> None:
+        self.log.warn("unannounce of {topic} failed: {err}", topic=self.topic.hex(),
+                      err=failure.getErrorMessage())
+        return None

@@ -13,21 +13,26 @@ nodes that answered with an id and a token.
 Replies are handed to ``on_reply`` as :class:`Reply` values. The walk's
 Deferred fires with ``None`` when it ends, or errbacks with
 :class:`QueryError` ("No nodes responded" / "No close nodes responded").
+
+What a walk needs from its node (the RPC, the routing table, the bootstrap
+nodes and the bookkeeping of running walks) is one :class:`WalkContext`,
+which the node builds once and hands to every :class:`Walk`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Callable, List, Optional, Set, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from txhyperswarm.dht.errors import QueryError, RequestTimeout
 from txhyperswarm.dht.messages import decode_nodes, decode_peer, DecodeError
-from txhyperswarm.dht.routing import K, Peer
-from txhyperswarm.dht.rpc import RequestTimeout
+from txhyperswarm.dht.routing import K, Contact
 
-__all__ = ["Reply", "QueryError", "QueryTable", "Walk"]
+__all__ = ["Reply", "QueryTable", "Walk", "WalkContext", "WalkState", "decode_to"]
 
 Address = Tuple[str, int]
 
@@ -61,10 +66,6 @@ class Reply:
         )
 
 
-class QueryError(Exception):
-    """A walk failed as a whole (dht-rpc: "No nodes responded")."""
-
-
 def decode_to(raw: bytes) -> Optional[Address]:
     """A 6-byte ``to`` field, or ``None`` when it is not one."""
     if len(raw) != 6:
@@ -83,10 +84,10 @@ class QueryTable:
         self.id = own_id
         self.target = target
         self._t = int.from_bytes(target, "big")
-        self.closest: List[Peer] = []
-        self.unverified: List[Peer] = []
+        self.closest: List[Contact] = []
+        self.unverified: List[Contact] = []
 
-    def add_unverified(self, node: Peer, referrer: Optional[Address]) -> None:
+    def add_unverified(self, node: Contact, referrer: Optional[Address]) -> None:
         if node.id == self.id:
             return
         node.distance = node.int_id ^ self._t
@@ -102,12 +103,12 @@ class QueryTable:
                 prev = n
                 break
         if prev is None:
-            prev = Peer(node_id, host, port)
+            prev = Contact(node_id, host, port)
             prev.distance = prev.int_id ^ self._t
         prev.token = token
         self._insert(prev, self.closest)
 
-    def _insert(self, node: Peer, lst: List[Peer]) -> None:
+    def _insert(self, node: Contact, lst: List[Contact]) -> None:
         k = self.k
         if len(lst) == k and not node.distance < lst[k - 1].distance:
             return
@@ -127,15 +128,70 @@ class QueryTable:
             pos -= 1
 
 
-_BOOTSTRAPPING, _MOVING_CLOSER, _UPDATING, _FINALIZED = range(4)
+class WalkState(IntEnum):
+    """Where a walk is (dht-rpc ``QueryStream``'s ``_status``)."""
+
+    #: Waiting for bootstrap names to resolve before the first sends.
+    BOOTSTRAPPING = 0
+    #: Querying ever closer nodes.
+    MOVING_CLOSER = 1
+    #: Sending UPDATEs to the closest nodes that answered.
+    UPDATING = 2
+    #: Ended: the Deferred has fired (late responses are only counted down).
+    FINALIZED = 3
+
+
+class WalkContext:
+    """
+    What a :class:`Walk` needs from the node it walks for; the node builds
+    one and hands it to every walk.
+
+    :ivar id: our 32-byte node id (a walk never queries it).
+    :ivar rpc: the :class:`~txhyperswarm.dht.rpc.RPC` walks send through
+        (``query``, ``update``, ``cancel``, ``inflight_count``,
+        ``concurrency``, ``destroyed``).
+    :ivar table: the :class:`~txhyperswarm.dht.routing.RoutingTable`: a walk
+        is seeded with its closest contacts and forgets the ones that time out.
+    :ivar bootstrap: the :class:`~txhyperswarm.dht.bootstrap.BootstrapNodes`:
+        ``addresses`` (resolved), ``pending(table_size)`` and ``resolve()``.
+    :ivar inflight_queries: walks started and not ended (a background walk
+        slows down when it is not alone).
+    :ivar walks: walks with something outstanding (aborted by :meth:`abort_all`).
+    """
+
+    def __init__(self, own_id: bytes, rpc, table, bootstrap) -> None:
+        self.id = own_id
+        self.rpc = rpc
+        self.table = table
+        self.bootstrap = bootstrap
+        self.inflight_queries = 0
+        self.walks: Set["Walk"] = set()
+
+    def started(self, walk: "Walk") -> None:
+        """``walk`` starts (counted in :attr:`inflight_queries`)."""
+        self.inflight_queries += 1
+        self.walks.add(walk)
+
+    def ended(self, walk: "Walk") -> None:
+        """``walk`` has fired its Deferred (it may still await responses)."""
+        self.inflight_queries -= 1
+
+    def idle(self, walk: "Walk") -> None:
+        """``walk`` has ended and has no request in flight any more."""
+        self.walks.discard(walk)
+
+    def abort_all(self, error: Exception) -> None:
+        """End every walk with ``error`` (the node stops)."""
+        for walk in list(self.walks):
+            walk.abort(error)
+        self.walks.clear()
 
 
 class Walk:
     """
     One iterative query/update (a ``QueryStream``).
 
-    :param node: the owning ``DHTNode`` (uses its ``_rpc``, ``_table``,
-        ``_bootstrap_peers``, ``concurrency``, ``inflight_queries``).
+    :param context: the :class:`WalkContext` of the node walking.
     :param command: command name (bytes).
     :param query: send the command in the walk (else ``_find_node``).
     :param update: finish with an UPDATE phase.
@@ -149,7 +205,7 @@ class Walk:
 
     def __init__(
         self,
-        node,
+        context: WalkContext,
         command: bytes,
         target: bytes,
         value: Optional[bytes],
@@ -159,7 +215,7 @@ class Walk:
         on_reply: Optional[Callable[[Reply], None]] = None,
         background: bool = False,
     ) -> None:
-        self._node = node
+        self._context = context
         self.command = command
         self.target = target
         self.value = value
@@ -167,12 +223,12 @@ class Walk:
         self.query = query or not update
         self.on_reply = on_reply
         self.background = background
-        self.table = QueryTable(node.id, target)
+        self.table = QueryTable(context.id, target)
         self.inflight = 0
         self.responses = 0
         self.errors = 0
         self.updates = 0
-        self._status = _BOOTSTRAPPING
+        self._status = WalkState.BOOTSTRAPPING
         self._requests: Set[object] = set()
         self.deferred: defer.Deferred = defer.Deferred(self._cancelled)
         self._error: Optional[Exception] = None
@@ -182,40 +238,40 @@ class Walk:
     def start(self) -> defer.Deferred:
         """Start sending (once bootstrap names are resolved, if the walk needs
         them); returns :attr:`deferred`."""
-        node = self._node
-        node.inflight_queries += 1
-        node._walks.add(self)
-        if node._bootstrap_pending():
-            node._resolve_bootstrap().addCallback(self._resolved)
+        context = self._context
+        context.started(self)
+        if context.bootstrap.pending(len(context.table)):
+            context.bootstrap.resolve().addCallback(self._resolved)
         else:
             self._bootstrap()
         return self.deferred
 
     def _resolved(self, _) -> None:
-        if self._status == _BOOTSTRAPPING:  # not cancelled or aborted meanwhile
+        if self._status == WalkState.BOOTSTRAPPING:  # not cancelled or aborted meanwhile
             self._bootstrap()
 
     def _concurrency(self) -> int:
-        node = self._node
-        if self.background and node.inflight_queries != 1:
-            return min(node.concurrency, max(2, node.concurrency // 8))
-        return node.concurrency
+        context = self._context
+        concurrency = context.rpc.concurrency
+        if self.background and context.inflight_queries != 1:
+            return min(concurrency, max(2, concurrency // 8))
+        return concurrency
 
     def _bootstrap(self) -> None:
-        node = self._node
+        context = self._context
         table = self.table
-        seeds = node._table.closest(self.target, table.k)
+        seeds = context.table.closest(self.target, table.k)
         for b in seeds:
-            table.add_unverified(Peer(b.id, b.host, b.port), None)
-        peers = node._bootstrap_peers
-        if len(seeds) < len(peers):
-            for host, port in peers:
-                self._send(Peer(None, host, port), True, False)
-        self._status = _MOVING_CLOSER
+            table.add_unverified(Contact(b.id, b.host, b.port), None)
+        addresses = context.bootstrap.addresses
+        if len(seeds) < len(addresses):
+            for host, port in addresses:
+                self._send(Contact(None, host, port), True, False)
+        self._status = WalkState.MOVING_CLOSER
         self._move_closer()
 
-    def _send_all(self, nodes: List[Peer], force: bool, is_update: bool) -> int:
-        free = self._concurrency() - self._node._rpc.inflight_count
+    def _send_all(self, nodes: List[Contact], force: bool, is_update: bool) -> int:
+        free = self._concurrency() - self._context.rpc.inflight_count
         if free <= 0:
             free = 0 if self.inflight else 1
         if not free:
@@ -228,13 +284,13 @@ class Walk:
                     break
         return sent
 
-    def _send(self, peer: Peer, force: bool, is_update: bool) -> bool:
+    def _send(self, peer: Contact, force: bool, is_update: bool) -> bool:
         if not force:
             if peer.queried:
                 return False
             peer.queried = True
         self.inflight += 1
-        rpc = self._node._rpc
+        rpc = self._context.rpc
         cb = self._on_response
         if is_update:
             if not peer.token:
@@ -251,15 +307,15 @@ class Walk:
 
     def _on_response(self, err, msg, addr, req) -> None:
         self.inflight -= 1
-        node = self._node
+        context = self._context
         if req is not None:
             self._requests.discard(req)
             if isinstance(err, RequestTimeout) and req.peer.id is not None:
                 # the request and its retries failed: forget the node
-                node._table.remove_id(req.peer.id)
-        if self._status == _FINALIZED:
+                context.table.remove_id(req.peer.id)
+        if self._status == WalkState.FINALIZED:
             if not self.inflight:
-                self._node._walks.discard(self)
+                context.idle(self)
             return
         if err is not None:
             self.errors += 1
@@ -274,13 +330,13 @@ class Walk:
             msg.id if has_id else None, msg.roundtripToken if has_token else None, host, port
         )
         status = self._status
-        if status == _MOVING_CLOSER:
+        if status == WalkState.MOVING_CLOSER:
             if msg.HasField("closerNodes"):
                 referrer = addr
                 table = self.table
                 for nid, nhost, nport in decode_nodes(msg.closerNodes):
-                    table.add_unverified(Peer(nid, nhost, nport), referrer)
-        elif status == _UPDATING:
+                    table.add_unverified(Contact(nid, nhost, nport), referrer)
+        elif status == WalkState.UPDATING:
             self.updates += 1
         if msg.error:
             self.log.debug(
@@ -292,7 +348,7 @@ class Walk:
             )
             self._read()
             return
-        if not self.query and status == _MOVING_CLOSER:
+        if not self.query and status == WalkState.MOVING_CLOSER:
             self._read()
             return
         if self.on_reply is not None:
@@ -303,13 +359,13 @@ class Walk:
         self._read()
 
     def _read(self) -> None:
-        if self._node._rpc.destroyed:
+        if self._context.rpc.destroyed:
             self._finalize(QueryError("DHT node stopped"))
             return
         status = self._status
-        if status == _MOVING_CLOSER:
+        if status == WalkState.MOVING_CLOSER:
             self._move_closer()
-        elif status == _UPDATING:
+        elif status == WalkState.UPDATING:
             self._send_update()
 
     def _move_closer(self) -> None:
@@ -320,7 +376,7 @@ class Walk:
         if self.update:
             for n in table.closest:
                 n.queried = False
-            self._status = _UPDATING
+            self._status = WalkState.UPDATING
             self._send_update()
         else:
             self._finalize()
@@ -333,17 +389,17 @@ class Walk:
 
     def _finalize(self, error: Optional[Exception] = None) -> None:
         status = self._status
-        if status == _FINALIZED:
+        if status == WalkState.FINALIZED:
             return
-        self._status = _FINALIZED
-        node = self._node
-        node.inflight_queries -= 1
+        self._status = WalkState.FINALIZED
+        context = self._context
+        context.ended(self)
         if not self.inflight:
-            node._walks.discard(self)
+            context.idle(self)
         cmd = self.command.decode("utf-8", "replace")
         if error is None and not self.responses:
             error = QueryError(f"No nodes responded ({cmd} walk)")
-        if error is None and status == _UPDATING and not self.updates:
+        if error is None and status == WalkState.UPDATING and not self.updates:
             error = QueryError(f"No close nodes responded ({cmd} update)")
         d = self.deferred
         if d.called:
@@ -359,12 +415,13 @@ class Walk:
 
     def _cancelled(self, d: defer.Deferred) -> None:
         # Deferred.cancel: stop sending and forget the requests in flight.
-        if self._status != _FINALIZED:
-            self._status = _FINALIZED
-            self._node.inflight_queries -= 1
-        rpc = self._node._rpc
+        context = self._context
+        if self._status != WalkState.FINALIZED:
+            self._status = WalkState.FINALIZED
+            context.ended(self)
+        rpc = context.rpc
         for req in list(self._requests):
             rpc.cancel(req)
         self._requests.clear()
         if not self.inflight:
-            self._node._walks.discard(self)
+            context.idle(self)

@@ -16,15 +16,13 @@ callables it was given.
 
 from __future__ import annotations
 
-import socket
-import struct
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from twisted.logger import Logger
 
-_NODE = struct.Struct(">32s4sH")
+from txhyperswarm.dht.messages import encode_node
 
-__all__ = ["Peer", "KBucket", "RoutingTable", "K"]
+__all__ = ["Contact", "KBucket", "RoutingTable", "K"]
 
 #: Contacts per bucket and nodes per lookup.
 K = 20
@@ -33,7 +31,7 @@ NODES_TO_PING = 3
 _BITS = 256
 
 
-class Peer:
+class Contact:
     """
     A DHT node as we know it: routing-table contact, query-table entry or a
     bootstrap address (then ``id`` is ``None``).
@@ -77,8 +75,14 @@ class Peer:
         """The 38-byte compact node (id, then IPv4 and port)."""
         c = self._compact
         if c is None:
-            c = self._compact = _NODE.pack(self.id, socket.inet_aton(self.host), self.port)
+            c = self._compact = encode_node(self.id, self.host, self.port)
         return c
+
+    def move(self, host: str, port: int) -> None:
+        """The node now answers from ``host:port`` (its compact form follows)."""
+        self.host = host
+        self.port = port
+        self._compact = None
 
     @property
     def address(self) -> Tuple[str, int]:
@@ -86,10 +90,10 @@ class Peer:
 
     def __repr__(self) -> str:
         nid = self.id.hex()[:12] if self.id is not None else None
-        return f"<Peer {nid} {self.host}:{self.port}>"
+        return f"<Contact {nid} {self.host}:{self.port}>"
 
 
-def _seen(contact: Peer) -> int:
+def _seen(contact: Contact) -> int:
     return contact.seen
 
 
@@ -97,7 +101,7 @@ class _Node:
     __slots__ = ("contacts", "dont_split", "left", "right")
 
     def __init__(self) -> None:
-        self.contacts: Optional[List[Peer]] = []
+        self.contacts: Optional[List[Contact]] = []
         self.dont_split = False
         self.left: Optional[_Node] = None
         self.right: Optional[_Node] = None
@@ -105,7 +109,7 @@ class _Node:
 
 class KBucket:
     """
-    k-bucket's tree. Contacts are :class:`Peer` objects with a 32-byte id.
+    k-bucket's tree. Contacts are :class:`Contact` objects with a 32-byte id.
 
     :param on_ping: ``on_ping(oldest_contacts, new_contact)`` when a full
         bucket that may not split is offered a new contact (the contact is
@@ -117,7 +121,7 @@ class KBucket:
         local_id: bytes,
         k: int = K,
         nodes_to_ping: int = NODES_TO_PING,
-        on_ping: Optional[Callable[[List[Peer], Peer], None]] = None,
+        on_ping: Optional[Callable[[List[Contact], Contact], None]] = None,
     ) -> None:
         self.local_id = local_id
         self._local_int = int.from_bytes(local_id, "big")
@@ -140,13 +144,13 @@ class KBucket:
         return node, bit
 
     @staticmethod
-    def _index(contacts: List[Peer], node_id: bytes) -> int:
+    def _index(contacts: List[Contact], node_id: bytes) -> int:
         for i, c in enumerate(contacts):
             if c.id == node_id:
                 return i
         return -1
 
-    def add(self, contact: Peer) -> bool:
+    def add(self, contact: Contact) -> bool:
         """
         Add or refresh (move to the newest end of its bucket).
 
@@ -173,7 +177,7 @@ class KBucket:
                 return False
             self._split(node, bit)
 
-    def touch(self, contact: Peer) -> None:
+    def touch(self, contact: Contact) -> None:
         """
         Mark a contact already in the table as the newest of its bucket.
 
@@ -195,24 +199,24 @@ class KBucket:
         else:
             node.right.dont_split = True
 
-    def get(self, node_id: bytes) -> Optional[Peer]:
+    def get(self, node_id: bytes) -> Optional[Contact]:
         node, _ = self._leaf(int.from_bytes(node_id, "big"))
         for c in node.contacts:
             if c.id == node_id:
                 return c
         return None
 
-    def remove(self, node_id: bytes) -> Optional[Peer]:
+    def remove(self, node_id: bytes) -> Optional[Contact]:
         node, _ = self._leaf(int.from_bytes(node_id, "big"))
         i = self._index(node.contacts, node_id)
         if i >= 0:
             return node.contacts.pop(i)
         return None
 
-    def closest(self, target: bytes, n: int = K) -> List[Peer]:
+    def closest(self, target: bytes, n: int = K) -> List[Contact]:
         """Up to ``n`` contacts sorted by XOR distance to ``target``."""
         t = int.from_bytes(target, "big")
-        contacts: List[Peer] = []
+        contacts: List[Contact] = []
         stack = [self.root]
         bit = 0
         while stack and len(contacts) < n:
@@ -234,7 +238,7 @@ class KBucket:
     def count(self) -> int:
         return sum(1 for _ in self)
 
-    def __iter__(self) -> Iterator[Peer]:
+    def __iter__(self) -> Iterator[Contact]:
         stack = [self.root]
         while stack:
             node = stack.pop()
@@ -264,14 +268,14 @@ class RoutingTable:
     def __init__(
         self,
         local_id: bytes,
-        ping: Callable[[Peer, Callable[[bool], None]], None],
-        check: Optional[Callable[[Peer, Callable[[bool], None]], None]] = None,
+        ping: Callable[[Contact, Callable[[bool], None]], None],
+        check: Optional[Callable[[Contact, Callable[[bool], None]], None]] = None,
         is_bootstrapped: Callable[[], bool] = lambda: True,
     ) -> None:
         self.id = local_id
         self.bucket = KBucket(local_id, on_ping=self._on_bucket_ping)
         #: Last-seen order, oldest first (Node's time-ordered-set).
-        self.nodes: Dict[bytes, Peer] = {}
+        self.nodes: Dict[bytes, Contact] = {}
         self.tick = 0
         self._ping = ping
         self._check = check or ping
@@ -280,10 +284,10 @@ class RoutingTable:
     def __len__(self) -> int:
         return len(self.nodes)
 
-    def get(self, node_id: bytes) -> Optional[Peer]:
+    def get(self, node_id: bytes) -> Optional[Contact]:
         return self.bucket.get(node_id)
 
-    def closest(self, target: bytes, n: int = K) -> List[Peer]:
+    def closest(self, target: bytes, n: int = K) -> List[Contact]:
         return self.bucket.closest(target, n)
 
     def closest_compact(self, target: bytes, n: int = K) -> bytes:
@@ -304,7 +308,7 @@ class RoutingTable:
         nodes = self.nodes
         node = nodes.get(node_id)
         if node is None:
-            node = Peer(node_id, host, port)
+            node = Contact(node_id, host, port)
             node.token = token or None
             node.to = to or None
             node.tick = self.tick
@@ -313,9 +317,7 @@ class RoutingTable:
             nodes[node_id] = node
             return
         if node.port != port or node.host != host:
-            node.host = host
-            node.port = port
-            node._compact = None
+            node.move(host, port)
         if token:
             node.token = token
         if to:
@@ -325,7 +327,7 @@ class RoutingTable:
         nodes[node_id] = node
         self.bucket.touch(node)
 
-    def remove_node(self, node: Peer) -> None:
+    def remove_node(self, node: Contact) -> None:
         """Forget ``node`` (it failed to answer, or answered with another id)."""
         if node.id is None or self.nodes.get(node.id) is not node:
             return
@@ -337,15 +339,15 @@ class RoutingTable:
         if node is not None:
             self.remove_node(node)
 
-    def oldest(self) -> Iterator[Peer]:
+    def oldest(self) -> Iterator[Contact]:
         return iter(list(self.nodes.values()))
 
-    def latest(self) -> Iterator[Peer]:
+    def latest(self) -> Iterator[Contact]:
         return reversed(list(self.nodes.values()))
 
     # -- liveness ---------------------------------------------------------
 
-    def _on_bucket_ping(self, old_contacts: List[Peer], new_contact: Peer) -> None:
+    def _on_bucket_ping(self, old_contacts: List[Contact], new_contact: Contact) -> None:
         # dht-rpc _onnodeping: while bootstrapping we pinged everyone anyway.
         if not self._is_bootstrapped():
             return
@@ -358,7 +360,7 @@ class RoutingTable:
         if reping:
             self._reping(reping, new_contact)
 
-    def _reping(self, old_contacts: List[Peer], new_contact: Peer) -> None:
+    def _reping(self, old_contacts: List[Contact], new_contact: Contact) -> None:
         """Ping the old contacts one by one; the first that fails makes room."""
         pending = list(old_contacts)
 

@@ -14,9 +14,9 @@ The dht-rpc 4.9.6 request/response layer (Node's ``lib/io.js``; dht.md 1.4-1.6).
 * ``_holepunch`` via a referrer: 500 ms after the first request to a peer
   learned from another node, and with every retry.
 
-The owner (``DHTNode``) receives decoded messages through three methods:
-``_on_request(is_update, msg, host, port)``, ``_on_response(msg, host, port)``
-and ``_on_bad_id(peer)``.
+The owner (``DHTNode``) receives decoded messages through
+:class:`IRPCController` (twisted.names' ``controller.messageReceived`` is the
+model): ``request_received``, ``response_received`` and ``wrong_id``.
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter, deque
-from typing import Callable, Deque, Dict, Optional, Tuple, Union
+from typing import Callable, Deque, Dict, Optional, Tuple
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import Interface
 
 from txhyperswarm.dht import _wire
-from txhyperswarm.dht._wire import _SMALL, varint
+from txhyperswarm.dht._wire import SMALL_VARINTS, varint
+from txhyperswarm.dht.errors import RequestCancelled, RequestTimeout
 from txhyperswarm.dht.messages import (
     QUERY,
     RESPONSE,
@@ -41,13 +43,12 @@ from txhyperswarm.dht.messages import (
     encode_peer,
     is_ipv4_literal,
 )
-from txhyperswarm.dht.routing import Peer
+from txhyperswarm.dht.routing import Contact
 from txhyperswarm.dht.tokens import ROTATE_INTERVAL, TokenStore
 
 __all__ = [
     "RPC",
-    "RequestTimeout",
-    "RequestCancelled",
+    "IRPCController",
     "TICK_INTERVAL",
     "TRIES",
     "CONCURRENCY",
@@ -70,31 +71,32 @@ _HOLEPUNCH = b"_holepunch"
 Callback = Callable[[Optional[Exception], Optional[Message], Optional[Tuple[str, int]], "_Request"], None]
 
 
-class _RequestError(Exception):
-    """A request to ``host:port`` ended without a response."""
+class IRPCController(Interface):
+    """
+    What an :class:`RPC` calls up with the messages it decoded (its owner,
+    the ``DHTNode``). Exceptions raised here are logged and counted as
+    ``dropped["error"]``; they never reach the socket.
+    """
 
-    code = ""
-    _text = ""
+    def request_received(msg, host, port, is_update):
+        """
+        A QUERY (``is_update`` false) or an UPDATE whose roundtrip token was
+        valid came from ``host:port``; answer it with :meth:`RPC.response`,
+        :meth:`RPC.error` or not at all.
+        """
 
-    def __init__(self, command: Union[bytes, str], host: str, port: int) -> None:
-        self.command = command.decode("utf-8", "replace") if isinstance(command, bytes) else command
-        self.host = host
-        self.port = port
-        super().__init__(self._text.format(command=self.command, host=host, port=port))
+    def response_received(msg, host, port):
+        """
+        A RESPONSE came from ``host:port`` (called before the matching
+        request's callback, and also when no request matches).
+        """
 
-
-class RequestTimeout(_RequestError):
-    """A request got no response after all its tries (dht-rpc ``ETIMEDOUT``)."""
-
-    code = "ETIMEDOUT"
-    _text = "Request timed out: {command} to {host}:{port} (%d tries)" % TRIES
-
-
-class RequestCancelled(_RequestError):
-    """The request was cancelled, or the node stopped (dht-rpc ``ECANCELLED``)."""
-
-    code = "ECANCELLED"
-    _text = "Request cancelled: {command} to {host}:{port}"
+    def wrong_id(contact):
+        """
+        The response to a request sent to ``contact`` (a
+        :class:`~txhyperswarm.dht.routing.Contact` with an id) carried
+        another id or none: the contact is stale.
+        """
 
 
 class _Request:
@@ -160,7 +162,8 @@ class RPC:
 
     :param reactor: ``IReactorTime`` (a ``Clock`` in tests).
     :param send: ``send(data, (host, port))`` puts one datagram on the wire.
-    :param ctx: the owner, called back with decoded messages (see module doc).
+    :param controller: the owner, an :class:`IRPCController`, called with
+        decoded messages.
     :param node_id: the id sent in every message, ``None`` when ephemeral.
     :param dropped: counter of dropped datagrams by reason (shared with the
         owner).
@@ -172,14 +175,19 @@ class RPC:
         self,
         reactor,
         send: Callable[[bytes, Tuple[str, int]], object],
-        ctx,
+        controller: IRPCController,
         node_id: Optional[bytes],
         dropped: Optional[Counter] = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self._reactor = reactor
         self._send = send
-        self._ctx = ctx
+        self._controller = controller
+        #: In-flight requests that, with :attr:`concurrency_rps`, mean
+        #: "saturated" (dht-rpc ``concurrency``); walks keep this many in flight.
+        self.concurrency = CONCURRENCY
+        #: Requests per second that, with :attr:`concurrency`, mean "saturated".
+        self.concurrency_rps = CONCURRENCY_RPS
         self._id: Optional[bytes] = None
         self._id_field: Optional[bytes] = None
         self.id = node_id
@@ -258,16 +266,16 @@ class RPC:
         try:
             t = msg.type
             if t == RESPONSE:
-                self._ctx._on_response(msg, host, port)
+                self._controller.response_received(msg, host, port)
                 self._finish(msg.rid, None, msg, addr)
             elif t == QUERY:
-                self._ctx._on_request(False, msg, host, port)
+                self._controller.request_received(msg, host, port, False)
             else:  # UPDATE (closed enum: nothing else parses)
                 rt = msg.roundtripToken
                 if not (msg.HasField("roundtripToken") and self.tokens.valid(rt, host)):
                     self.dropped["bad_token"] += 1
                     return
-                self._ctx._on_request(True, msg, host, port)
+                self._controller.request_received(msg, host, port, True)
         except Exception:
             self.dropped["error"] += 1
             self.log.failure("DHT message from {host}:{port} failed", host=host, port=port)
@@ -275,14 +283,14 @@ class RPC:
     # -- requests ---------------------------------------------------------
 
     def _saturated(self) -> bool:
-        return len(self._requests) >= self._ctx.concurrency and self._speed(0) >= self._ctx.concurrency_rps
+        return len(self._requests) >= self.concurrency and self._speed(0) >= self.concurrency_rps
 
     def query(
         self,
         command: bytes,
         target: Optional[bytes],
         value: Optional[bytes],
-        peer: Peer,
+        peer: Contact,
         callback: Callback,
         immediately: bool = False,
     ) -> Optional[_Request]:
@@ -303,7 +311,7 @@ class RPC:
         command: bytes,
         target: Optional[bytes],
         value: Optional[bytes],
-        peer: Peer,
+        peer: Contact,
         callback: Callback,
     ) -> Optional[_Request]:
         """Send an UPDATE carrying ``peer.token`` (returns and raises like :meth:`query`)."""
@@ -398,7 +406,7 @@ class RPC:
         if msg is not None:
             peer_id = req.peer.id
             if peer_id is not None and msg.id != peer_id:
-                self._ctx._on_bad_id(req.peer)
+                self._controller.wrong_id(req.peer)
         try:
             req.callback(err, msg, addr, req)
         except Exception:
@@ -477,20 +485,20 @@ class RPC:
         # response whose to (6 bytes), id and token (32) are known.
         if to is None:
             to = self.peer_bytes(host, port)
-        parts = [_wire.RESPONSE_HEAD, _SMALL[rid] if rid < 128 else varint(rid), b"\x52\x06", to]
+        parts = [_wire.RESPONSE_HEAD, SMALL_VARINTS[rid] if rid < 128 else varint(rid), b"\x52\x06", to]
         if self._id_field is not None:
             parts.append(self._id_field)
         if closer_nodes is not None:
             n = len(closer_nodes)
             parts.append(b"\x2a")
-            parts.append(_SMALL[n] if n < 128 else varint(n))
+            parts.append(SMALL_VARINTS[n] if n < 128 else varint(n))
             parts.append(closer_nodes)
         parts.append(b"\x32\x20")
         parts.append(self.tokens.token(host))
         if value is not None:
             n = len(value)
             parts.append(b"\x4a")
-            parts.append(_SMALL[n] if n < 128 else varint(n))
+            parts.append(SMALL_VARINTS[n] if n < 128 else varint(n))
             parts.append(value)
         try:
             self._send(b"".join(parts), (host, port))

@@ -24,21 +24,21 @@ Node's ``Topic``:
   itself while two joins (two swarms) on one host find each other.
 
 Nothing is cached and TTLs are ignored (Node's TTL is 0 everywhere); there is
-no goodbye when a topic stops. Wire format: :mod:`txhyperswarm._mdns_wire`.
+no goodbye when a topic stops. Wire format: :mod:`txhyperswarm.mdns.wire`.
 
 API::
 
     d = MulticastDiscovery(reactor=None, *, interface=None, port=5353,
                            group="224.0.0.251", domain="hyperswarm.local")
     d.startService()                    # binds now (CannotListenError if it cannot)
-    t = d.join(topic, port=0, lookup=True, on_peer=None, host=None)  # -> MDNSTopic
+    t = d.join(topic, announce_port=None, lookup=True, on_peer=None)  # -> MDNSTopic
+    t.when_ready()   # new Deferred: True once its first datagram went out
+    t.refresh()      # query now, restart the 30-60 s schedule
+    t.stop()         # -> Deferred (already fired); no goodbye
     t = d.announce(topic, port, host=None, *, lookup=False, on_peer=None)
     t = d.lookup(topic, on_peer)
-    t.ready          # Deferred: first datagram for the topic sent
-    t.update()       # query now, restart the 30-60 s schedule
-    t.stop()         # -> Deferred (already fired); no goodbye
     peers = yield d.query(topic, timeout=3.0)   # distinct PeerRecords heard
-    d.dropped, d.sent                           # Counters by reason / kind
+    d.dropped, d.sent, d.stats()                # Counters by reason / kind
     yield d.stopService()               # stops every topic, closes the socket
 """
 
@@ -48,7 +48,6 @@ import ipaddress
 import math
 import os
 import random as _random
-import sys
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -57,25 +56,24 @@ from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from txhyperswarm._mdns_wire import (
+from txhyperswarm import netif
+from txhyperswarm._reactor import default_reactor
+from txhyperswarm.interfaces import IStatsSource
+from txhyperswarm.mdns.topic import IMDNSTopicOwner, MDNSTopic, PeerCallback
+from txhyperswarm.mdns.wire import (
     SRV_TARGET,
     TYPE_SRV,
     TYPE_TXT,
     MalformedPacket,
     Packet,
     decode_packet,
-    domain_name,
-    encode_query,
     encode_response,
     first_txt_string,
-    fqdn,
-    id_record,
     referrer_record,
-    srv_record,
     srv_target,
 )
-from txhyperswarm._reactor import default_reactor
 from txhyperswarm.peer_record import PeerRecord
 
 __all__ = ["MDNSTopic", "MalformedPacket", "MulticastDiscovery"]
@@ -94,7 +92,6 @@ _MAX_DATAGRAM = 65535
 #: of each SRV unambiguous for Node and for us; with one join per name (what
 #: Node's swarm does) the datagrams are identical to Node's.
 _PAIRS_PER_RESPONSE = 1
-PeerCallback = Callable[[PeerRecord], None]
 
 
 def _first_id(answers: Sequence, name: str) -> Optional[bytes]:
@@ -107,114 +104,17 @@ def _first_id(answers: Sequence, name: str) -> Optional[bytes]:
     return None
 
 
-class MDNSTopic:
-    """
-    One join of a topic on a :class:`MulticastDiscovery` (Node's ``Topic``).
-
-    Made by :meth:`MulticastDiscovery.join`; not constructed directly.
-
-    :ivar topic: the 32-byte topic.
-    :ivar id: this join's 35-byte id, ``b"id="`` + 32 random bytes (the TXT
-        string that lets it recognise its own answers).
-    :ivar name: the mDNS name, ``<40 hex>.<domain>`` (no trailing dot).
-    :ivar port: the port announced in SRV answers, or 0 (does not answer).
-    :ivar lookup: whether it sends queries.
-    :ivar ready: a Deferred that fires with ``None`` once the first datagram
-        for this topic went out (its announcement if it announces, else its
-        first query); it never errbacks, and fires with ``None`` too when the
-        topic stops before that.
-    """
-
-    def __init__(
-        self,
-        owner: "MulticastDiscovery",
-        topic: bytes,
-        port: int,
-        lookup: bool,
-        on_peer: Optional[PeerCallback],
-        topic_id: bytes,
-        host: Optional[str] = None,
-    ) -> None:
-        self._owner = owner
-        self.topic = topic
-        self.id = topic_id
-        self.name = domain_name(topic, owner.domain)
-        self.port = port
-        self.lookup = lookup
-        self.ready: defer.Deferred = defer.Deferred()
-        self.stopped = False
-        self._on_peer = on_peer
-        self._fqdn = fqdn(self.name)
-        self._answer = srv_record(self.name, port, host or SRV_TARGET) if port else None
-        self._id_answer = id_record(self.name, topic_id)
-        self._query_call = None
-        self._announce_unsent = False
-
-    @property
-    def announcing(self) -> bool:
-        """True when this topic answers queries (it has a non-zero port)."""
-        return self._answer is not None
-
-    def update(self) -> None:
-        """Send a query now and restart the 30–60 s schedule (Node's ``topic.update()``)."""
-        if self.stopped:
-            return
-        self._cancel_query()
-        self._query_loop()
-
-    def stop(self) -> defer.Deferred:
-        """
-        Stop querying and answering (no goodbye is sent, as Node).
-
-        :returns: a Deferred that has already fired with ``None``.
-        """
-        if not self.stopped:
-            self.stopped = True
-            self._cancel_query()
-            self._owner._remove(self)
-            self._fire_ready()
-        return defer.succeed(None)
-
-    # -- internal --------------------------------------------------------
-
-    def _query_loop(self) -> None:
-        self._query_call = None
-        if self._owner._listening_port is None:
-            return  # startService() starts the loop
-        self._owner._send(encode_query([self.name]), self._fire_ready if not self.announcing else None)
-        self._query_call = self._owner._schedule(self._owner._query_delay(), self._query_loop)
-
-    def _cancel_query(self) -> None:
-        if self._query_call is not None and self._query_call.active():
-            self._query_call.cancel()
-        self._query_call = None
-
-    def _fire_ready(self) -> None:
-        if not self.ready.called:
-            self.ready.callback(None)
-
-    def _emit(self, peer: PeerRecord) -> None:
-        if self._on_peer is None:
-            return
-        try:
-            self._on_peer(peer)
-        except Exception:
-            self._owner.log.failure("on_peer callback for {topic} failed", topic=self.topic.hex())
-
-    def __repr__(self) -> str:
-        return f"<MDNSTopic {self.topic.hex()} port={self.port} lookup={self.lookup}{' stopped' if self.stopped else ''}>"
-
-
 class _MDNSProtocol(DatagramProtocol):
-    """The socket side: hands every datagram to its :class:`MulticastDiscovery`."""
+    """The socket side: hands every datagram to its receiver (the discovery's)."""
 
-    def __init__(self, owner: "MulticastDiscovery") -> None:
-        self._owner = owner
+    def __init__(self, received: Callable[[bytes, Tuple[str, int]], None]) -> None:
+        self._received = received
 
     def datagramReceived(self, data: bytes, addr: Tuple[str, int]) -> None:
-        self._owner._datagram(data, addr)
+        self._received(data, addr)
 
 
+@implementer(IMDNSTopicOwner, IStatsSource)
 class MulticastDiscovery(service.Service):
     """
     mDNS discovery for hyperswarm topics, as ``@hyperswarm/discovery`` 2.0.1.
@@ -245,6 +145,11 @@ class MulticastDiscovery(service.Service):
         (``"short"``, ``"undecodable"``, ``"bad_record"``, ``"bad_txt"``) and
         of sends that failed (``"send_error"``).
     :ivar sent: a ``Counter`` of datagrams sent: ``"query"``, ``"response"``.
+
+    It is its topics' :class:`~txhyperswarm.mdns.topic.IMDNSTopicOwner`
+    (:attr:`listening`, :meth:`send`, :meth:`call_later`,
+    :meth:`next_query_delay`, :meth:`topic_stopped`: the seam they call
+    through, not meant for other callers).
     """
 
     log = Logger()
@@ -277,7 +182,7 @@ class MulticastDiscovery(service.Service):
         self._ttl = ttl
         self._loopback = loopback
         self._random = random if random is not None else _random.Random()
-        self._protocol = _MDNSProtocol(self)
+        self._protocol = _MDNSProtocol(self._datagram)
         self._listening_port = None
         self._memberships: Dict[str, bool] = {}
         self._refresh: Optional[LoopingCall] = None
@@ -286,6 +191,8 @@ class MulticastDiscovery(service.Service):
         self._topics: Dict[MDNSTopic, None] = {}
         self._announce_queue: List[MDNSTopic] = []
         self._announce_call = None
+        # announcing topics whose announcement fell due while not listening
+        self._unsent_announcements: Dict[MDNSTopic, None] = {}
         # query() Deferred -> its finish(): stopService() ends them early
         self._queries: Dict[defer.Deferred, Callable[[], None]] = {}
         self.dropped: Counter = Counter()
@@ -322,15 +229,13 @@ class MulticastDiscovery(service.Service):
         # first query of every looking-up topic, then the announcement of
         # every announcing one that fell due meanwhile. Kept per topic, not
         # as datagrams, so it is bounded by the live topics.
-        topics = list(self._topics)
-        for t in topics:
+        for t in list(self._topics):
             if t.lookup:
-                t._cancel_query()
-                t._query_loop()
-        for t in topics:
-            if t._announce_unsent:
-                t._announce_unsent = False
-                self._answer([t._fqdn], (), None, t._fire_ready)
+                t.refresh()
+        unsent, self._unsent_announcements = self._unsent_announcements, {}
+        for t in unsent:
+            if not t.stopped:
+                self._answer([t.fqdn], (), None, t.datagram_sent)
 
     def stopService(self) -> defer.Deferred:
         """
@@ -344,6 +249,7 @@ class MulticastDiscovery(service.Service):
         for topic in list(self._topics):
             topic.stop()
         self._announce_queue = []
+        self._unsent_announcements = {}
         if self._announce_call is not None and self._announce_call.active():
             self._announce_call.cancel()
         self._announce_call = None
@@ -369,42 +275,60 @@ class MulticastDiscovery(service.Service):
         self,
         topic: bytes,
         *,
-        port: int = 0,
+        announce_port: Optional[int] = None,
+        local_address=None,
         lookup: bool = True,
         on_peer: Optional[PeerCallback] = None,
+        on_update: Optional[Callable[[object], object]] = None,
         host: Optional[str] = None,
     ) -> MDNSTopic:
         """
-        Join ``topic``: one Node ``Topic`` (one id, so it never reports itself).
+        Join ``topic``: one Node ``Topic`` (one id, so it never reports
+        itself), an :class:`~txhyperswarm.interfaces.IDiscoveryTopic`.
 
         :param topic: 32 bytes (only the first 20 name the mDNS record, as Node).
-        :param port: announce this port (answer SRV queries, send one
-            announcement now); 0 = do not announce.
-        :param lookup: send queries (now, then every 30–60 s). Node: a lookup
-            topic queries, an announcing one only with ``lookup``.
+        :param announce_port: ``None``: do not announce; 1..65535: answer SRV
+            queries for the name with this port, and send one announcement on
+            the next reactor turn. (0, "the port of our DHT socket", has no
+            meaning on mDNS alone: :class:`txhyperswarm.discovery.Discovery`
+            passes the DHT node's bound port instead.)
+        :param local_address: accepted for the shared contract and ignored
+            (it only concerns the DHT's LAN records).
+        :param lookup: send queries (now, then every 30-60 s) and report the
+            peers heard to ``on_peer``. Node: a lookup topic queries, an
+            announcing one only with ``lookup``.
         :param on_peer: called with a :class:`PeerRecord` for every SRV
             answer heard for the name that is not this join's own (repeats
-            included, as Node's ``'peer'`` events), announcing or not.
+            included, as Node's ``'peer'`` events), when ``lookup``.
+        :param on_update: accepted for the shared contract; never called
+            (mDNS has no DHT cycles).
         :param host: the IPv4 address to put in the SRV target; ``None``
             (Node's only behaviour) puts ``0.0.0.0``, which receivers read as
             "the datagram's source address". Receivers (Node too) use any
             other target verbatim as the peer's host.
-        :raises ValueError: for a topic that is not 32 bytes, a port outside
-            0..65535, neither ``port`` nor ``lookup``, or a bad ``host``.
+        :raises ValueError: for a topic that is not 32 bytes, an
+            ``announce_port`` outside 1..65535, neither ``announce_port``
+            nor ``lookup``, or a bad ``host``.
         """
         if not isinstance(topic, bytes) or len(topic) != 32:
             raise ValueError("topic must be 32 bytes")
-        if not 0 <= port <= 65535:
-            raise ValueError(f"bad port {port}")
-        if not port and not lookup:
-            raise ValueError("a topic must announce (port), look up, or both")
+        if announce_port is not None:
+            if announce_port == 0:
+                raise ValueError(
+                    "announce_port=0 means the DHT socket's port, which mDNS alone does not know: "
+                    "pass the port (txhyperswarm.discovery.Discovery passes the DHT node's bound port)"
+                )
+            if not 0 < announce_port <= 65535:
+                raise ValueError(f"bad port {announce_port}")
+        if announce_port is None and not lookup:
+            raise ValueError("a topic must announce (announce_port), look up, or both")
         if host is not None:
             host = str(ipaddress.IPv4Address(host))
-        t = MDNSTopic(self, topic, port, bool(lookup), on_peer, b"id=" + os.urandom(32), host)
-        self._domains.setdefault(t._fqdn, {})[t] = None
+        t = MDNSTopic(self, topic, announce_port, bool(lookup), on_peer, b"id=" + os.urandom(32), host)
+        self._domains.setdefault(t.fqdn, {})[t] = None
         self._topics[t] = None
         if t.lookup:
-            t._query_loop()
+            t.refresh()
         if t.announcing:
             # Node: process.nextTick(_fireAnnounce) -- after the caller's
             # current work, but before any datagram is handled.
@@ -425,12 +349,10 @@ class MulticastDiscovery(service.Service):
         """
         Announce ``port`` for ``topic`` (Node's ``discovery.announce``).
 
-        Same as ``join(topic, port=port, host=host, lookup=lookup,
+        Same as ``join(topic, announce_port=port, host=host, lookup=lookup,
         on_peer=on_peer)``; ``port`` must be 1..65535.
         """
-        if not 0 < port <= 65535:
-            raise ValueError(f"bad port {port}")
-        return self.join(topic, port=port, host=host, lookup=lookup, on_peer=on_peer)
+        return self.join(topic, announce_port=port, host=host, lookup=lookup, on_peer=on_peer)
 
     def lookup(self, topic: bytes, on_peer: PeerCallback) -> MDNSTopic:
         """Look ``topic`` up (Node's ``discovery.lookup``): ``join(topic, on_peer=on_peer)``."""
@@ -471,15 +393,64 @@ class MulticastDiscovery(service.Service):
         self._queries[d] = finish
         return d
 
-    # -- internal: topics --------------------------------------------------
+    def stats(self) -> dict:
+        """
+        Live figures (:class:`~txhyperswarm.interfaces.IStatsSource`):
+        ``listening`` (bool), ``topics`` (joins alive), ``sent`` and
+        ``dropped`` (copies of the Counters above).
+        """
+        return {
+            "listening": self.listening,
+            "topics": len(self._topics),
+            "sent": Counter(self.sent),
+            "dropped": Counter(self.dropped),
+        }
 
-    def _remove(self, topic: MDNSTopic) -> None:
+    # -- IMDNSTopicOwner: what the topics call -----------------------------
+
+    @property
+    def listening(self) -> bool:
+        """Whether the socket is bound (between ``startService`` and ``stopService``)."""
+        return self._listening_port is not None
+
+    def send(self, data: bytes, sent: Optional[Callable[[], None]] = None) -> None:
+        """
+        Send the datagram ``data`` to the group, then call ``sent()`` if
+        given; nothing while not listening (``startService`` sends what is due).
+        A send error is counted (``dropped["send_error"]``) and logged.
+        """
+        if self._listening_port is None:
+            return  # not started (or stopped): startService() sends what is due
+        kind = "response" if data[2] & 0x80 else "query"
+        try:
+            self._listening_port.write(data, (self.group, self.port))
+        except OSError as e:
+            self.dropped["send_error"] += 1
+            self.log.warn("mDNS {kind} not sent: {err}", kind=kind, err=e)
+        else:
+            self.sent[kind] += 1
+        if sent is not None:
+            sent()
+
+    def call_later(self, delay: float, fn: Callable[[], object]):
+        """``fn()`` in ``delay`` seconds on this discovery's reactor."""
+        return self._reactor.callLater(delay, fn)
+
+    def next_query_delay(self) -> float:
+        """Node's re-query delay: ``floor(30000 + random * 30000)`` ms, in seconds."""
+        return math.floor(QUERY_INTERVAL * 1000 + self._random.random() * QUERY_INTERVAL * 1000) / 1000.0
+
+    def topic_stopped(self, topic: MDNSTopic) -> None:
+        """Forget ``topic``: it neither answers nor hears anything more."""
         self._topics.pop(topic, None)
-        topics = self._domains.get(topic._fqdn)
+        self._unsent_announcements.pop(topic, None)
+        topics = self._domains.get(topic.fqdn)
         if topics is not None:
             topics.pop(topic, None)
             if not topics:
-                del self._domains[topic._fqdn]
+                del self._domains[topic.fqdn]
+
+    # -- internal: topics --------------------------------------------------
 
     def _fire_announces(self) -> None:
         # Node's _fireAnnounce, per topic joined since: answer a synthetic SRV
@@ -492,15 +463,9 @@ class MulticastDiscovery(service.Service):
             if topic.stopped:
                 continue
             if self._listening_port is None:
-                topic._announce_unsent = True  # sent by startService()
+                self._unsent_announcements[topic] = None  # sent by startService()
             else:
-                self._answer([topic._fqdn], (), None, topic._fire_ready)
-
-    def _query_delay(self) -> float:
-        return math.floor(QUERY_INTERVAL * 1000 + self._random.random() * QUERY_INTERVAL * 1000) / 1000.0
-
-    def _schedule(self, delay: float, fn):
-        return self._reactor.callLater(delay, fn)
+                self._answer([topic.fqdn], (), None, topic.datagram_sent)
 
     # -- internal: receiving -----------------------------------------------
 
@@ -543,15 +508,15 @@ class MulticastDiscovery(service.Service):
             for t in topics:
                 if own is not None and own == t.id:
                     continue
-                if t._answer is not None:
-                    answers.append((t._answer, t._id_answer))
+                if t.answer_records is not None:
+                    answers.append(t.answer_records)
         if not answers:
             return
         for i in range(0, len(answers), _PAIRS_PER_RESPONSE):
             records = [r for pair in answers[i : i + _PAIRS_PER_RESPONSE] for r in pair]
             if source is not None:
                 records.append(referrer_record(self.domain, source))
-            self._send(encode_response(records), sent)
+            self.send(encode_response(records), sent)
 
     def _on_response(self, packet: Packet, source: str) -> None:
         """Node's ``_onmdnsresponse``."""
@@ -568,7 +533,7 @@ class MulticastDiscovery(service.Service):
             for t in list(topics):
                 if sender is not None and sender == t.id:
                     continue
-                t._emit(
+                t.report(
                     PeerRecord(
                         topic=t.topic,
                         host=host,
@@ -580,32 +545,16 @@ class MulticastDiscovery(service.Service):
                     )
                 )
 
-    # -- internal: sending -------------------------------------------------
-
-    def _send(self, data: bytes, sent: Optional[Callable[[], None]] = None) -> None:
-        if self._listening_port is None:
-            return  # not started (or stopped): startService() sends what is due
-        kind = "response" if data[2] & 0x80 else "query"
-        try:
-            self._listening_port.write(data, (self.group, self.port))
-        except OSError as e:
-            self.dropped["send_error"] += 1
-            self.log.warn("mDNS {kind} not sent: {err}", kind=kind, err=e)
-        else:
-            self.sent[kind] += 1
-        if sent is not None:
-            sent()
-
     # -- internal: interfaces ----------------------------------------------
 
     def _update_memberships(self) -> None:
         """multicast-dns's ``update()``: join on interfaces not joined yet."""
         joined = False
-        for address in _interface_addresses():
+        for address in netif.interface_addresses():
             if address not in self._memberships:
                 joined = self._join(address) or joined
         if joined:
-            self._set_outgoing(_default_outgoing())
+            self._set_outgoing(netif.default_outgoing())
 
     def _join(self, address: str) -> bool:
         lp = self._listening_port
@@ -630,65 +579,3 @@ class MulticastDiscovery(service.Service):
         lp.setOutgoingInterface(address).addErrback(
             lambda f: self.log.warn("cannot send mDNS via {address}: {err}", address=address, err=f.value)
         )
-
-
-#: ``<linux/if.h>`` interface flags.
-_IFF_UP, _IFF_LOOPBACK, _IFF_RUNNING = 0x1, 0x8, 0x40
-
-
-def _interface_flags(name: str) -> Optional[int]:
-    """
-    An interface's flags as ``getifaddrs()`` reports them (``SIOCGIFFLAGS``,
-    which includes ``IFF_RUNNING``; sysfs does not), or ``None`` where they
-    cannot be read (not Linux).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    import fcntl
-    import socket
-    import struct
-
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            request = struct.pack("16sh14x", name.encode("utf-8")[:15], 0)
-            answer = fcntl.ioctl(s.fileno(), 0x8913, request)  # SIOCGIFFLAGS
-        return struct.unpack("16sH14x", answer)[1]
-    except (OSError, UnicodeError):
-        return None
-
-
-def _interfaces() -> List[Tuple[str, bool]]:
-    """
-    ``(first IPv4 address, internal)`` of every interface, as Node's
-    ``os.networkInterfaces()`` lists them: libuv leaves out interfaces that
-    are not both up and running (e.g. a docker0 bridge without containers),
-    and ``internal`` is the loopback flag.
-    """
-    try:
-        import ifaddr
-    except ImportError:  # pragma: no cover - zeroconf depends on ifaddr
-        return [("0.0.0.0", False)]
-    result = []
-    for adapter in ifaddr.get_adapters():
-        flags = _interface_flags(adapter.name)
-        if flags is not None and (flags & (_IFF_UP | _IFF_RUNNING)) != _IFF_UP | _IFF_RUNNING:
-            continue
-        for ip in adapter.ips:
-            if ip.is_IPv4:
-                internal = bool(flags & _IFF_LOOPBACK) if flags is not None else ipaddress.IPv4Address(ip.ip).is_loopback
-                result.append((ip.ip, internal))
-                break
-    return result
-
-
-def _interface_addresses() -> List[str]:
-    """The first IPv4 address of every interface (multicast-dns's ``allInterfaces``)."""
-    return [address for address, _ in _interfaces()]
-
-
-def _default_outgoing() -> str:
-    """multicast-dns's ``defaultInterface()`` (Linux): ``0.0.0.0`` if a non-internal IPv4 exists."""
-    for _, internal in _interfaces():
-        if not internal:
-            return "0.0.0.0"
-    return "127.0.0.1"

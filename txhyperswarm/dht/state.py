@@ -13,7 +13,7 @@ from twisted.logger import Logger
 
 __all__ = ["NodeState", "KeepState", "SNAPSHOT_INTERVAL"]
 
-log = Logger(namespace="txhyperswarm.state")
+log = Logger(namespace="txhyperswarm.dht.state")
 
 
 class NodeState:

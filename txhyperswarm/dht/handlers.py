@@ -1,0 +1,210 @@
+"""
+What a DHT node answers: the built-in commands (``_ping``, ``_find_node``,
+``_holepunch`` and its relay, dht.md 1.7 and 1.9) and the registered
+commands of a :class:`~txhyperswarm.dht.commands.CommandRegistry`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Optional, Tuple
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txhyperswarm.dht.commands import CommandRegistry, Request
+from txhyperswarm.dht.errors import CommandError, IgnoreRequest
+from txhyperswarm.dht.messages import DecodeError, Holepunch, Message, decode_holepunch, encode_peer
+from txhyperswarm.dht.query import decode_to
+
+__all__ = ["Responder", "first_peer", "norm_target", "PING", "FIND_NODE", "HOLEPUNCH", "OTHER"]
+
+Address = Tuple[str, int]
+
+PING = b"_ping"
+FIND_NODE = b"_find_node"
+HOLEPUNCH = b"_holepunch"
+#: The key of :attr:`Responder.received` for commands we do not serve.
+OTHER = b"(other)"
+_UNSUPPORTED = b"Unsupported command"
+_UPDATE_NOT_SUPPORTED = b"Update not supported"
+
+
+def first_peer(raw: bytes) -> Optional[Address]:
+    """ipv4-peers' first peer of ``raw`` (dht-rpc ``decodePeer``), ``None`` if none."""
+    return decode_to(raw[:6])
+
+
+def norm_target(target: bytes) -> bytes:
+    """A target as the routing table compares it: 32 bytes, cut or zero-padded."""
+    if len(target) == 32:
+        return target
+    return target[:32].ljust(32, b"\0")
+
+
+class Responder:
+    """
+    Answers the requests a node receives.
+
+    :param rpc: the :class:`~txhyperswarm.dht.rpc.RPC` to answer through.
+    :param table: the routing table (the closest nodes go in every answer).
+    :param own_id: our id (a ``_ping`` naming another id is not answered).
+    :param commands: the registered commands.
+    :param dropped: the node's counter of dropped requests by reason.
+    """
+
+    log = Logger()
+
+    def __init__(self, rpc, table, own_id: bytes, commands: CommandRegistry, dropped: Counter) -> None:
+        self._rpc = rpc
+        self._table = table
+        self._id = own_id
+        self._commands = commands
+        self.dropped = dropped
+        #: Requests received by command (bytes); unknown ones as :data:`OTHER`.
+        self.received: Counter = Counter()
+
+    def request_received(self, msg: Message, host: str, port: int, is_update: bool) -> None:
+        """Answer one request (or not: counted in :attr:`dropped`)."""
+        cmd = msg.command
+        if cmd == PING:
+            self.received[PING] += 1
+            if msg.HasField("value") and msg.value != self._id:
+                self.dropped["ping_id"] += 1
+                return
+            to = self._rpc.peer_bytes(host, port)
+            self._rpc.response(msg.rid, host, port, to, None, to)
+        elif cmd == FIND_NODE:
+            self.received[FIND_NODE] += 1
+            target = msg.target
+            if len(target) != 32:
+                self.dropped["no_target"] += 1
+                return
+            self._rpc.response(msg.rid, host, port, None, self._table.closest_compact(target))
+        elif cmd == HOLEPUNCH:
+            self.received[HOLEPUNCH] += 1
+            self._holepunch(msg, host, port)
+        else:
+            self._command(is_update, msg, host, port)
+
+    # -- _holepunch -------------------------------------------------------
+
+    def _holepunch(self, msg: Message, host: str, port: int) -> None:
+        if not msg.HasField("value"):
+            self.dropped["value"] += 1
+            return
+        try:
+            punch = decode_holepunch(msg.value)
+        except DecodeError:
+            self.dropped["value"] += 1
+            return
+        if punch.HasField("to"):
+            to = first_peer(punch.to)
+            if to is None or to == (host, port):
+                self.dropped["value"] += 1
+                return
+            self._relay(msg, host, port, to)
+            return
+        if punch.HasField("from"):
+            frm = first_peer(getattr(punch, "from"))
+            if frm is not None:
+                host, port = frm
+        self._rpc.response(msg.rid, host, port)
+
+    def _relay(self, msg: Message, host: str, port: int, to: Address) -> None:
+        """Pass a ``_holepunch`` on to ``to``, saying it came from ``host:port``."""
+        fwd = Message()
+        fwd.CopyFrom(msg)
+        fwd.version = 1
+        if self._rpc.id is not None:
+            fwd.id = self._rpc.id
+        else:
+            fwd.ClearField("id")
+        fwd.to = encode_peer(*to)
+        relay = Holepunch()
+        setattr(relay, "from", encode_peer(host, port))
+        fwd.value = relay.SerializeToString()
+        if not fwd.HasField("error"):
+            fwd.error = b""  # as Node's re-encode of a decoded message
+        self.log.debug("relaying holepunch {a} -> {b}", a=(host, port), b=to)
+        self._rpc.forward(fwd, to)
+
+    # -- registered commands ----------------------------------------------
+
+    def _command(self, is_update: bool, msg: Message, host: str, port: int) -> None:
+        if not msg.HasField("target"):
+            self.dropped["no_target"] += 1
+            return
+        command = self._commands.get(msg.command)
+        rid = msg.rid
+        target = msg.target
+        if command is None:
+            self.received[OTHER] += 1
+            self._rpc.error(rid, host, port, _UNSUPPORTED, self._closer(target))
+            return
+        self.received[msg.command] += 1
+        handler = command.update if is_update else command.query
+        if handler is None:
+            if is_update:
+                self._rpc.error(rid, host, port, _UPDATE_NOT_SUPPORTED, self._closer(target))
+            else:
+                self._rpc.response(rid, host, port, None, self._closer(target))
+            return
+        request = Request(
+            (host, port),
+            msg.id if msg.HasField("id") else None,
+            target,
+            msg.value if msg.HasField("value") else None,
+            command.name,
+            is_update,
+            msg.to if msg.HasField("to") else None,
+        )
+        try:
+            result = handler(request)
+        except Exception:
+            self._answer(Failure(), rid, host, port, target, command.name)
+            return
+        if isinstance(result, defer.Deferred):
+            result.addCallbacks(
+                self._answer,
+                self._answer,
+                callbackArgs=(rid, host, port, target, command.name),
+                errbackArgs=(rid, host, port, target, command.name),
+            )
+        else:
+            self._answer(result, rid, host, port, target, command.name)
+
+    def _answer(self, result, rid: int, host: str, port: int, target: bytes, name: str) -> None:
+        if isinstance(result, Failure):
+            exc = result.value
+            if isinstance(exc, IgnoreRequest):
+                self.dropped["value"] += 1
+                return
+            if isinstance(exc, CommandError):
+                self._rpc.error(
+                    rid, host, port, exc.text.encode("utf-8"), self._closer(target), exc.value
+                )
+                return
+            self._handler_failed(result, name, host, port)
+            return
+        if result is not None and not isinstance(result, (bytes, bytearray, memoryview)):
+            err = TypeError(f"{name} handler returned {type(result).__name__}, not bytes or None")
+            self._handler_failed(Failure(err), name, host, port)
+            return
+        self._rpc.response(
+            rid, host, port, bytes(result) if result is not None else None, self._closer(target)
+        )
+
+    def _handler_failed(self, failure: Failure, name: str, host: str, port: int) -> None:
+        self.dropped["handler_error"] += 1
+        self.log.failure(
+            "{command} handler failed on a request from {host}:{port}",
+            failure,
+            command=name,
+            host=host,
+            port=port,
+        )
+
+    def _closer(self, target: bytes) -> bytes:
+        return self._table.closest_compact(norm_target(target))
