@@ -185,13 +185,13 @@ def test_fast_retransmit_after_three_duplicate_acks():
     peer_next = n.sent(B, A)[0][1].seq_nr
     dup = HEADER.pack(0x21, 0, conn.recv_id, 1, 5000, 1048576, peer_next, (first.seq_nr - 1) & 0xFFFF)
     for i in range(3):
-        n.a._datagram_received(dup, B)
+        n.a.datagram_received(dup, B)
     resent = n.sent(A, B, {ST_DATA})[4:]
     assert [p.seq_nr for t, p in resent] == [first.seq_nr]
     assert n.clock.seconds() - n.sent(A, B, {ST_DATA})[0][0] < 0.5  # well before the RTO
     # more duplicates in the same window do not resend it again
     for i in range(3):
-        n.a._datagram_received(dup, B)
+        n.a.datagram_received(dup, B)
     assert len(n.sent(A, B, {ST_DATA})) == 5
 
 
@@ -239,18 +239,18 @@ def test_keepalive_is_a_duplicate_ack_after_29_idle_seconds():
 def test_unknown_connection_packet_is_answered_with_libutps_reset():
     n = Net()
     probe = encode(Packet(ST_DATA, 4242, 777, 5, timestamp=1, wnd_size=1000, payload=b"x"))
-    n.b._datagram_received(probe, A)
+    n.b.datagram_received(probe, A)
     n.clock.advance(0)
     (t, rst), = n.sent(B, A)
     assert (rst.type, rst.connection_id, rst.ack_nr, rst.timestamp, rst.timestamp_diff, rst.wnd_size) == (
         ST_RESET, 4242, 777, 0, 0, 0,
     )
     # rate limit: the same offender is not answered again within 10 s
-    n.b._datagram_received(probe, A)
+    n.b.datagram_received(probe, A)
     assert len(n.sent(B, A)) == 1
     # a RESET or a SYN (not listening) for nobody gets no answer
-    n.b._datagram_received(encode(Packet(ST_RESET, 4242, 1, 2)), A)
-    n.b._datagram_received(encode(Packet(ST_SYN, 4242, 1, 0)), A)
+    n.b.datagram_received(encode(Packet(ST_RESET, 4242, 1, 2)), A)
+    n.b.datagram_received(encode(Packet(ST_SYN, 4242, 1, 0)), A)
     assert len(n.sent(B, A)) == 1
 
 
@@ -260,7 +260,7 @@ def test_reset_during_connect_is_refused():
     failures = []
     d.addErrback(failures.append)
     syn = n.sent(A, B)[0][1]
-    n.a._datagram_received(encode(Packet(ST_RESET, syn.connection_id, 1, syn.seq_nr)), B)
+    n.a.datagram_received(encode(Packet(ST_RESET, syn.connection_id, 1, syn.seq_nr)), B)
     assert failures and failures[0].check(UTPConnectionRefusedError)
 
 
@@ -281,7 +281,7 @@ def test_reset_matches_either_id_of_the_connection():
     c, s = n.connect()
     conn = c.transport
     # libutp matches a RESET carrying our send_id too (utp.md 2.7)
-    n.a._datagram_received(encode(Packet(ST_RESET, conn.send_id, 1, 2)), B)
+    n.a.datagram_received(encode(Packet(ST_RESET, conn.send_id, 1, 2)), B)
     assert c.lost is not None and c.lost.check(UTPConnectionResetError)
 
 
@@ -466,7 +466,7 @@ def test_random_packets_at_a_connection_never_raise(ops):
             extensions=((1, sack),) if sack else (),
             payload=payload,
         )
-        n.b._datagram_received(encode(p), A)
+        n.b.datagram_received(encode(p), A)
         n.clock.advance(0.01)
     run(n.clock, 40, step=0.5)
     assert n.b.dropped["connection_error"] == 0
@@ -485,7 +485,7 @@ def test_connection_provides_the_transport_interfaces():
     assert callable(c.transport.loseWriteConnection)  # half-close, as ITCPTransport
 
 
-def test_a_protocol_exception_drops_the_connection_with_it():
+def test_a_protocol_exception_drops_the_connection_with_it(logged_errors):
     class Boom(Recorder):
         def dataReceived(self, data):
             raise ZeroDivisionError("bad protocol")
@@ -495,6 +495,7 @@ def test_a_protocol_exception_drops_the_connection_with_it():
     c.transport.write(b"x")
     run(n.clock, 0.1)
     assert s.lost.check(ZeroDivisionError)
+    assert len(logged_errors.take(ZeroDivisionError)) == 1
     assert c.lost.check(UTPConnectionResetError)
     assert n.a.dropped["connection_error"] == 0 and n.b.dropped["connection_error"] == 0
 
@@ -508,10 +509,10 @@ def test_no_second_reset_for_late_packets_of_an_aborted_connection():
     late = encode(Packet(ST_STATE, conn.recv_id, 5, 6, timestamp=1, wnd_size=100))
     conn.abortConnection()
     n.net.log.clear()
-    n.b._datagram_received(late, A)
+    n.b.datagram_received(late, A)
     assert n.sent(B, A) == []
     run(n.clock, 11.0, step=0.5)  # after 10 s libutp's rule applies again
-    n.b._datagram_received(late, A)
+    n.b.datagram_received(late, A)
     assert [p.type for t, p in n.sent(B, A)] == [ST_RESET]
 
 
@@ -624,7 +625,7 @@ def test_time_wait_reacks_a_duplicate_fin_instead_of_resetting():
     assert c.lost.check(error.ConnectionDone) and s.lost.check(error.ConnectionDone)
     server_fin = [d for t, src, dst, d in n.net.log if src == B and decode(d).type == ST_FIN][0]
     n.net.log.clear()
-    n.a._datagram_received(server_fin, B)  # a late duplicate
+    n.a.datagram_received(server_fin, B)  # a late duplicate
     n.clock.advance(0)
     assert [p.type for t, p in n.sent(A, B)] == [ST_STATE]
     run(n.clock, 5.0)
@@ -643,7 +644,7 @@ def test_a_peer_ignoring_our_window_cannot_grow_the_read_buffer():
     for i in range(3000):  # ~4 MiB, far past a 1 MiB window
         seq = (conn._seq_nr + i) & 0xFFFF
         pkt = HEADER.pack(0x01, 0, server.recv_id, 1, 1000, 1048576, seq, (server._seq_nr - 1) & 0xFFFF) + chunk
-        n.b._datagram_received(pkt, A)
+        n.b.datagram_received(pkt, A)
     assert server._readbuf_bytes <= 2 * 1024 * 1024 + 1382
     assert n.b.dropped["window_overrun"] > 0
     assert n.b.dropped["connection_error"] == 0

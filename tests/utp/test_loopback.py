@@ -95,7 +95,7 @@ def test_endpoint_string_errors():
     with pytest.raises(ValueError):
         serverFromString(reactor, "utp:port=1:bogus=2")
     ep = serverFromString(reactor, "utp:4567")
-    assert (ep._port, ep._interface) == (4567, "0.0.0.0")
+    assert (ep.port, ep.interface) == (4567, "0.0.0.0")
 
 
 @pytest_twisted.inlineCallbacks

@@ -50,13 +50,13 @@ thousands of times a second and its transitions depend on packet fields.
 from __future__ import annotations
 
 from collections import deque
-from typing import Optional
+from typing import Callable, Optional
 
-from twisted.internet import error, interfaces
+from twisted.internet import defer, error, interfaces
 from twisted.internet.address import IPv4Address
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
 from txhyperswarm.utp.congestion import LEDBAT
 from txhyperswarm.utp.packet import (
@@ -75,6 +75,9 @@ __all__ = [
     "UTPTimeoutError",
     "UTPConnectionRefusedError",
     "UTPConnectionResetError",
+    "IConnectionOwner",
+    "CONNECT_TIMEOUT",
+    "PACKET_SIZE",
     "SYN_SENT",
     "SYN_RECV",
     "CONNECTED",
@@ -103,6 +106,9 @@ REORDER_LIMIT = 1024
 KEEPALIVE = 29.0
 ZERO_WINDOW_PROBE = 15.0
 SYN_TIMEOUT_MS = 3000
+#: How long a connect waits by default: libutp gives up when the third SYN
+#: (sent at 0, 3 and 9 s, the timeout doubling) goes unanswered for 12 s.
+CONNECT_TIMEOUT = 21.0
 MIN_RTO_MS = 1000
 #: Not in libutp (no upper bound there): a cap on the RTO estimate.
 MAX_RTO_MS = 60000
@@ -167,6 +173,31 @@ class UTPConnectionRefusedError(UTPError, error.ConnectionRefusedError):
 
 class UTPConnectionResetError(UTPError, error.ConnectionLost):
     """The peer sent a RESET on an established connection (``UTP_ECONNRESET``)."""
+
+
+class IConnectionOwner(Interface):
+    """
+    What a :class:`UTPConnection` calls up through: the
+    :class:`~txhyperswarm.utp.socket.UTPSocket` that made it and keeps its
+    table entry.
+    """
+
+    dropped = Attribute(":class:`collections.Counter` of packets dropped, by reason.")
+
+    def send_datagram(data, addr):
+        """Send one datagram to ``addr`` (a checked ``(IPv4 literal, port)``); lossy."""
+
+    def schedule_ack(conn):
+        """Call ``conn.send_deferred_ack()`` at the end of this reactor turn."""
+
+    def forget(conn):
+        """``conn`` is done: drop it from the connection table."""
+
+    def reset_sent(conn):
+        """``conn`` sent a RESET: do not answer its peer's late packets with another."""
+
+    def address():
+        """The local ``(host, port)``."""
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -237,10 +268,15 @@ class UTPConnection:
         *,
         initiator: bool,
         recv_buffer: int = RECV_BUFFER,
+        monotonic: Optional[Callable[[], float]] = None,
     ) -> None:
         self._owner = owner
+        self._send_datagram = owner.send_datagram
         self._clock = clock
+        self._mono = monotonic or clock.seconds
         self._addr = addr
+        #: the peer's ``(host, port)``
+        self.remote = addr
         self._peer = IPv4Address("UDP", addr[0], addr[1])
         self.recv_id = recv_id
         self.send_id = send_id
@@ -289,7 +325,7 @@ class UTPConnection:
         self._retransmit_timeout = SYN_TIMEOUT_MS
         self._retransmit_count = 0
         self._rto_at: Optional[float] = None
-        self._last_send = clock.seconds()
+        self._last_send = self._mono()
         self._timer = None
         self._timer_at = 0.0
         self._linger_at: Optional[float] = None
@@ -307,11 +343,15 @@ class UTPConnection:
         self._peer_gone = False  # RESET after the peer's FIN, unread data left
         # initiator: how to finish connecting
         self._factory = None
-        self._connect_d = None
+        self._connect_d: Optional[defer.Deferred] = None
+        self._connect_by: Optional[float] = None  # give up connecting then
+        self._connect_timeout: Optional[float] = None
         # counters
         self.bytes_sent = 0
         self.bytes_received = 0
         self.packets_resent = 0
+        #: packets resent because selective or duplicate acks showed them lost
+        self.fast_resends = 0
         #: loss probes that fired (see ``MIN_PROBE``)
         self.probes = 0
         self._srtt_us = 0
@@ -336,12 +376,22 @@ class UTPConnection:
             if t.active():
                 t.cancel()
         self._timer_at = at
-        self._timer = self._clock.callLater(max(0.0, at - self._clock.seconds()), self._on_timer)
+        self._timer = self._clock.callLater(max(0.0, at - self._mono()), self._on_timer)
 
     def _stop_timer(self) -> None:
         t, self._timer = self._timer, None
         if t is not None and t.active():
             t.cancel()
+
+    def rearm_timer(self) -> None:
+        """
+        (Socket side) The reactor's clock jumped: schedule the timer again
+        from the deadlines, which are on the monotonic clock.
+        """
+        at = self._next_deadline()
+        self._stop_timer()
+        if at is not None and not (self.state == CLOSED and self._linger_at is None):
+            self._arm(at)
 
     def _next_deadline(self) -> Optional[float]:
         cands = []
@@ -357,15 +407,25 @@ class UTPConnection:
             cands.append(self._linger_at)
         if self._close_wait_at is not None:
             cands.append(self._close_wait_at)
+        if self._connect_by is not None:
+            cands.append(self._connect_by)
         return min(cands) if cands else None
 
     def _on_timer(self) -> None:
         self._timer = None
-        now = self._clock.seconds()
+        now = self._mono()
         eps = 1e-6
         if self._linger_at is not None and now + eps >= self._linger_at:
             self._linger_at = None
             self._forget()
+            return
+        if self._connect_by is not None and now + eps >= self._connect_by:
+            self._fail(
+                UTPTimeoutError(
+                    f"uTP connect to {self._addr[0]}:{self._addr[1]} timed out after"
+                    f" {self._connect_timeout:g}s"
+                )
+            )
             return
         if self._close_wait_at is not None and now + eps >= self._close_wait_at:
             self._close_wait_at = None
@@ -494,8 +554,8 @@ class UTPConnection:
     # ------------------------------------------------------------------ sending
 
     def _send_raw(self, data: bytes) -> None:
-        self._last_send = self._clock.seconds()
-        self._owner._send(data, self._addr)
+        self._last_send = self._mono()
+        self._send_datagram(data, self._addr)
 
     def _adv_window(self) -> int:
         w = self._recv_buffer - self._readbuf_bytes
@@ -504,7 +564,7 @@ class UTPConnection:
         return w if w > 0 else 0
 
     def _transmit(self, e: _Out) -> None:
-        now = self._clock.seconds()
+        now = self._mono()
         now_us = int(now * 1_000_000) & M32
         e.transmissions += 1
         e.sent_us = now_us
@@ -526,7 +586,7 @@ class UTPConnection:
             if e.payload:
                 data += e.payload
         self._last_send = now
-        self._owner._send(data, self._addr)
+        self._send_datagram(data, self._addr)
         if self._rto_at is None:
             self._rto_at = now + self._retransmit_timeout / 1000.0
             self._arm(self._rto_at)
@@ -536,7 +596,7 @@ class UTPConnection:
                 self._arm(at)
 
     def _send_state(self, keepalive: bool = False, syn_reply: bool = False) -> None:
-        now_us = self._now_us(self._clock.seconds())
+        now_us = self._now_us(self._mono())
         self._ack_pending = False
         self._unacked = 0
         ack = self._ack_nr
@@ -566,7 +626,7 @@ class UTPConnection:
                         self._adv_window(), self._seq_nr, ack)
         self._send_raw(data)
 
-    def _send_ack(self) -> None:
+    def send_deferred_ack(self) -> None:
         """Flush a deferred ACK (called by the socket once per reactor turn)."""
         if self._ack_pending and (
             self.state == CONNECTED or (self.state == CLOSED and self._linger_at is not None)
@@ -576,7 +636,7 @@ class UTPConnection:
     def _schedule_ack(self) -> None:
         if not self._ack_pending:
             self._ack_pending = True
-            self._owner._schedule_ack(self)
+            self._owner.schedule_ack(self)
 
     def _send_syn(self) -> None:
         e = _Out(self._seq_nr, ST_SYN, _EMPTY)
@@ -587,7 +647,7 @@ class UTPConnection:
 
     def _send_reset(self) -> None:
         self._send_raw(_PACK_HEADER(0x31, 0, self.send_id, 0, 0, 0, self._seq_nr, self._ack_nr))
-        self._owner._aborted(self)
+        self._owner.reset_sent(self)
 
     def _flush(self, tail: bool = True) -> None:
         """Send what the windows allow: resends first, then new data, then FIN."""
@@ -607,7 +667,7 @@ class UTPConnection:
                 continue
             n = len(e.payload)
             if self._cur_window and self._cur_window + n > limit:
-                self.cc.last_window_limited = self._clock.seconds()
+                self.cc.last_window_limited = self._mono()
                 return
             resend.popleft()
             e.lost = False
@@ -623,13 +683,13 @@ class UTPConnection:
             elif not tail and n < PACKET_SIZE:
                 break
             if ((self._seq_nr - self._oldest) & M16) >= MAX_OUTSTANDING:
-                self.cc.last_window_limited = self._clock.seconds()
+                self.cc.last_window_limited = self._mono()
                 break
             cw = self._cur_window
             if cw + n > limit and (cw or limit == 0):
-                self.cc.last_window_limited = self._clock.seconds()
+                self.cc.last_window_limited = self._mono()
                 if self._peer_wnd == 0 and not cw and self._zero_window_at is None:
-                    self._zero_window_at = self._clock.seconds() + ZERO_WINDOW_PROBE
+                    self._zero_window_at = self._mono() + ZERO_WINDOW_PROBE
                     self._arm(self._zero_window_at)
                 break
             seq = self._seq_nr
@@ -667,7 +727,7 @@ class UTPConnection:
 
     # ------------------------------------------------------------------ receiving
 
-    def _packet_received(self, p) -> None:
+    def packet_received(self, p) -> None:
         """Handle one decoded packet addressed to this connection."""
         t = p.type
         state = self.state
@@ -686,7 +746,7 @@ class UTPConnection:
         if ((seq_nr - 1 - ack) & M16) > outstanding + 3:
             self._owner.dropped["bad_ack"] += 1
             return
-        now = self._clock.seconds()
+        now = self._mono()
         now_us = int(now * 1_000_000) & M32
         if p.timestamp:
             rm = (now_us - p.timestamp) & M32
@@ -930,12 +990,7 @@ class UTPConnection:
                 e = inflight.get(v)
                 if e is None:
                     continue
-                if e.lost:
-                    e.lost = False
-                    self._cur_window += len(e.payload)
-                self.packets_resent += 1
-                self._transmit(e)
-                self._fast_resend_seq = (v + 1) & M16
+                self._fast_resend(e)
                 done += 1
                 if done >= MAX_SACK_RESENDS:
                     break
@@ -950,14 +1005,19 @@ class UTPConnection:
         e = self._inflight.get(oldest)
         if e is None:
             return
+        self._fast_resend(e)
+        self._dup_acks = 0
+        self.cc.on_loss(now)
+
+    def _fast_resend(self, e: _Out) -> None:
+        """Resend ``e`` now: selective acks or duplicate acks showed it lost."""
         if e.lost:
             e.lost = False
             self._cur_window += len(e.payload)
         self.packets_resent += 1
+        self.fast_resends += 1
         self._transmit(e)
-        self._fast_resend_seq = (oldest + 1) & M16
-        self._dup_acks = 0
-        self.cc.on_loss(now)
+        self._fast_resend_seq = (e.seq + 1) & M16
 
     def _deliver(self, payload: bytes) -> None:
         self.bytes_received += len(payload)
@@ -1062,7 +1122,7 @@ class UTPConnection:
             self._reorder.clear()
             self._send_state()
             # the peer is done too: only absorb duplicates a little longer
-            self._linger_at = min(self._linger_at or 1e300, self._clock.seconds() + TIME_WAIT)
+            self._linger_at = min(self._linger_at or 1e300, self._mono() + TIME_WAIT)
             self._stop_timer()
             self._arm(self._linger_at)
         else:
@@ -1070,16 +1130,38 @@ class UTPConnection:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _start_connect(self, factory, d) -> None:
+    def start_connect(self, factory, timeout: Optional[float] = None) -> defer.Deferred:
+        """
+        (Socket side) Send the SYN.
+
+        :param timeout: seconds to give up after; ``None`` for libutp's own
+            limit (3 SYNs, ``CONNECT_TIMEOUT``).
+        :returns: Deferred firing with the protocol ``factory`` builds once
+            the peer answered; errbacks with :class:`UTPTimeoutError`,
+            :class:`UTPConnectionRefusedError` (RESET) or
+            ``ConnectingCancelledError`` (cancelled, or the socket closed).
+        """
         self._factory = factory
-        self._connect_d = d
+        d = self._connect_d = defer.Deferred(self._cancel_connect)
+        if timeout is not None:
+            self._connect_by = self._mono() + timeout
+            self._connect_timeout = timeout
         self._send_syn()
+        if self._connect_by is not None:
+            self._arm(self._connect_by)
+        return d
+
+    def _take_connect_d(self) -> Optional[defer.Deferred]:
+        """The pending connect Deferred, now settled by the caller (``None`` if none)."""
+        d, self._connect_d = self._connect_d, None
+        self._connect_by = None
+        return d
 
     def _on_connected(self) -> None:
         self.state = CONNECTED
         self._retransmit_count = 0
-        self._arm(self._clock.seconds() + KEEPALIVE)
-        d, self._connect_d = self._connect_d, None
+        d = self._take_connect_d()
+        self._arm(self._mono() + KEEPALIVE)
         factory, self._factory = self._factory, None
         try:
             proto = factory.buildProtocol(self._peer)
@@ -1093,27 +1175,50 @@ class UTPConnection:
             if d is not None:
                 d.errback(error.ConnectError("factory refused the connection"))
             return
-        self._attach(proto)
+        self.attach(proto)
         if d is not None:
             d.callback(proto)
 
-    def _accepted(self, syn) -> None:
-        """Set up from the initiator's SYN and answer it (acceptor side)."""
+    def accept(self, syn) -> None:
+        """(Socket side) Set up from the initiator's SYN and answer it (acceptor side)."""
         self._ack_nr = syn.seq_nr
         self._syn_seq = syn.seq_nr
         self._peer_wnd = syn.wnd_size
         self._send_state(syn_reply=True)
-        self._close_wait_at = self._clock.seconds() + SYN_RECV_TIMEOUT
+        self._close_wait_at = self._mono() + SYN_RECV_TIMEOUT
         self._arm(self._close_wait_at)
 
-    def _attach(self, proto) -> None:
+    def attach(self, proto) -> None:
+        """(Socket side) Run ``proto`` on this connection (``makeConnection``)."""
         self.protocol = proto
         self.connected = True
         proto.makeConnection(self)
 
+    def refuse(self) -> None:
+        """(Socket side) The factory built no protocol: RESET and forget."""
+        self._abort_silently(reset=True)
+
+    def shutdown(self) -> None:
+        """
+        (Socket side) The socket is closing: a connect in progress fails with
+        ``ConnectingCancelledError``, an open connection is aborted (RESET,
+        ``connectionLost(ConnectionAborted)``), a finished one is forgotten.
+        """
+        if self._lost:
+            self._forget()
+        elif self.protocol is None and self.initiator:
+            d = self._take_connect_d()
+            self._abort_silently()
+            if d is not None:
+                d.errback(error.ConnectingCancelledError(self._peer))
+        elif self.state == CLOSED:
+            self._finish(Failure(error.ConnectionAborted()))
+        else:
+            self.abortConnection()
+
     def _cancel_connect(self, d) -> None:
         """Canceller of the connect Deferred: drop the half-open connection."""
-        self._connect_d = None
+        self._take_connect_d()
         self._abort_silently()
         d.errback(error.ConnectingCancelledError(self._peer))
 
@@ -1123,12 +1228,12 @@ class UTPConnection:
         self.state = CLOSED
         self._lost = True
         self._stop_timer()
-        self._owner._forget(self)
+        self._owner.forget(self)
 
     def _fail(self, exc: Exception) -> None:
         """Die with ``exc`` (timeout, reset)."""
         if self.state == SYN_SENT:
-            d, self._connect_d = self._connect_d, None
+            d = self._take_connect_d()
             self._abort_silently()
             if d is not None:
                 d.errback(exc)
@@ -1177,7 +1282,7 @@ class UTPConnection:
             # (discarding data) until its FIN, then a short TIME_WAIT for
             # duplicates, instead of answering them with RESETs.
             self._stop_timer()
-            self._linger_at = self._clock.seconds() + (TIME_WAIT if self._eof else LINGER)
+            self._linger_at = self._mono() + (TIME_WAIT if self._eof else LINGER)
             self._arm(self._linger_at)
         else:
             self._forget()
@@ -1197,7 +1302,7 @@ class UTPConnection:
     def _forget(self) -> None:
         self._stop_timer()
         self._linger_at = None
-        self._owner._forget(self)
+        self._owner.forget(self)
 
     # ------------------------------------------------------------------ ITransport
 
@@ -1231,7 +1336,7 @@ class UTPConnection:
             # libutp acceptors cannot send before the initiator's first packet
             self._want_fin = True
             self._write_closed = True
-            at = self._clock.seconds() + SYN_RECV_CLOSE_WAIT
+            at = self._mono() + SYN_RECV_CLOSE_WAIT
             if self._close_wait_at is None or at < self._close_wait_at:
                 self._close_wait_at = at
                 self._arm(at)
