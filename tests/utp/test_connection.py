@@ -432,6 +432,7 @@ def test_cancel_connect():
 def _connected_pair():
     n = Net()
     c, s = n.connect()
+    n.b.listen(RecorderFactory())  # stray SYNs make connections of their own
     c.transport.write(b"abc")
     run(n.clock, 0.05)
     return n, c, s
