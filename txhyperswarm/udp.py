@@ -18,8 +18,10 @@ from typing import Callable, Optional, Tuple
 from twisted.internet import defer, error
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from txhyperswarm._reactor import default_reactor
+from txhyperswarm.interfaces import IStatsSource
 
 __all__ = ["UDPSocket", "is_utp_datagram"]
 
@@ -36,6 +38,7 @@ def is_utp_datagram(data: bytes) -> bool:
     return len(data) >= 20 and (data[0] & 0x0F) == 1 and (data[0] >> 4) < 5 and data[1] < 3
 
 
+@implementer(IStatsSource)
 class UDPSocket(DatagramProtocol):
     """
     A UDP port that hands each datagram to its uTP side or its DHT side.

@@ -39,7 +39,7 @@ class FakeNetwork:
             return
         target = self.hosts.get(dst)
         if target is not None:
-            self.clock.callLater(self.latency, target._receive, bytes(data), src)
+            self.clock.callLater(self.latency, target.receive, bytes(data), src)
 
     def packets(self, src: Optional[Address] = None, dst: Optional[Address] = None):
         """Decoded packets sent (optionally filtered), as (time, packet)."""
@@ -73,7 +73,7 @@ class FakeUDP:
     def close(self):
         return defer.succeed(None)
 
-    def _receive(self, data: bytes, src: Address) -> None:
+    def receive(self, data: bytes, src: Address) -> None:
         if self.receiver is not None:
             self.receiver(data, src)
 

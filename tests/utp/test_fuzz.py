@@ -40,7 +40,7 @@ class ChaoticNetwork(FakeNetwork):
             return
         for _ in range(2 if self.rng.random() < self.dup else 1):
             delay = 0.002 + self.rng.random() * self.jitter
-            self.clock.callLater(delay, target._receive, bytes(data), src)
+            self.clock.callLater(delay, target.receive, bytes(data), src)
 
 
 def sockets(seed, loss):

@@ -392,6 +392,9 @@ class UTPConnection:
         self._stop_timer()
         if at is not None and not (self.state == CLOSED and self._linger_at is None):
             self._arm(at)
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+            self._flush_call = self._clock.callLater(0, self._scheduled_flush)
 
     def _next_deadline(self) -> Optional[float]:
         cands = []

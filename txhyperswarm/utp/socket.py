@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from txhyperswarm._observer import OneShotObserver
 from txhyperswarm._reactor import default_reactor
+from txhyperswarm.interfaces import IStatsSource
 from txhyperswarm.udp import UDPSocket
 from txhyperswarm.utp.connection import (
     CONNECT_TIMEOUT,
@@ -100,7 +101,7 @@ def kernel_window(udp) -> Optional[int]:
     return max(16, rcvbuf // DATAGRAM_TRUESIZE * 3 // 4) * PACKET_SIZE
 
 
-@implementer(IConnectionOwner)
+@implementer(IConnectionOwner, IStatsSource)
 class UTPSocket:
     """
     uTP connections over one UDP port.
@@ -408,6 +409,9 @@ class UTPSocket:
             jump=offset - self._wall_offset,
         )
         self._wall_offset = offset
+        if self._ack_call is not None and self._ack_call.active():
+            self._ack_call.cancel()
+            self._ack_call = self._reactor.callLater(0, self._flush_acks)
         for conn in list(self.connections.values()):
             conn.rearm_timer()
 
@@ -557,7 +561,10 @@ class UTPSocketServerEndpoint:
         def bind():
             utp = self.utp
             if utp.listening or utp.closed:
-                host, port = (utp.udp.address() if utp.udp.listening else ("", 0))
+                try:
+                    host, port = utp.udp.address()
+                except RuntimeError:  # not bound
+                    host, port = "", 0
                 raise error.CannotListenError(host, port, "this UTPSocket already listens or is closed")
             lp = UTPListeningPort(utp, protocolFactory)
             lp.startListening()
