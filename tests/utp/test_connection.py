@@ -325,6 +325,31 @@ def test_half_close():
     assert c.lost.check(error.ConnectionDone) and s.lost.check(error.ConnectionDone)
 
 
+def test_the_close_state_walks_forward_through_a_half_close():
+    from txhyperswarm.utp.connection import Receiving, Sending, State
+
+    n = Net()
+    c, s = n.connect(client_proto=HalfCloser(), server_proto=HalfCloser())
+    ct, st = c.transport, s.transport
+    assert (ct.state, ct.sending, ct.receiving) == (State.CONNECTED, Sending.OPEN, Receiving.OPEN)
+    ct.write(b"question")
+    ct.loseWriteConnection()
+    assert ct.sending == Sending.FIN_SENT and not ct.disconnecting
+    ct.write(b"ignored: the write side is closed")
+    n.clock.advance(0.001)  # the FIN arrives: the server answers and half-closes too
+    assert st.receiving == Receiving.EOF_TOLD and st.sending == Sending.FIN_SENT
+    n.clock.advance(0.001)  # the server's ack of our FIN, and its FIN
+    assert ct.sending == Sending.DONE and c.write_lost
+    assert ct.receiving == Receiving.EOF_TOLD and ct.state == State.LINGER
+    assert c.lost.check(error.ConnectionDone)
+    run(n.clock, 0.1)
+    assert st.state == State.LINGER and s.lost.check(error.ConnectionDone)
+    assert s.received == b"question"
+    run(n.clock, 3.5)  # TIME_WAIT: both FINs seen
+    assert ct.state == State.CLOSED and st.state == State.CLOSED
+    assert n.a.connections == {} and n.b.connections == {}
+
+
 def test_lossy_python_to_python_transfer_with_integrity():
     n = Net(latency=0.005)
     rng = random.Random(7)

@@ -35,21 +35,27 @@ Behaviour follows libutp as built into utp-native 2.5.3 (``shared/spec/utp.md``)
   Unlike libutp, our FIN is not held back until earlier data is acked, and
   a closed connection stays in the table as a zombie: after
   ``loseConnection`` it acks (and drops) the peer's data and FIN for up to
-  ``LINGER`` seconds, and after both FINs it re-acks duplicates for
+  ``LINGER_TIME`` seconds, and after both FINs it re-acks duplicates for
   ``TIME_WAIT`` seconds, instead of answering them with RESETs.
 * beyond libutp: an accepted connection that gets no DATA/FIN within
   ``SYN_RECV_TIMEOUT`` ends with :class:`UTPTimeoutError`; duplicate SYNs are
   answered again; a RESET after the peer's FIN ended an orderly close counts
   as ``ConnectionDone``.
 
-The state machine is a handful of integer states checked on the per-packet
-path rather than an automat machine: the packet handler runs tens of
-thousands of times a second and its transitions depend on packet fields.
+The state is three small enums rather than an automat machine (the packet
+handler runs tens of thousands of times a second and its transitions depend
+on packet fields): :class:`State`, the connection's life (handshake, open,
+linger, closed), and the close progress of each direction,
+:class:`Sending` (our FIN) and :class:`Receiving` (the peer's FIN). A
+half-close is ``Sending`` past ``OPEN`` (or ``Receiving``) while ``State``
+is ``CONNECTED``; a full close is the transport's ``disconnecting`` plus our
+FIN; the end is ``LINGER`` (orderly: still acking the peer) or ``CLOSED``.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from enum import IntEnum
 from typing import Callable, Optional
 
 from twisted.internet import defer, error, interfaces
@@ -76,19 +82,81 @@ __all__ = [
     "UTPConnectionRefusedError",
     "UTPConnectionResetError",
     "IConnectionOwner",
+    "State",
+    "Sending",
+    "Receiving",
     "CONNECT_TIMEOUT",
     "PACKET_SIZE",
     "SYN_SENT",
     "SYN_RECV",
     "CONNECTED",
+    "DRAINING",
+    "LINGER",
     "CLOSED",
 ]
 
-# states
-SYN_SENT = "SYN_SENT"
-SYN_RECV = "SYN_RECV"
-CONNECTED = "CONNECTED"
-CLOSED = "CLOSED"
+
+
+class State(IntEnum):
+    """
+    A connection's life (``UTPConnection.state``); it only moves forward.
+
+    ==========  ================================================================
+    SYN_SENT    initiator: SYN sent, no answer yet
+    SYN_RECV    acceptor: SYN answered; libutp sends nothing before the
+                initiator's first DATA/FIN
+    CONNECTED   open; either direction may be closed already (:class:`Sending`,
+                :class:`Receiving`)
+    DRAINING    the peer, done sending, reset the connection while our reader
+                was paused: it is out of the socket's table, and the buffered
+                data is delivered before ``connectionLost(ConnectionDone)``
+    LINGER      ``connectionLost`` told after an orderly close; still in the
+                table, acking (and dropping) the peer's data until its FIN,
+                then a short TIME_WAIT that re-acks duplicates
+    CLOSED      done: ``connectionLost`` told (or never a protocol), forgotten
+    ==========  ================================================================
+    """
+
+    SYN_SENT = 0
+    SYN_RECV = 1
+    CONNECTED = 2
+    DRAINING = 3
+    LINGER = 4
+    CLOSED = 5
+
+
+class Sending(IntEnum):
+    """Our direction's close progress (``UTPConnection.sending``)."""
+
+    #: writes accepted
+    OPEN = 0
+    #: ``loseWriteConnection`` or ``loseConnection``: what is buffered goes,
+    #: then our FIN
+    FIN_QUEUED = 1
+    #: our FIN has its sequence number
+    FIN_SENT = 2
+    #: everything up to our FIN is acked (seen while handling a packet)
+    FIN_ACKED = 3
+    #: and, once that packet is handled, a half-closeable protocol was told
+    #: ``writeConnectionLost`` (unless it had asked ``loseConnection``)
+    DONE = 4
+
+
+class Receiving(IntEnum):
+    """The peer's direction's close progress (``UTPConnection.receiving``)."""
+
+    OPEN = 0
+    #: its FIN reached in order: all its data arrived
+    EOF = 1
+    #: the protocol heard (``readConnectionLost``, or we closed it: a
+    #: protocol that cannot half-close)
+    EOF_TOLD = 2
+
+
+# plain names for the per-packet path (an enum class attribute costs ~50 ns)
+SYN_SENT, SYN_RECV, CONNECTED, DRAINING, LINGER, CLOSED = State
+FIN_QUEUED, FIN_SENT, FIN_ACKED, WRITE_DONE = Sending.FIN_QUEUED, Sending.FIN_SENT, Sending.FIN_ACKED, Sending.DONE
+EOF, EOF_TOLD = Receiving.EOF, Receiving.EOF_TOLD
 
 M16 = 0xFFFF
 M32 = 0xFFFFFFFF
@@ -141,7 +209,7 @@ LOSSY_MEMORY = 30.0
 PROBE_RTTS = 3
 MAX_PROBES = 3
 #: After our side is closed, keep acking the peer's data/FIN this long.
-LINGER = 10.0
+LINGER_TIME = 10.0
 #: After both FINs, keep the connection this long to absorb duplicates
 #: (and re-ack a retransmitted FIN) rather than RESET them.
 TIME_WAIT = 3.0
@@ -281,7 +349,11 @@ class UTPConnection:
         self.recv_id = recv_id
         self.send_id = send_id
         self.initiator = initiator
+        #: :class:`State`; with :attr:`sending`, :attr:`receiving` and
+        #: ``disconnecting`` (``loseConnection`` asked) the whole close state
         self.state = SYN_SENT if initiator else SYN_RECV
+        self.sending = Sending.OPEN
+        self.receiving = Receiving.OPEN
         self.protocol = None
         self.connected = False
         self.disconnecting = False
@@ -293,9 +365,6 @@ class UTPConnection:
         self._cur_window = 0
         self._sendbuf = bytearray()
         self._resend = deque()
-        self._fin_seq: Optional[int] = None
-        self._want_fin = False
-        self._fin_acked = False
         self._peer_wnd = 255 * PROBE_WINDOW
         self._zero_window_at: Optional[float] = None
         self._fast_resend_seq = self._seq_nr
@@ -305,9 +374,7 @@ class UTPConnection:
         self._ack_nr = 0
         self._reorder = {}
         self._reorder_bytes = 0
-        self._eof_seq: Optional[int] = None
-        self._eof = False  # reached the peer's FIN in order
-        self._eof_told = False
+        self._eof_seq: Optional[int] = None  # the peer's FIN, once seen
         self._reading_paused = False
         self._readbuf = deque()
         self._readbuf_bytes = 0
@@ -336,11 +403,6 @@ class UTPConnection:
         self._streaming = False
         self._producer_paused = False
         self._pulling = False
-        self._write_closed = False  # loseWriteConnection / loseConnection asked
-        self._close_requested = False  # loseConnection asked
-        self._write_lost_told = False
-        self._lost = False
-        self._peer_gone = False  # RESET after the peer's FIN, unread data left
         # initiator: how to finish connecting
         self._factory = None
         self._connect_d: Optional[defer.Deferred] = None
@@ -390,7 +452,7 @@ class UTPConnection:
         """
         at = self._next_deadline()
         self._stop_timer()
-        if at is not None and not (self.state == CLOSED and self._linger_at is None):
+        if at is not None and (self.state <= CONNECTED or self._linger_at is not None):
             self._arm(at)
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
@@ -402,7 +464,7 @@ class UTPConnection:
             cands.append(self._rto_at)
         if self._probe_at is not None:
             cands.append(self._probe_at)
-        if self.state == CONNECTED and not self._lost:
+        if self.state == CONNECTED:
             cands.append(self._last_send + KEEPALIVE)
         if self._zero_window_at is not None:
             cands.append(self._zero_window_at)
@@ -432,7 +494,7 @@ class UTPConnection:
             return
         if self._close_wait_at is not None and now + eps >= self._close_wait_at:
             self._close_wait_at = None
-            if self._close_requested:
+            if self.disconnecting:
                 self._finish(Failure(error.ConnectionDone()))
             else:
                 self._finish(
@@ -447,7 +509,7 @@ class UTPConnection:
         if self._rto_at is not None and now + eps >= self._rto_at:
             self._probe_at = None
             self._on_rto(now)
-            if self.state == CLOSED:
+            if self.state > CONNECTED:
                 return
         elif self._probe_at is not None and now + eps >= self._probe_at:
             self._on_probe(now)
@@ -456,15 +518,11 @@ class UTPConnection:
             if self._peer_wnd == 0:
                 self._peer_wnd = PROBE_WINDOW
                 self._flush()
-        if (
-            self.state == CONNECTED
-            and not self._lost
-            and now + eps >= self._last_send + KEEPALIVE
-        ):
+        if self.state == CONNECTED and now + eps >= self._last_send + KEEPALIVE:
             # unlike libutp, also after our FIN: a half-closed connection
             # whose peer vanished learns it from the RESET this draws
             self._send_state(keepalive=True)
-        if self.state == CLOSED and self._linger_at is None:
+        if self.state > CONNECTED and self._linger_at is None:
             return
         at = self._next_deadline()
         if at is not None:
@@ -611,7 +669,7 @@ class UTPConnection:
             )
             return
         head = _PACK_HEADER
-        if self._reorder and not self._eof and not keepalive:
+        if self._reorder and not self.receiving and not keepalive:
             mask = bytearray(4)
             base = ack + 2
             reorder = self._reorder
@@ -631,9 +689,7 @@ class UTPConnection:
 
     def send_deferred_ack(self) -> None:
         """Flush a deferred ACK (called by the socket once per reactor turn)."""
-        if self._ack_pending and (
-            self.state == CONNECTED or (self.state == CLOSED and self._linger_at is not None)
-        ):
+        if self._ack_pending and (self.state == CONNECTED or self.state == LINGER):
             self._send_state()
 
     def _schedule_ack(self) -> None:
@@ -711,14 +767,13 @@ class UTPConnection:
             sent = True
         if (
             not buf
-            and self._want_fin
-            and self._fin_seq is None
+            and self.sending == FIN_QUEUED
             and ((self._seq_nr - self._oldest) & M16) < MAX_OUTSTANDING
         ):
             seq = self._seq_nr
             e = _Out(seq, ST_FIN, _EMPTY)
             inflight[seq] = e
-            self._fin_seq = seq
+            self.sending = FIN_SENT
             self._seq_nr = (seq + 1) & M16
             self._transmit(e)
         if sent or self._producer is not None:
@@ -762,7 +817,7 @@ class UTPConnection:
                 self._ooo_at = now  # a resend of what we had: our ack was lost
                 self._schedule_ack()  # an old duplicate: re-ack it
             return
-        if state == CLOSED:
+        if state > CONNECTED:
             self._zombie_packet(p, d)
             return
         # the peer's window
@@ -789,11 +844,11 @@ class UTPConnection:
                     self._arm(at)
             else:
                 self._rto_at = None
-            if self._fin_seq is not None and self._oldest == self._seq_nr:
+            if self.sending == FIN_SENT and self._oldest == self._seq_nr:
                 # every packet up to and including our FIN is acked
                 # (libutp's fin_sent_acked); a selective ack of the FIN alone
                 # does not count
-                self._fin_acked = True
+                self.sending = FIN_ACKED
         exts = p.extensions
         if exts:
             for et, data in exts:
@@ -824,7 +879,7 @@ class UTPConnection:
             if t != ST_STATE:
                 return  # libutp discards data before the connect completes
             self._on_connected()
-            if self._lost:
+            if self.state > CONNECTED:
                 return
         elif state == SYN_RECV:
             if t == ST_STATE:
@@ -857,9 +912,9 @@ class UTPConnection:
                         if payload:
                             self._deliver(payload)
                         nxt = (nxt + 1) & M16
-                if self._lost:
+                if self.state > CONNECTED:
                     return  # the protocol aborted while reading
-                if self._eof_seq is not None and self._ack_nr == self._eof_seq and not self._eof:
+                if self._ack_nr == self._eof_seq and not self.receiving:
                     self._reached_eof()
                 else:
                     self._unacked += 1
@@ -879,11 +934,11 @@ class UTPConnection:
                         self._reorder_bytes += len(p.payload)
                 self._ooo_at = now
                 self._send_state()  # at once: the sender's loss recovery runs on these
-        if self._lost:
+        if self.state > CONNECTED:
             return
         if acks or acked_bytes or self._resend or (wnd and self._sendbuf):
             self._flush(tail=self._flush_call is None)
-        if self._fin_acked:
+        if self.sending >= FIN_ACKED:
             self._maybe_finish()
 
     def _ack_through(self, acks: int, now_us: int):
@@ -1028,7 +1083,7 @@ class UTPConnection:
             self._readbuf.append(payload)
             self._readbuf_bytes += len(payload)
             return
-        if self._lost or self.protocol is None:
+        if self.state >= LINGER or self.protocol is None:
             return
         try:
             self.protocol.dataReceived(payload)
@@ -1039,13 +1094,13 @@ class UTPConnection:
         """The protocol raised: like Twisted's TCP, drop the connection with that error."""
         f = Failure()
         self.log.failure("uTP protocol {proto!r} failed", f, proto=self.protocol)
-        if not self._lost:
+        if self.state < LINGER:
             if self.state == CONNECTED or self.state == SYN_RECV:
                 self._send_reset()
             self._finish(f)
 
     def _reached_eof(self) -> None:
-        self._eof = True
+        self.receiving = EOF
         # the reorder buffer beyond the FIN is garbage now
         if self._reorder:
             self._reorder.clear()
@@ -1055,9 +1110,9 @@ class UTPConnection:
             self._tell_eof()
 
     def _tell_eof(self) -> None:
-        if self._eof_told or self._lost:
+        if self.receiving != EOF or self.state >= LINGER:
             return
-        self._eof_told = True
+        self.receiving = EOF_TOLD
         proto = self.protocol
         if proto is not None and interfaces.IHalfCloseableProtocol.providedBy(proto):
             try:
@@ -1070,18 +1125,16 @@ class UTPConnection:
             self.loseConnection()
 
     def _on_reset(self) -> None:
-        if self.state == CLOSED:
+        if self.state > CONNECTED:
             self._forget()
             return
-        if self._eof and not self._sendbuf and not any(e.payload for e in self._inflight.values()):
+        if self.receiving and not self._sendbuf and not any(e.payload for e in self._inflight.values()):
             # The peer sent everything (its FIN is consumed) and nothing of
             # ours is lost: utp-native frees its socket once its FIN is acked
             # and our late packets draw a RESET (utp.md 5.4). An orderly end,
             # once a paused reader has had what is buffered.
             if self._readbuf:
-                self._peer_gone = True
-                self._write_closed = True
-                self.state = CLOSED
+                self.state = DRAINING
                 self._rto_at = None
                 self._probe_at = None
                 self._zero_window_at = None
@@ -1120,8 +1173,8 @@ class UTPConnection:
                 nxt = (nxt + 1) & M16
         elif len(self._reorder) < REORDER_LIMIT:
             self._reorder[p.seq_nr] = _EMPTY
-        if self._eof_seq is not None and self._ack_nr == self._eof_seq and not self._eof:
-            self._eof = True
+        if self._ack_nr == self._eof_seq and not self.receiving:
+            self.receiving = EOF
             self._reorder.clear()
             self._send_state()
             # the peer is done too: only absorb duplicates a little longer
@@ -1207,14 +1260,14 @@ class UTPConnection:
         ``ConnectingCancelledError``, an open connection is aborted (RESET,
         ``connectionLost(ConnectionAborted)``), a finished one is forgotten.
         """
-        if self._lost:
+        if self.state >= LINGER:
             self._forget()
         elif self.protocol is None and self.initiator:
             d = self._take_connect_d()
             self._abort_silently()
             if d is not None:
                 d.errback(error.ConnectingCancelledError(self._peer))
-        elif self.state == CLOSED:
+        elif self.state == DRAINING:
             self._finish(Failure(error.ConnectionAborted()))
         else:
             self.abortConnection()
@@ -1229,7 +1282,6 @@ class UTPConnection:
         if reset:
             self._send_reset()
         self.state = CLOSED
-        self._lost = True
         self._stop_timer()
         self._owner.forget(self)
 
@@ -1244,30 +1296,34 @@ class UTPConnection:
         self._finish(Failure(exc))
 
     def _maybe_finish(self) -> None:
-        """Orderly end: our FIN acked, and the peer's EOF reached or closing."""
-        if self._lost or not self._fin_acked:
+        """
+        Once our FIN is acked: tell a half-closeable protocol
+        ``writeConnectionLost`` (``FIN_ACKED`` -> ``DONE``), and end in
+        order when the peer's EOF was told or ``loseConnection`` asked.
+        """
+        if self.state >= LINGER or self.sending < FIN_ACKED:
             return
-        proto = self.protocol
-        if not self._write_lost_told and not self._close_requested:
-            self._write_lost_told = True
-            if proto is not None and interfaces.IHalfCloseableProtocol.providedBy(proto):
+        if self.sending == FIN_ACKED:
+            self.sending = WRITE_DONE
+            proto = self.protocol
+            if not self.disconnecting and proto is not None and interfaces.IHalfCloseableProtocol.providedBy(proto):
                 try:
                     proto.writeConnectionLost()
                 except Exception:
                     self.log.failure("writeConnectionLost failed")
-        if self._eof and self._eof_told:
-            self._finish(Failure(error.ConnectionDone()), linger=True)
-        elif self._close_requested:
+        if self.state == CONNECTED and (self.receiving == EOF_TOLD or self.disconnecting):
             self._finish(Failure(error.ConnectionDone()), linger=True)
 
     def _finish(self, reason: Failure, linger: bool = False) -> None:
-        """Tell the protocol ``connectionLost(reason)`` once; free the connection."""
-        if self._lost:
+        """
+        Tell the protocol ``connectionLost(reason)`` once; then ``LINGER``
+        (``linger``: an orderly close) or ``CLOSED`` (forgotten now).
+        """
+        if self.state >= LINGER:
             return
-        self._lost = True
         self.connected = False
         self.disconnected = True
-        self.state = CLOSED
+        self.state = LINGER if linger else CLOSED
         self._rto_at = None
         self._probe_at = None
         self._zero_window_at = None
@@ -1285,7 +1341,7 @@ class UTPConnection:
             # (discarding data) until its FIN, then a short TIME_WAIT for
             # duplicates, instead of answering them with RESETs.
             self._stop_timer()
-            self._linger_at = self._mono() + (TIME_WAIT if self._eof else LINGER)
+            self._linger_at = self._mono() + (TIME_WAIT if self.receiving else LINGER_TIME)
             self._arm(self._linger_at)
         else:
             self._forget()
@@ -1305,13 +1361,15 @@ class UTPConnection:
     def _forget(self) -> None:
         self._stop_timer()
         self._linger_at = None
+        if self.state == LINGER:
+            self.state = CLOSED
         self._owner.forget(self)
 
     # ------------------------------------------------------------------ ITransport
 
     def write(self, data) -> None:
         """Queue bytes for sending (ignored once the write side is closed)."""
-        if self._write_closed or self._lost or not data:
+        if self.sending or self.state > CONNECTED or not data:
             return
         buf = self._sendbuf
         buf += data
@@ -1331,14 +1389,13 @@ class UTPConnection:
         Send what is buffered, then a FIN; ``connectionLost(ConnectionDone)``
         once the FIN is acked (the peer's later data is acked and dropped).
         """
-        if self._lost or self._close_requested:
+        if self.state > CONNECTED or self.disconnecting:
             return
-        self._close_requested = True
         self.disconnecting = True
         if self.state == SYN_RECV:
             # libutp acceptors cannot send before the initiator's first packet
-            self._want_fin = True
-            self._write_closed = True
+            if not self.sending:
+                self.sending = FIN_QUEUED
             at = self._mono() + SYN_RECV_CLOSE_WAIT
             if self._close_wait_at is None or at < self._close_wait_at:
                 self._close_wait_at = at
@@ -1348,14 +1405,14 @@ class UTPConnection:
 
     def loseWriteConnection(self) -> None:
         """Half-close: send buffered data and a FIN, keep reading."""
-        if self._lost or self._write_closed:
+        if self.state > CONNECTED or self.sending:
             return
         self._close_write()
 
     def _close_write(self) -> None:
-        self._write_closed = True
-        self._want_fin = True
-        if self._fin_acked:
+        if not self.sending:
+            self.sending = FIN_QUEUED
+        if self.sending >= FIN_ACKED:
             self._maybe_finish()
             return
         if self.state == CONNECTED:
@@ -1363,7 +1420,7 @@ class UTPConnection:
 
     def abortConnection(self) -> None:
         """Send a RESET and drop everything: ``connectionLost(ConnectionAborted)``."""
-        if self._lost:
+        if self.state >= LINGER:
             return
         if self.state == CONNECTED or self.state == SYN_RECV:
             self._send_reset()
@@ -1396,7 +1453,7 @@ class UTPConnection:
     def _drain_readbuf(self) -> None:
         rb = self._readbuf
         was_small = self._readbuf_bytes > self._recv_buffer // 2
-        while rb and not self._reading_paused and not self._lost:
+        while rb and not self._reading_paused and self.state < LINGER:
             data = rb.popleft()
             self._readbuf_bytes -= len(data)
             if self.protocol is not None:
@@ -1404,11 +1461,11 @@ class UTPConnection:
                     self.protocol.dataReceived(data)
                 except Exception:
                     self._protocol_failed()
-        if self._lost:
+        if self.state >= LINGER:
             return
-        if not rb and self._eof and not self._eof_told:
+        if not rb and self.receiving == EOF:
             self._tell_eof()
-            if self._peer_gone and not self._lost:
+            if self.state == DRAINING:
                 self._finish(Failure(error.ConnectionDone()))
         elif was_small and self._readbuf_bytes <= self._recv_buffer // 2 and self.state == CONNECTED:
             self._send_state()  # window update
@@ -1418,7 +1475,7 @@ class UTPConnection:
     def registerProducer(self, producer, streaming: bool) -> None:
         if self._producer is not None:
             raise RuntimeError(f"Cannot register producer {producer!r}: {self._producer!r} is registered")
-        if self._lost:
+        if self.state >= LINGER:
             producer.stopProducing()
             return
         self._producer = producer
@@ -1432,7 +1489,7 @@ class UTPConnection:
     def unregisterProducer(self) -> None:
         self._producer = None
         self._producer_paused = False
-        if self._want_fin and self.state == CONNECTED:
+        if self.sending and self.state == CONNECTED:
             self._flush()
 
     def _check_producer(self) -> None:
@@ -1457,7 +1514,7 @@ class UTPConnection:
         try:
             for _ in range(1024):
                 producer = self._producer
-                if producer is None or self._streaming or self._lost:
+                if producer is None or self._streaming or self.state >= LINGER:
                     break
                 if len(self._sendbuf) > LOW_WATER:
                     break
@@ -1491,6 +1548,6 @@ class UTPConnection:
 
     def __repr__(self) -> str:
         return (
-            f"<UTPConnection {self.state} {self._addr[0]}:{self._addr[1]}"
+            f"<UTPConnection {self.state.name} {self._addr[0]}:{self._addr[1]}"
             f" recv_id={self.recv_id} send_id={self.send_id}>"
         )
