@@ -17,55 +17,38 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from tests.utp.fakes import FakeNetwork, run_until
 from tests.utp.streams import HalfCloseSource, OneFactory
-from txhyperswarm.utp.socket import UTPSocket
+from tests.utp.test_connection import utp_socket
+from txhyperswarm.testing import UDPNetwork
 
 A = ("10.0.0.1", 1111)
 B = ("10.0.0.2", 2222)
-
-
-class ChaoticNetwork(FakeNetwork):
-    """Loses, duplicates and reorders (random extra delay) datagrams."""
-
-    def __init__(self, clock, rng, loss, dup, jitter):
-        super().__init__(clock, 0.002)
-        self.rng, self.loss, self.dup, self.jitter = rng, loss, dup, jitter
-
-    def _send(self, data, src, dst):
-        if self.rng.random() < self.loss:
-            return
-        target = self.hosts.get(dst)
-        if target is None:
-            return
-        for _ in range(2 if self.rng.random() < self.dup else 1):
-            delay = 0.002 + self.rng.random() * self.jitter
-            self.clock.callLater(delay, target.receive, bytes(data), src)
 
 
 def sockets(seed, loss):
     rng = random.Random(seed)
     clock = Clock()
     clock.advance(1000)
-    net = ChaoticNetwork(clock, rng, loss, 0.02, 0.01)
-    a, b = UTPSocket(clock, net.udp(A)), UTPSocket(clock, net.udp(B))
+    # loses, duplicates and reorders (held back 2-12 ms) datagrams
+    net = UDPNetwork(clock, latency=0.002, loss=loss, duplicate=0.02, reorder=0.3, reorder_delay=0.007, seed=seed)
+    a, b = utp_socket(net, A), utp_socket(net, B)
     b._initial_seq = lambda: rng.randrange(65536)
-    return rng, clock, a, b
+    return rng, net, a, b
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_both_ways_through_loss_duplication_and_reordering(seed):
-    rng, clock, a, b = sockets(seed, loss=0.03)
+    rng, net, a, b = sockets(seed, loss=0.03)
     blob_a, blob_b = os.urandom(rng.choice([1, 1382, 150_000])), os.urandom(rng.choice([0, 1383, 150_000]))
     pa, pb = HalfCloseSource(blob_a, half_close=True), HalfCloseSource(blob_b, half_close=True)
     b.listen(OneFactory(pb))
     a.connect(B[0], B[1], OneFactory(pa), seq_nr=rng.randrange(65536))
-    assert run_until(clock, lambda: pa.done.called and pb.done.called, 120, step=0.005)
+    assert net.run_until(lambda: pa.done.called and pb.done.called, 120, step=0.005)
     assert bytes(pb.received) == blob_a and bytes(pa.received) == blob_b
     assert isinstance(pa.done.result, error.ConnectionDone)
     assert isinstance(pb.done.result, error.ConnectionDone)
     assert a.dropped["connection_error"] == 0 and b.dropped["connection_error"] == 0
-    assert run_until(clock, lambda: not a.connections and not b.connections, 20, step=0.05)
+    assert net.run_until(lambda: not a.connections and not b.connections, 20, step=0.05)
 
 
 class Chaos(Protocol):
@@ -122,22 +105,22 @@ class HalfCloseChaos(Chaos):
 
 @pytest.mark.parametrize("seed", range(12))
 def test_random_use_of_the_transport_never_breaks_it(seed):
-    rng, clock, a, b = sockets(seed + 100, loss=rng_loss(seed))
-    pa = (HalfCloseChaos if rng.random() < 0.5 else Chaos)(rng, clock, "a")
-    pb = (HalfCloseChaos if rng.random() < 0.5 else Chaos)(rng, clock, "b")
+    rng, net, a, b = sockets(seed + 100, loss=rng_loss(seed))
+    pa = (HalfCloseChaos if rng.random() < 0.5 else Chaos)(rng, net.clock, "a")
+    pb = (HalfCloseChaos if rng.random() < 0.5 else Chaos)(rng, net.clock, "b")
     b.listen(OneFactory(pb))
     connected = []
     a.connect(B[0], B[1], OneFactory(pa)).addBoth(connected.append)
-    run_until(clock, lambda: connected, 30, step=0.01)
+    net.run_until(lambda: connected, 30, step=0.01)
     if not isinstance(connected[0], Protocol):
         return  # e.g. the acceptor aborted before the initiator heard back
-    assert run_until(clock, lambda: pa.lost is not None and pb.lost is not None, 300, step=0.01)
+    assert net.run_until(lambda: pa.lost is not None and pb.lost is not None, 300, step=0.01)
     assert pa.ends == 1 and pb.ends == 1
     # whatever arrived is exactly the start of what the other side wrote
     assert bytes(pb.got) == bytes(pa.written[: len(pb.got)])
     assert bytes(pa.got) == bytes(pb.written[: len(pa.got)])
     assert a.dropped["connection_error"] == 0 and b.dropped["connection_error"] == 0
-    assert run_until(clock, lambda: not a.connections and not b.connections, 60, step=0.05)
+    assert net.run_until(lambda: not a.connections and not b.connections, 60, step=0.05)
 
 
 def rng_loss(seed):
