@@ -12,8 +12,6 @@ import random
 
 import pytest
 import pytest_twisted
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from twisted.internet import error
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.task import Clock
@@ -464,51 +462,6 @@ def test_cancel_connect():
     d.addErrback(failures.append)
     assert failures[0].check(error.ConnectingCancelledError)
     assert n.a.connections == {}
-
-
-def _connected_pair():
-    n = Net()
-    c, s = n.connect()
-    n.b.listen(RecorderFactory())  # stray SYNs make connections of their own
-    c.transport.write(b"abc")
-    n.net.run(0.05, step=0.001)
-    return n, c, s
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.lists(
-        st.tuples(
-            st.integers(0, 4),
-            st.integers(-40, 40),
-            st.integers(-40, 40),
-            st.integers(0, 0xFFFFFFFF),
-            st.sampled_from([b"", b"\x01\x00\x00\x00", b"\xff\xff\xff\xff", b"\x0f" * 16, b"\x00"]),
-            st.binary(max_size=64),
-        ),
-        max_size=40,
-    )
-)
-def test_random_packets_at_a_connection_never_raise(ops):
-    n, c, s = _connected_pair()
-    conn = s.transport
-    for ptype, dseq, dack, wnd, sack, payload in ops:
-        p = Packet(
-            ptype,
-            conn.recv_id if ptype != ST_SYN else conn.send_id,
-            (conn._ack_nr + 1 + dseq) & 0xFFFF,
-            (conn._seq_nr - 1 + dack) & 0xFFFF,
-            timestamp=12345,
-            timestamp_diff=wnd & 0xFFFF,
-            wnd_size=wnd,
-            extensions=((1, sack),) if sack else (),
-            payload=payload,
-        )
-        n.b.datagram_received(encode(p), A)
-        n.clock.advance(0.01)
-    n.net.run(40, step=0.5)
-    assert n.b.dropped["connection_error"] == 0
-    assert n.a.dropped["connection_error"] == 0
 
 
 def test_connection_provides_the_transport_interfaces():
