@@ -13,7 +13,7 @@ from twisted.internet import error
 
 from tests.utp.relay import LossyRelay
 from tests.utp.streams import OneFactory, Sink, Source, random_blob
-from tests.utp.test_lossy import StallMonitor
+from tests.utp.test_lossy import STALL_LIMIT, StallMonitor
 
 from tests.interop.conftest import event
 
@@ -37,13 +37,13 @@ def test_python_to_utp_native_through_loss(reactor, node, processes, utp_socket,
         start = reactor.seconds()
         yield utp_socket.connect("127.0.0.1", relay.port, OneFactory(src))
         conn = src.transport
-        monitor = StallMonitor(reactor, lambda: conn._oldest, conn)
+        monitor = StallMonitor(reactor, lambda: conn.oldest_unacked)
         end = yield peer.wait_for(event("end"), timeout=120)
         monitor.stop()
         print(
             f"\nPython -> utp-native, {size // MiB} MiB at {loss:.0%} loss:"
-            f" {reactor.seconds() - start:.1f} s, longest stall {monitor.worst[0]:.3f} s"
-            f" (bound {monitor.worst[1]:.2f} s); {conn.timeouts} timeouts, {conn.probes} probes,"
+            f" {reactor.seconds() - start:.1f} s, longest stall {monitor.worst:.3f} s"
+            f" (limit {STALL_LIMIT} s); {conn.timeouts} timeouts, {conn.probes} probes,"
             f" {conn.packets_resent} resent; {relay.stats()}"
         )
         assert end["bytes"] == size

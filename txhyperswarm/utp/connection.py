@@ -1543,6 +1543,12 @@ class UTPConnection:
         return len(self._sendbuf)
 
     @property
+    def oldest_unacked(self) -> int:
+        """Sequence number of our oldest packet not cumulatively acked yet
+        (moves on as the peer acks in order)."""
+        return self._oldest
+
+    @property
     def bytes_in_flight(self) -> int:
         return self._cur_window
 
