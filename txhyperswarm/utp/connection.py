@@ -321,6 +321,16 @@ class UTPConnection:
     ``connectionLost`` reasons: ``ConnectionDone`` (orderly),
     ``ConnectionAborted`` (:meth:`abortConnection`),
     :class:`UTPConnectionResetError`, :class:`UTPTimeoutError`.
+
+    Close state: :attr:`state` (:class:`State`), :attr:`sending`
+    (:class:`Sending`), :attr:`receiving` (:class:`Receiving`) and
+    ``disconnecting``.
+
+    Socket side (what the owning socket calls; it provides
+    :class:`IConnectionOwner`): :meth:`start_connect`, :meth:`accept`,
+    :meth:`attach`, :meth:`refuse`, :meth:`packet_received`,
+    :meth:`send_deferred_ack`, :meth:`rearm_timer`, :meth:`shutdown`;
+    :attr:`remote` and :attr:`recv_id` key its table entry.
     """
 
     log = Logger()
@@ -688,7 +698,7 @@ class UTPConnection:
         self._send_raw(data)
 
     def send_deferred_ack(self) -> None:
-        """Flush a deferred ACK (called by the socket once per reactor turn)."""
+        """(Socket side) Flush a deferred ACK (once per reactor turn, see ``schedule_ack``)."""
         if self._ack_pending and (self.state == CONNECTED or self.state == LINGER):
             self._send_state()
 
@@ -786,7 +796,7 @@ class UTPConnection:
     # ------------------------------------------------------------------ receiving
 
     def packet_received(self, p) -> None:
-        """Handle one decoded packet addressed to this connection."""
+        """(Socket side) Handle one decoded packet addressed to this connection."""
         t = p.type
         state = self.state
         if t == ST_RESET:

@@ -270,7 +270,7 @@ class UTPSocket:
         its table: now when there is none, else when the last one ends.
         New connections are not refused meanwhile.
 
-        :returns: Deferred firing with ``None`` once closed.
+        :returns: Deferred firing with ``None`` once closed (never errbacks).
         """
         self._idle_close = True
         if not self.connections and not self._closing:
@@ -283,7 +283,8 @@ class UTPSocket:
         progress with ``ConnectingCancelledError``, detach from the UDP port,
         and close it if this socket made it. Idempotent.
 
-        :returns: Deferred firing with ``None`` when done.
+        :returns: Deferred firing with ``None`` when done (it never errbacks:
+            a failure to close the UDP socket is logged).
         """
         if not self._closing:
             self._closing = True
@@ -296,6 +297,7 @@ class UTPSocket:
             self._ack_call = None
             self.udp.set_utp_receiver(None)
             d = self.udp.close() if self._owns_udp else defer.succeed(None)
+            d.addErrback(lambda f: self.log.failure("closing the UDP socket failed", f))
             d.addBoth(self._when_closed.fire)
         return self._when_closed.when_fired()
 
