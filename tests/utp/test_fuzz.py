@@ -213,7 +213,7 @@ def test_random_packets_reach_the_connection_logic(monkeypatch):
                 ptype,
                 conn.recv_id if ptype != ST_SYN else conn.send_id,
                 (conn._ack_nr + 1 + dseq) & M16,
-                (conn._oldest - 1 + dack) & M16,
+                (conn.oldest_unacked - 1 + dack) & M16,
                 timestamp=ts,
                 timestamp_diff=ts >> 8,
                 wnd_size=wnd,
