@@ -385,7 +385,10 @@ class UTPSocket:
             return
         conn = self.connections.get((addr[0], addr[1], p.connection_id))
         if conn is not None:
-            self._deliver(conn, p)
+            try:  # (inline: the per-packet path)
+                conn.packet_received(p)
+            except Exception:
+                self._connection_failed(conn)
             return
         t = p.type
         if t == ST_SYN:
@@ -399,8 +402,12 @@ class UTPSocket:
         try:
             conn.packet_received(p)
         except Exception:
-            self.dropped["connection_error"] += 1
-            self.log.failure("uTP connection {conn!r} failed on a packet", conn=conn)
+            self._connection_failed(conn)
+
+    def _connection_failed(self, conn: UTPConnection) -> None:
+        """A connection raised on a packet: a bug, counted and logged."""
+        self.dropped["connection_error"] += 1
+        self.log.failure("uTP connection {conn!r} failed on a packet", conn=conn)
 
     def _clock_jumped(self, offset: float) -> None:
         """The reactor's (wall) clock moved against the monotonic one: its
