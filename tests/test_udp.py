@@ -120,3 +120,47 @@ def test_receive_buffer_size_is_what_the_kernel_granted(reactor):
         assert granted == 2 * min(1 << 20, cap)
     finally:
         yield s.close()
+
+
+def test_datagrams_for_a_side_nobody_attached_are_counted(reactor):
+    s = UDPSocket(reactor, host="127.0.0.1")
+    s.datagramReceived(UTP_SYN, ("127.0.0.1", 9))
+    s.datagramReceived(DHT_FIND_NODE, ("127.0.0.1", 9))
+    assert s.dropped["no_utp"] == 1 and s.dropped["no_dht"] == 1
+    got = []
+    s.set_utp_receiver(lambda data, addr: got.append(data))
+    s.datagramReceived(UTP_SYN, ("127.0.0.1", 9))
+    s.set_utp_receiver(None)  # detached again
+    s.datagramReceived(UTP_SYN, ("127.0.0.1", 9))
+    assert got == [UTP_SYN] and s.dropped["no_utp"] == 2
+
+
+def test_stats_are_a_copy_of_the_live_figures(reactor):
+    from zope.interface.verify import verifyObject
+
+    from txhyperswarm.interfaces import IStatsSource
+
+    s = UDPSocket(reactor, host="127.0.0.1")
+    verifyObject(IStatsSource, s)
+    s.datagramReceived(UTP_SYN, ("127.0.0.1", 9))
+    assert s.send(b"x", ("127.0.0.1", 9)) is False
+    stats = s.stats()
+    assert stats == {
+        "bytes_received": len(UTP_SYN),
+        "bytes_sent": 0,
+        "dropped": {"no_utp": 1, "send_closed": 1},
+    }
+    stats["dropped"]["no_utp"] += 1
+    assert s.stats()["dropped"]["no_utp"] == 1
+
+
+def test_a_receiver_that_raises_is_counted_and_logged(reactor, logged_errors):
+    s = UDPSocket(reactor, host="127.0.0.1")
+
+    def broken(data, addr):
+        raise ZeroDivisionError("bug")
+
+    s.set_dht_receiver(broken)
+    s.datagramReceived(DHT_FIND_NODE, ("127.0.0.1", 9))
+    assert s.dropped["receiver_error"] == 1
+    assert len(logged_errors.take(ZeroDivisionError)) == 1

@@ -18,8 +18,10 @@ from typing import Callable, Optional, Tuple
 from twisted.internet import defer, error
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from txhyperswarm._reactor import default_reactor
+from txhyperswarm.interfaces import IStatsSource
 
 __all__ = ["UDPSocket", "is_utp_datagram"]
 
@@ -36,10 +38,7 @@ def is_utp_datagram(data: bytes) -> bool:
     return len(data) >= 20 and (data[0] & 0x0F) == 1 and (data[0] >> 4) < 5 and data[1] < 3
 
 
-def _drop(data: bytes, addr: Address) -> None:
-    """Receiver for a side nobody has attached yet."""
-
-
+@implementer(IStatsSource)
 class UDPSocket(DatagramProtocol):
     """
     A UDP port that hands each datagram to its uTP side or its DHT side.
@@ -71,9 +70,9 @@ class UDPSocket(DatagramProtocol):
         self._buffer_size = buffer_size
         self._port = None
         self._sendto = None
-        self._dht: Receiver = _drop
-        self._utp: Receiver = _drop
-        #: Datagrams that could not be sent or delivered, by reason.
+        self._dht: Receiver = self._no_dht
+        self._utp: Receiver = self._no_utp
+        #: Datagrams that could not be sent or delivered, by reason (see :meth:`stats`).
         self.dropped: Counter = Counter()
         #: Bytes of UDP payload received and sent (uTP and DHT together).
         self.bytes_received = 0
@@ -82,12 +81,38 @@ class UDPSocket(DatagramProtocol):
     # -- wiring ---------------------------------------------------------------
 
     def set_dht_receiver(self, receiver: Optional[Receiver]) -> None:
-        """Send every non-uTP datagram to ``receiver`` (``None`` to detach)."""
-        self._dht = receiver or _drop
+        """Send every non-uTP datagram to ``receiver`` (``None`` to detach:
+        they are then counted in ``dropped["no_dht"]``)."""
+        self._dht = receiver or self._no_dht
 
     def set_utp_receiver(self, receiver: Optional[Receiver]) -> None:
-        """Send every uTP datagram to ``receiver`` (``None`` to detach)."""
-        self._utp = receiver or _drop
+        """Send every uTP datagram to ``receiver`` (``None`` to detach: they
+        are then counted in ``dropped["no_utp"]``)."""
+        self._utp = receiver or self._no_utp
+
+    def _no_dht(self, data: bytes, addr: Address) -> None:
+        self.dropped["no_dht"] += 1
+
+    def _no_utp(self, data: bytes, addr: Address) -> None:
+        self.dropped["no_utp"] += 1
+
+    def stats(self) -> dict:
+        """
+        The live figures (:class:`txhyperswarm.interfaces.IStatsSource`):
+
+        - ``bytes_received``, ``bytes_sent``: UDP payload bytes, uTP and DHT
+          together;
+        - ``dropped``: :class:`~collections.Counter` of datagrams dropped
+          here, by reason: ``send_closed`` (sent while not bound),
+          ``send_error`` (the kernel refused it), ``no_utp`` / ``no_dht``
+          (arrived for a side nobody attached), ``receiver_error`` (a
+          receiver raised: a bug, also logged).
+        """
+        return {
+            "bytes_received": self.bytes_received,
+            "bytes_sent": self.bytes_sent,
+            "dropped": Counter(self.dropped),
+        }
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -203,15 +228,7 @@ class UDPSocket(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         self.bytes_received += len(data)
-        if (
-            len(data) >= 20
-            and (data[0] & 0x0F) == 1
-            and (data[0] >> 4) < 5
-            and data[1] < 3
-        ):
-            receiver = self._utp
-        else:
-            receiver = self._dht
+        receiver = self._utp if is_utp_datagram(data) else self._dht
         try:
             receiver(data, addr)
         except Exception:

@@ -12,7 +12,7 @@ import pytest_twisted
 from twisted.internet import error
 
 from tests.utp.streams import OneFactory, Sink, Source, random_blob
-from tests.utp.test_lossy import StallMonitor
+from tests.utp.test_lossy import STALL_LIMIT, StallMonitor
 
 from tests.interop.conftest import event
 
@@ -30,14 +30,14 @@ def test_python_to_utp_native_default_buffers(reactor, node, processes, default_
     start = reactor.seconds()
     yield default_socket.connect("127.0.0.1", port, OneFactory(src))
     conn = src.transport
-    monitor = StallMonitor(reactor, lambda: conn._oldest, conn)
+    monitor = StallMonitor(reactor, lambda: conn.oldest_unacked)
     try:
         end = yield peer.wait_for(event("end"), timeout=60)
     finally:
         monitor.stop()
     print(
         f"\nPython -> utp-native, 16 MiB, default buffers: {reactor.seconds() - start:.2f} s, longest"
-        f" stall {monitor.worst[0]:.3f} s (bound {monitor.worst[1]:.2f} s); {conn.timeouts} timeouts,"
+        f" stall {monitor.worst:.3f} s (limit {STALL_LIMIT} s); {conn.timeouts} timeouts,"
         f" {conn.probes} probes, {conn.packets_resent} resent"
     )
     assert end["bytes"] == SIZE and end["sha256"] == hashlib.sha256(blob).hexdigest()

@@ -13,7 +13,7 @@ from twisted.internet import error
 
 from tests.utp.relay import LossyRelay
 from tests.utp.streams import OneFactory, Sink, Source, random_blob
-from tests.utp.test_lossy import StallMonitor
+from tests.utp.test_lossy import STALL_LIMIT, StallMonitor
 
 from tests.interop.conftest import event
 
@@ -24,9 +24,18 @@ TIMEOUT = 180  # libutp under loss on a loaded machine: 12 s idle, 24 s with the
 
 
 
-@pytest.mark.parametrize("size,loss", [(4 * MiB, 0.20), (64 * MiB, 0.05)], ids=["4MiB-20%", "64MiB-5%"])
+#: Fixed stall limits (not derived from the code under test). At 5 % the
+#: longest stall measured 0.11-0.12 s. At 20 % against libutp, runs of
+#: retransmission timeouts happen (1, 2, 4 s: stalls of 1, 3 and 7 s were
+#: measured, before and after the reshape of issue 9); 10 s allows three in
+#: a row, not four.
+@pytest.mark.parametrize(
+    "size,loss,stall_limit",
+    [(4 * MiB, 0.20, 10.0), (64 * MiB, 0.05, STALL_LIMIT)],
+    ids=["4MiB-20%", "64MiB-5%"],
+)
 @pytest_twisted.inlineCallbacks
-def test_python_to_utp_native_through_loss(reactor, node, processes, utp_socket, size, loss):
+def test_python_to_utp_native_through_loss(reactor, node, processes, utp_socket, size, loss, stall_limit):
     peer = processes.node("utp_peer.js", "listen", "0", "sink", env=BIG_RCVBUF)
     port = (yield peer.wait_for(event("listening")))["port"]
     relay = LossyRelay(reactor, ("127.0.0.1", port), loss=loss, seed=int(loss * 100) + 1)
@@ -37,13 +46,13 @@ def test_python_to_utp_native_through_loss(reactor, node, processes, utp_socket,
         start = reactor.seconds()
         yield utp_socket.connect("127.0.0.1", relay.port, OneFactory(src))
         conn = src.transport
-        monitor = StallMonitor(reactor, lambda: conn._oldest, conn)
+        monitor = StallMonitor(reactor, lambda: conn.oldest_unacked, stall_limit)
         end = yield peer.wait_for(event("end"), timeout=120)
         monitor.stop()
         print(
             f"\nPython -> utp-native, {size // MiB} MiB at {loss:.0%} loss:"
-            f" {reactor.seconds() - start:.1f} s, longest stall {monitor.worst[0]:.3f} s"
-            f" (bound {monitor.worst[1]:.2f} s); {conn.timeouts} timeouts, {conn.probes} probes,"
+            f" {reactor.seconds() - start:.1f} s, longest stall {monitor.worst:.3f} s"
+            f" (limit {stall_limit} s); {conn.timeouts} timeouts, {conn.probes} probes,"
             f" {conn.packets_resent} resent; {relay.stats()}"
         )
         assert end["bytes"] == size

@@ -123,3 +123,37 @@ class OneFactory(Factory):
         if not self.built.called:
             self.built.callback(p)
         return p
+
+
+class Recorder(Protocol):
+    """Records what happens to it."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.lost = None
+        self.made = False
+        self.eof = False
+
+    def connectionMade(self) -> None:
+        self.made = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason) -> None:
+        self.lost = reason
+
+
+class RecorderFactory(Factory):
+    """Builds a new ``protocol`` (a :class:`Recorder`) per connection; keeps them in ``built``."""
+
+    def __init__(self, protocol=Recorder) -> None:
+        self.protocol = protocol
+        self.built = []
+
+    def buildProtocol(self, addr):
+        p = self.protocol()
+        p.factory = self
+        p.addr = addr
+        self.built.append(p)
+        return p

@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet import error
 
 from tests.utp.streams import OneFactory, Sink, Source, random_blob
-from tests.utp.test_lossy import StallMonitor
+from tests.utp.test_lossy import STALL_LIMIT, StallMonitor
 from txhyperswarm.udp import UDPSocket
 from txhyperswarm.utp import UTPSocket
 
@@ -34,12 +34,12 @@ def test_16mib_python_to_python_with_default_kernel_buffers(reactor):
         start = reactor.seconds()
         yield a.connect("127.0.0.1", ub.listen()[1], OneFactory(src))
         conn = src.transport
-        monitor = StallMonitor(reactor, lambda: (sink.count, conn._oldest), conn)
+        monitor = StallMonitor(reactor, lambda: (sink.count, conn.oldest_unacked))
         reason = yield sink.done.addTimeout(60, reactor)
         monitor.stop()
         print(
             f"\n16 MiB, default buffers: {reactor.seconds() - start:.2f} s, longest stall"
-            f" {monitor.worst[0]:.3f} s (bound {monitor.worst[1]:.2f} s); {conn.timeouts} timeouts,"
+            f" {monitor.worst:.3f} s (limit {STALL_LIMIT} s); {conn.timeouts} timeouts,"
             f" {conn.probes} probes, {conn.packets_resent} resent"
         )
         assert isinstance(reason, error.ConnectionDone), reason

@@ -95,7 +95,7 @@ def test_endpoint_string_errors():
     with pytest.raises(ValueError):
         serverFromString(reactor, "utp:port=1:bogus=2")
     ep = serverFromString(reactor, "utp:4567")
-    assert (ep._port, ep._interface) == (4567, "0.0.0.0")
+    assert (ep.port, ep.interface) == (4567, "0.0.0.0")
 
 
 @pytest_twisted.inlineCallbacks
@@ -108,3 +108,36 @@ def test_client_endpoint_timeout(reactor):
             yield ep.connect(OneFactory(Sink()))
     finally:
         yield silent.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_dial_and_accept_from_the_dht_port(reactor):
+    """The swarm's case: uTP dialled from, and accepted on, the DHT node's own port."""
+    from txhyperswarm.dht.node import DHTNode
+
+    udp_a, udp_b = UDPSocket(reactor, host="127.0.0.1"), UDPSocket(reactor, host="127.0.0.1")
+    dht_a = DHTNode(reactor, bootstrap=[], udp=udp_a)
+    dht_a.startService()
+    pinger = DHTNode(reactor, bootstrap=[], host="127.0.0.1")
+    pinger.startService()
+    a, b = UTPSocket(reactor, udp_a), UTPSocket(reactor, udp_b)
+    try:
+        sink = Sink()
+        port = yield b.server_endpoint().listen(OneFactory(sink))
+        src = Source(b"from the DHT's port")
+        yield a.client_endpoint("127.0.0.1", udp_b.listen()[1], timeout=5).connect(OneFactory(src))
+        yield sink.done.addTimeout(10, reactor)
+        assert sink.count == len(b"from the DHT's port")
+        assert sink.addr.port == dht_a.address()[1]  # the peer saw the DHT's port
+        pong = yield pinger.ping(*dht_a.address()).addTimeout(5, reactor)
+        assert pong.id == dht_a.id  # and the DHT still answers there
+        yield port.stopListening()
+        assert not b.closed  # a listener bound to a socket leaves it open
+        assert a.stats()["bytes_sent"] == b.stats()["bytes_received"] == sink.count
+    finally:
+        yield a.close()
+        yield b.close()
+        yield dht_a.stopService()
+        yield pinger.stopService()
+        yield udp_a.close()
+        yield udp_b.close()

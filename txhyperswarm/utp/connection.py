@@ -35,28 +35,34 @@ Behaviour follows libutp as built into utp-native 2.5.3 (``shared/spec/utp.md``)
   Unlike libutp, our FIN is not held back until earlier data is acked, and
   a closed connection stays in the table as a zombie: after
   ``loseConnection`` it acks (and drops) the peer's data and FIN for up to
-  ``LINGER`` seconds, and after both FINs it re-acks duplicates for
+  ``LINGER_TIME`` seconds, and after both FINs it re-acks duplicates for
   ``TIME_WAIT`` seconds, instead of answering them with RESETs.
 * beyond libutp: an accepted connection that gets no DATA/FIN within
   ``SYN_RECV_TIMEOUT`` ends with :class:`UTPTimeoutError`; duplicate SYNs are
   answered again; a RESET after the peer's FIN ended an orderly close counts
   as ``ConnectionDone``.
 
-The state machine is a handful of integer states checked on the per-packet
-path rather than an automat machine: the packet handler runs tens of
-thousands of times a second and its transitions depend on packet fields.
+The state is three small enums rather than an automat machine (the packet
+handler runs tens of thousands of times a second and its transitions depend
+on packet fields): :class:`State`, the connection's life (handshake, open,
+linger, closed), and the close progress of each direction,
+:class:`Sending` (our FIN) and :class:`Receiving` (the peer's FIN). A
+half-close is ``Sending`` past ``OPEN`` (or ``Receiving``) while ``State``
+is ``CONNECTED``; a full close is the transport's ``disconnecting`` plus our
+FIN; the end is ``LINGER`` (orderly: still acking the peer) or ``CLOSED``.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Optional
+from enum import IntEnum
+from typing import Callable, Optional
 
-from twisted.internet import error, interfaces
+from twisted.internet import defer, error, interfaces
 from twisted.internet.address import IPv4Address
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
 from txhyperswarm.utp.congestion import LEDBAT
 from txhyperswarm.utp.packet import (
@@ -75,17 +81,82 @@ __all__ = [
     "UTPTimeoutError",
     "UTPConnectionRefusedError",
     "UTPConnectionResetError",
+    "IConnectionOwner",
+    "State",
+    "Sending",
+    "Receiving",
+    "CONNECT_TIMEOUT",
+    "PACKET_SIZE",
     "SYN_SENT",
     "SYN_RECV",
     "CONNECTED",
+    "DRAINING",
+    "LINGER",
     "CLOSED",
 ]
 
-# states
-SYN_SENT = "SYN_SENT"
-SYN_RECV = "SYN_RECV"
-CONNECTED = "CONNECTED"
-CLOSED = "CLOSED"
+
+
+class State(IntEnum):
+    """
+    A connection's life (``UTPConnection.state``); it only moves forward.
+
+    ==========  ================================================================
+    SYN_SENT    initiator: SYN sent, no answer yet
+    SYN_RECV    acceptor: SYN answered; libutp sends nothing before the
+                initiator's first DATA/FIN
+    CONNECTED   open; either direction may be closed already (:class:`Sending`,
+                :class:`Receiving`)
+    DRAINING    the peer, done sending, reset the connection while our reader
+                was paused: it is out of the socket's table, and the buffered
+                data is delivered before ``connectionLost(ConnectionDone)``
+    LINGER      ``connectionLost`` told after an orderly close; still in the
+                table, acking (and dropping) the peer's data until its FIN,
+                then a short TIME_WAIT that re-acks duplicates
+    CLOSED      done: ``connectionLost`` told (or never a protocol), forgotten
+    ==========  ================================================================
+    """
+
+    SYN_SENT = 0
+    SYN_RECV = 1
+    CONNECTED = 2
+    DRAINING = 3
+    LINGER = 4
+    CLOSED = 5
+
+
+class Sending(IntEnum):
+    """Our direction's close progress (``UTPConnection.sending``)."""
+
+    #: writes accepted
+    OPEN = 0
+    #: ``loseWriteConnection`` or ``loseConnection``: what is buffered goes,
+    #: then our FIN
+    FIN_QUEUED = 1
+    #: our FIN has its sequence number
+    FIN_SENT = 2
+    #: everything up to our FIN is acked (seen while handling a packet)
+    FIN_ACKED = 3
+    #: and, once that packet is handled, a half-closeable protocol was told
+    #: ``writeConnectionLost`` (unless it had asked ``loseConnection``)
+    DONE = 4
+
+
+class Receiving(IntEnum):
+    """The peer's direction's close progress (``UTPConnection.receiving``)."""
+
+    OPEN = 0
+    #: its FIN reached in order: all its data arrived
+    EOF = 1
+    #: the protocol heard (``readConnectionLost``, or we closed it: a
+    #: protocol that cannot half-close)
+    EOF_TOLD = 2
+
+
+# plain names for the per-packet path (an enum class attribute costs ~50 ns)
+SYN_SENT, SYN_RECV, CONNECTED, DRAINING, LINGER, CLOSED = State
+FIN_QUEUED, FIN_SENT, FIN_ACKED, WRITE_DONE = Sending.FIN_QUEUED, Sending.FIN_SENT, Sending.FIN_ACKED, Sending.DONE
+EOF, EOF_TOLD = Receiving.EOF, Receiving.EOF_TOLD
 
 M16 = 0xFFFF
 M32 = 0xFFFFFFFF
@@ -103,6 +174,9 @@ REORDER_LIMIT = 1024
 KEEPALIVE = 29.0
 ZERO_WINDOW_PROBE = 15.0
 SYN_TIMEOUT_MS = 3000
+#: How long a connect waits by default: libutp gives up when the third SYN
+#: (sent at 0, 3 and 9 s, the timeout doubling) goes unanswered for 12 s.
+CONNECT_TIMEOUT = 21.0
 MIN_RTO_MS = 1000
 #: Not in libutp (no upper bound there): a cap on the RTO estimate.
 MAX_RTO_MS = 60000
@@ -135,7 +209,7 @@ LOSSY_MEMORY = 30.0
 PROBE_RTTS = 3
 MAX_PROBES = 3
 #: After our side is closed, keep acking the peer's data/FIN this long.
-LINGER = 10.0
+LINGER_TIME = 10.0
 #: After both FINs, keep the connection this long to absorb duplicates
 #: (and re-ack a retransmitted FIN) rather than RESET them.
 TIME_WAIT = 3.0
@@ -167,6 +241,31 @@ class UTPConnectionRefusedError(UTPError, error.ConnectionRefusedError):
 
 class UTPConnectionResetError(UTPError, error.ConnectionLost):
     """The peer sent a RESET on an established connection (``UTP_ECONNRESET``)."""
+
+
+class IConnectionOwner(Interface):
+    """
+    What a :class:`UTPConnection` calls up through: the
+    :class:`~txhyperswarm.utp.socket.UTPSocket` that made it and keeps its
+    table entry.
+    """
+
+    dropped = Attribute(":class:`collections.Counter` of packets dropped, by reason.")
+
+    def send_datagram(data, addr):
+        """Send one datagram to ``addr`` (a checked ``(IPv4 literal, port)``); lossy."""
+
+    def schedule_ack(conn):
+        """Call ``conn.send_deferred_ack()`` at the end of this reactor turn."""
+
+    def forget(conn):
+        """``conn`` is done: drop it from the connection table."""
+
+    def reset_sent(conn):
+        """``conn`` sent a RESET: do not answer its peer's late packets with another."""
+
+    def address():
+        """The local ``(host, port)``."""
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -222,6 +321,16 @@ class UTPConnection:
     ``connectionLost`` reasons: ``ConnectionDone`` (orderly),
     ``ConnectionAborted`` (:meth:`abortConnection`),
     :class:`UTPConnectionResetError`, :class:`UTPTimeoutError`.
+
+    Close state: :attr:`state` (:class:`State`), :attr:`sending`
+    (:class:`Sending`), :attr:`receiving` (:class:`Receiving`) and
+    ``disconnecting``.
+
+    Socket side (what the owning socket calls; it provides
+    :class:`IConnectionOwner`): :meth:`start_connect`, :meth:`accept`,
+    :meth:`attach`, :meth:`refuse`, :meth:`packet_received`,
+    :meth:`send_deferred_ack`, :meth:`rearm_timer`, :meth:`shutdown`;
+    :attr:`remote` and :attr:`recv_id` key its table entry.
     """
 
     log = Logger()
@@ -237,15 +346,24 @@ class UTPConnection:
         *,
         initiator: bool,
         recv_buffer: int = RECV_BUFFER,
+        monotonic: Optional[Callable[[], float]] = None,
     ) -> None:
         self._owner = owner
+        self._send_datagram = owner.send_datagram
         self._clock = clock
+        self._mono = monotonic or clock.seconds
         self._addr = addr
+        #: the peer's ``(host, port)``
+        self.remote = addr
         self._peer = IPv4Address("UDP", addr[0], addr[1])
         self.recv_id = recv_id
         self.send_id = send_id
         self.initiator = initiator
+        #: :class:`State`; with :attr:`sending`, :attr:`receiving` and
+        #: ``disconnecting`` (``loseConnection`` asked) the whole close state
         self.state = SYN_SENT if initiator else SYN_RECV
+        self.sending = Sending.OPEN
+        self.receiving = Receiving.OPEN
         self.protocol = None
         self.connected = False
         self.disconnecting = False
@@ -257,9 +375,6 @@ class UTPConnection:
         self._cur_window = 0
         self._sendbuf = bytearray()
         self._resend = deque()
-        self._fin_seq: Optional[int] = None
-        self._want_fin = False
-        self._fin_acked = False
         self._peer_wnd = 255 * PROBE_WINDOW
         self._zero_window_at: Optional[float] = None
         self._fast_resend_seq = self._seq_nr
@@ -269,9 +384,7 @@ class UTPConnection:
         self._ack_nr = 0
         self._reorder = {}
         self._reorder_bytes = 0
-        self._eof_seq: Optional[int] = None
-        self._eof = False  # reached the peer's FIN in order
-        self._eof_told = False
+        self._eof_seq: Optional[int] = None  # the peer's FIN, once seen
         self._reading_paused = False
         self._readbuf = deque()
         self._readbuf_bytes = 0
@@ -289,7 +402,7 @@ class UTPConnection:
         self._retransmit_timeout = SYN_TIMEOUT_MS
         self._retransmit_count = 0
         self._rto_at: Optional[float] = None
-        self._last_send = clock.seconds()
+        self._last_send = self._mono()
         self._timer = None
         self._timer_at = 0.0
         self._linger_at: Optional[float] = None
@@ -300,18 +413,17 @@ class UTPConnection:
         self._streaming = False
         self._producer_paused = False
         self._pulling = False
-        self._write_closed = False  # loseWriteConnection / loseConnection asked
-        self._close_requested = False  # loseConnection asked
-        self._write_lost_told = False
-        self._lost = False
-        self._peer_gone = False  # RESET after the peer's FIN, unread data left
         # initiator: how to finish connecting
         self._factory = None
-        self._connect_d = None
+        self._connect_d: Optional[defer.Deferred] = None
+        self._connect_by: Optional[float] = None  # give up connecting then
+        self._connect_timeout: Optional[float] = None
         # counters
         self.bytes_sent = 0
         self.bytes_received = 0
         self.packets_resent = 0
+        #: packets resent because selective or duplicate acks showed them lost
+        self.fast_resends = 0
         #: loss probes that fired (see ``MIN_PROBE``)
         self.probes = 0
         self._srtt_us = 0
@@ -336,12 +448,25 @@ class UTPConnection:
             if t.active():
                 t.cancel()
         self._timer_at = at
-        self._timer = self._clock.callLater(max(0.0, at - self._clock.seconds()), self._on_timer)
+        self._timer = self._clock.callLater(max(0.0, at - self._mono()), self._on_timer)
 
     def _stop_timer(self) -> None:
         t, self._timer = self._timer, None
         if t is not None and t.active():
             t.cancel()
+
+    def rearm_timer(self) -> None:
+        """
+        (Socket side) The reactor's clock jumped: schedule the timer again
+        from the deadlines, which are on the monotonic clock.
+        """
+        at = self._next_deadline()
+        self._stop_timer()
+        if at is not None and (self.state <= CONNECTED or self._linger_at is not None):
+            self._arm(at)
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+            self._flush_call = self._clock.callLater(0, self._scheduled_flush)
 
     def _next_deadline(self) -> Optional[float]:
         cands = []
@@ -349,7 +474,7 @@ class UTPConnection:
             cands.append(self._rto_at)
         if self._probe_at is not None:
             cands.append(self._probe_at)
-        if self.state == CONNECTED and not self._lost:
+        if self.state == CONNECTED:
             cands.append(self._last_send + KEEPALIVE)
         if self._zero_window_at is not None:
             cands.append(self._zero_window_at)
@@ -357,19 +482,29 @@ class UTPConnection:
             cands.append(self._linger_at)
         if self._close_wait_at is not None:
             cands.append(self._close_wait_at)
+        if self._connect_by is not None:
+            cands.append(self._connect_by)
         return min(cands) if cands else None
 
     def _on_timer(self) -> None:
         self._timer = None
-        now = self._clock.seconds()
+        now = self._mono()
         eps = 1e-6
         if self._linger_at is not None and now + eps >= self._linger_at:
             self._linger_at = None
             self._forget()
             return
+        if self._connect_by is not None and now + eps >= self._connect_by:
+            self._fail(
+                UTPTimeoutError(
+                    f"uTP connect to {self._addr[0]}:{self._addr[1]} timed out after"
+                    f" {self._connect_timeout:g}s"
+                )
+            )
+            return
         if self._close_wait_at is not None and now + eps >= self._close_wait_at:
             self._close_wait_at = None
-            if self._close_requested:
+            if self.disconnecting:
                 self._finish(Failure(error.ConnectionDone()))
             else:
                 self._finish(
@@ -384,7 +519,7 @@ class UTPConnection:
         if self._rto_at is not None and now + eps >= self._rto_at:
             self._probe_at = None
             self._on_rto(now)
-            if self.state == CLOSED:
+            if self.state > CONNECTED:
                 return
         elif self._probe_at is not None and now + eps >= self._probe_at:
             self._on_probe(now)
@@ -393,15 +528,11 @@ class UTPConnection:
             if self._peer_wnd == 0:
                 self._peer_wnd = PROBE_WINDOW
                 self._flush()
-        if (
-            self.state == CONNECTED
-            and not self._lost
-            and now + eps >= self._last_send + KEEPALIVE
-        ):
+        if self.state == CONNECTED and now + eps >= self._last_send + KEEPALIVE:
             # unlike libutp, also after our FIN: a half-closed connection
             # whose peer vanished learns it from the RESET this draws
             self._send_state(keepalive=True)
-        if self.state == CLOSED and self._linger_at is None:
+        if self.state > CONNECTED and self._linger_at is None:
             return
         at = self._next_deadline()
         if at is not None:
@@ -494,8 +625,8 @@ class UTPConnection:
     # ------------------------------------------------------------------ sending
 
     def _send_raw(self, data: bytes) -> None:
-        self._last_send = self._clock.seconds()
-        self._owner._send(data, self._addr)
+        self._last_send = self._mono()
+        self._send_datagram(data, self._addr)
 
     def _adv_window(self) -> int:
         w = self._recv_buffer - self._readbuf_bytes
@@ -504,7 +635,7 @@ class UTPConnection:
         return w if w > 0 else 0
 
     def _transmit(self, e: _Out) -> None:
-        now = self._clock.seconds()
+        now = self._mono()
         now_us = int(now * 1_000_000) & M32
         e.transmissions += 1
         e.sent_us = now_us
@@ -526,7 +657,7 @@ class UTPConnection:
             if e.payload:
                 data += e.payload
         self._last_send = now
-        self._owner._send(data, self._addr)
+        self._send_datagram(data, self._addr)
         if self._rto_at is None:
             self._rto_at = now + self._retransmit_timeout / 1000.0
             self._arm(self._rto_at)
@@ -536,7 +667,7 @@ class UTPConnection:
                 self._arm(at)
 
     def _send_state(self, keepalive: bool = False, syn_reply: bool = False) -> None:
-        now_us = self._now_us(self._clock.seconds())
+        now_us = self._now_us(self._mono())
         self._ack_pending = False
         self._unacked = 0
         ack = self._ack_nr
@@ -548,7 +679,7 @@ class UTPConnection:
             )
             return
         head = _PACK_HEADER
-        if self._reorder and not self._eof and not keepalive:
+        if self._reorder and not self.receiving and not keepalive:
             mask = bytearray(4)
             base = ack + 2
             reorder = self._reorder
@@ -566,17 +697,15 @@ class UTPConnection:
                         self._adv_window(), self._seq_nr, ack)
         self._send_raw(data)
 
-    def _send_ack(self) -> None:
-        """Flush a deferred ACK (called by the socket once per reactor turn)."""
-        if self._ack_pending and (
-            self.state == CONNECTED or (self.state == CLOSED and self._linger_at is not None)
-        ):
+    def send_deferred_ack(self) -> None:
+        """(Socket side) Flush a deferred ACK (once per reactor turn, see ``schedule_ack``)."""
+        if self._ack_pending and (self.state == CONNECTED or self.state == LINGER):
             self._send_state()
 
     def _schedule_ack(self) -> None:
         if not self._ack_pending:
             self._ack_pending = True
-            self._owner._schedule_ack(self)
+            self._owner.schedule_ack(self)
 
     def _send_syn(self) -> None:
         e = _Out(self._seq_nr, ST_SYN, _EMPTY)
@@ -587,7 +716,7 @@ class UTPConnection:
 
     def _send_reset(self) -> None:
         self._send_raw(_PACK_HEADER(0x31, 0, self.send_id, 0, 0, 0, self._seq_nr, self._ack_nr))
-        self._owner._aborted(self)
+        self._owner.reset_sent(self)
 
     def _flush(self, tail: bool = True) -> None:
         """Send what the windows allow: resends first, then new data, then FIN."""
@@ -607,7 +736,7 @@ class UTPConnection:
                 continue
             n = len(e.payload)
             if self._cur_window and self._cur_window + n > limit:
-                self.cc.last_window_limited = self._clock.seconds()
+                self.cc.last_window_limited = self._mono()
                 return
             resend.popleft()
             e.lost = False
@@ -623,13 +752,13 @@ class UTPConnection:
             elif not tail and n < PACKET_SIZE:
                 break
             if ((self._seq_nr - self._oldest) & M16) >= MAX_OUTSTANDING:
-                self.cc.last_window_limited = self._clock.seconds()
+                self.cc.last_window_limited = self._mono()
                 break
             cw = self._cur_window
             if cw + n > limit and (cw or limit == 0):
-                self.cc.last_window_limited = self._clock.seconds()
+                self.cc.last_window_limited = self._mono()
                 if self._peer_wnd == 0 and not cw and self._zero_window_at is None:
-                    self._zero_window_at = self._clock.seconds() + ZERO_WINDOW_PROBE
+                    self._zero_window_at = self._mono() + ZERO_WINDOW_PROBE
                     self._arm(self._zero_window_at)
                 break
             seq = self._seq_nr
@@ -648,14 +777,13 @@ class UTPConnection:
             sent = True
         if (
             not buf
-            and self._want_fin
-            and self._fin_seq is None
+            and self.sending == FIN_QUEUED
             and ((self._seq_nr - self._oldest) & M16) < MAX_OUTSTANDING
         ):
             seq = self._seq_nr
             e = _Out(seq, ST_FIN, _EMPTY)
             inflight[seq] = e
-            self._fin_seq = seq
+            self.sending = FIN_SENT
             self._seq_nr = (seq + 1) & M16
             self._transmit(e)
         if sent or self._producer is not None:
@@ -667,8 +795,8 @@ class UTPConnection:
 
     # ------------------------------------------------------------------ receiving
 
-    def _packet_received(self, p) -> None:
-        """Handle one decoded packet addressed to this connection."""
+    def packet_received(self, p) -> None:
+        """(Socket side) Handle one decoded packet addressed to this connection."""
         t = p.type
         state = self.state
         if t == ST_RESET:
@@ -686,7 +814,7 @@ class UTPConnection:
         if ((seq_nr - 1 - ack) & M16) > outstanding + 3:
             self._owner.dropped["bad_ack"] += 1
             return
-        now = self._clock.seconds()
+        now = self._mono()
         now_us = int(now * 1_000_000) & M32
         if p.timestamp:
             rm = (now_us - p.timestamp) & M32
@@ -699,7 +827,7 @@ class UTPConnection:
                 self._ooo_at = now  # a resend of what we had: our ack was lost
                 self._schedule_ack()  # an old duplicate: re-ack it
             return
-        if state == CLOSED:
+        if state > CONNECTED:
             self._zombie_packet(p, d)
             return
         # the peer's window
@@ -726,11 +854,11 @@ class UTPConnection:
                     self._arm(at)
             else:
                 self._rto_at = None
-            if self._fin_seq is not None and self._oldest == self._seq_nr:
+            if self.sending == FIN_SENT and self._oldest == self._seq_nr:
                 # every packet up to and including our FIN is acked
                 # (libutp's fin_sent_acked); a selective ack of the FIN alone
                 # does not count
-                self._fin_acked = True
+                self.sending = FIN_ACKED
         exts = p.extensions
         if exts:
             for et, data in exts:
@@ -761,7 +889,7 @@ class UTPConnection:
             if t != ST_STATE:
                 return  # libutp discards data before the connect completes
             self._on_connected()
-            if self._lost:
+            if self.state > CONNECTED:
                 return
         elif state == SYN_RECV:
             if t == ST_STATE:
@@ -794,9 +922,9 @@ class UTPConnection:
                         if payload:
                             self._deliver(payload)
                         nxt = (nxt + 1) & M16
-                if self._lost:
+                if self.state > CONNECTED:
                     return  # the protocol aborted while reading
-                if self._eof_seq is not None and self._ack_nr == self._eof_seq and not self._eof:
+                if self._ack_nr == self._eof_seq and not self.receiving:
                     self._reached_eof()
                 else:
                     self._unacked += 1
@@ -816,11 +944,11 @@ class UTPConnection:
                         self._reorder_bytes += len(p.payload)
                 self._ooo_at = now
                 self._send_state()  # at once: the sender's loss recovery runs on these
-        if self._lost:
+        if self.state > CONNECTED:
             return
         if acks or acked_bytes or self._resend or (wnd and self._sendbuf):
             self._flush(tail=self._flush_call is None)
-        if self._fin_acked:
+        if self.sending >= FIN_ACKED:
             self._maybe_finish()
 
     def _ack_through(self, acks: int, now_us: int):
@@ -930,12 +1058,7 @@ class UTPConnection:
                 e = inflight.get(v)
                 if e is None:
                     continue
-                if e.lost:
-                    e.lost = False
-                    self._cur_window += len(e.payload)
-                self.packets_resent += 1
-                self._transmit(e)
-                self._fast_resend_seq = (v + 1) & M16
+                self._fast_resend(e)
                 done += 1
                 if done >= MAX_SACK_RESENDS:
                     break
@@ -950,14 +1073,19 @@ class UTPConnection:
         e = self._inflight.get(oldest)
         if e is None:
             return
+        self._fast_resend(e)
+        self._dup_acks = 0
+        self.cc.on_loss(now)
+
+    def _fast_resend(self, e: _Out) -> None:
+        """Resend ``e`` now: selective acks or duplicate acks showed it lost."""
         if e.lost:
             e.lost = False
             self._cur_window += len(e.payload)
         self.packets_resent += 1
+        self.fast_resends += 1
         self._transmit(e)
-        self._fast_resend_seq = (oldest + 1) & M16
-        self._dup_acks = 0
-        self.cc.on_loss(now)
+        self._fast_resend_seq = (e.seq + 1) & M16
 
     def _deliver(self, payload: bytes) -> None:
         self.bytes_received += len(payload)
@@ -965,7 +1093,7 @@ class UTPConnection:
             self._readbuf.append(payload)
             self._readbuf_bytes += len(payload)
             return
-        if self._lost or self.protocol is None:
+        if self.state >= LINGER or self.protocol is None:
             return
         try:
             self.protocol.dataReceived(payload)
@@ -976,13 +1104,13 @@ class UTPConnection:
         """The protocol raised: like Twisted's TCP, drop the connection with that error."""
         f = Failure()
         self.log.failure("uTP protocol {proto!r} failed", f, proto=self.protocol)
-        if not self._lost:
+        if self.state < LINGER:
             if self.state == CONNECTED or self.state == SYN_RECV:
                 self._send_reset()
             self._finish(f)
 
     def _reached_eof(self) -> None:
-        self._eof = True
+        self.receiving = EOF
         # the reorder buffer beyond the FIN is garbage now
         if self._reorder:
             self._reorder.clear()
@@ -992,9 +1120,9 @@ class UTPConnection:
             self._tell_eof()
 
     def _tell_eof(self) -> None:
-        if self._eof_told or self._lost:
+        if self.receiving != EOF or self.state >= LINGER:
             return
-        self._eof_told = True
+        self.receiving = EOF_TOLD
         proto = self.protocol
         if proto is not None and interfaces.IHalfCloseableProtocol.providedBy(proto):
             try:
@@ -1007,18 +1135,16 @@ class UTPConnection:
             self.loseConnection()
 
     def _on_reset(self) -> None:
-        if self.state == CLOSED:
+        if self.state > CONNECTED:
             self._forget()
             return
-        if self._eof and not self._sendbuf and not any(e.payload for e in self._inflight.values()):
+        if self.receiving and not self._sendbuf and not any(e.payload for e in self._inflight.values()):
             # The peer sent everything (its FIN is consumed) and nothing of
             # ours is lost: utp-native frees its socket once its FIN is acked
             # and our late packets draw a RESET (utp.md 5.4). An orderly end,
             # once a paused reader has had what is buffered.
             if self._readbuf:
-                self._peer_gone = True
-                self._write_closed = True
-                self.state = CLOSED
+                self.state = DRAINING
                 self._rto_at = None
                 self._probe_at = None
                 self._zero_window_at = None
@@ -1057,12 +1183,12 @@ class UTPConnection:
                 nxt = (nxt + 1) & M16
         elif len(self._reorder) < REORDER_LIMIT:
             self._reorder[p.seq_nr] = _EMPTY
-        if self._eof_seq is not None and self._ack_nr == self._eof_seq and not self._eof:
-            self._eof = True
+        if self._ack_nr == self._eof_seq and not self.receiving:
+            self.receiving = EOF
             self._reorder.clear()
             self._send_state()
             # the peer is done too: only absorb duplicates a little longer
-            self._linger_at = min(self._linger_at or 1e300, self._clock.seconds() + TIME_WAIT)
+            self._linger_at = min(self._linger_at or 1e300, self._mono() + TIME_WAIT)
             self._stop_timer()
             self._arm(self._linger_at)
         else:
@@ -1070,16 +1196,38 @@ class UTPConnection:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _start_connect(self, factory, d) -> None:
+    def start_connect(self, factory, timeout: Optional[float] = None) -> defer.Deferred:
+        """
+        (Socket side) Send the SYN.
+
+        :param timeout: seconds to give up after; ``None`` for libutp's own
+            limit (3 SYNs, ``CONNECT_TIMEOUT``).
+        :returns: Deferred firing with the protocol ``factory`` builds once
+            the peer answered; errbacks with :class:`UTPTimeoutError`,
+            :class:`UTPConnectionRefusedError` (RESET) or
+            ``ConnectingCancelledError`` (cancelled, or the socket closed).
+        """
         self._factory = factory
-        self._connect_d = d
+        d = self._connect_d = defer.Deferred(self._cancel_connect)
+        if timeout is not None:
+            self._connect_by = self._mono() + timeout
+            self._connect_timeout = timeout
         self._send_syn()
+        if self._connect_by is not None:
+            self._arm(self._connect_by)
+        return d
+
+    def _take_connect_d(self) -> Optional[defer.Deferred]:
+        """The pending connect Deferred, now settled by the caller (``None`` if none)."""
+        d, self._connect_d = self._connect_d, None
+        self._connect_by = None
+        return d
 
     def _on_connected(self) -> None:
         self.state = CONNECTED
         self._retransmit_count = 0
-        self._arm(self._clock.seconds() + KEEPALIVE)
-        d, self._connect_d = self._connect_d, None
+        d = self._take_connect_d()
+        self._arm(self._mono() + KEEPALIVE)
         factory, self._factory = self._factory, None
         try:
             proto = factory.buildProtocol(self._peer)
@@ -1093,27 +1241,50 @@ class UTPConnection:
             if d is not None:
                 d.errback(error.ConnectError("factory refused the connection"))
             return
-        self._attach(proto)
+        self.attach(proto)
         if d is not None:
             d.callback(proto)
 
-    def _accepted(self, syn) -> None:
-        """Set up from the initiator's SYN and answer it (acceptor side)."""
+    def accept(self, syn) -> None:
+        """(Socket side) Set up from the initiator's SYN and answer it (acceptor side)."""
         self._ack_nr = syn.seq_nr
         self._syn_seq = syn.seq_nr
         self._peer_wnd = syn.wnd_size
         self._send_state(syn_reply=True)
-        self._close_wait_at = self._clock.seconds() + SYN_RECV_TIMEOUT
+        self._close_wait_at = self._mono() + SYN_RECV_TIMEOUT
         self._arm(self._close_wait_at)
 
-    def _attach(self, proto) -> None:
+    def attach(self, proto) -> None:
+        """(Socket side) Run ``proto`` on this connection (``makeConnection``)."""
         self.protocol = proto
         self.connected = True
         proto.makeConnection(self)
 
+    def refuse(self) -> None:
+        """(Socket side) The factory built no protocol: RESET and forget."""
+        self._abort_silently(reset=True)
+
+    def shutdown(self) -> None:
+        """
+        (Socket side) The socket is closing: a connect in progress fails with
+        ``ConnectingCancelledError``, an open connection is aborted (RESET,
+        ``connectionLost(ConnectionAborted)``), a finished one is forgotten.
+        """
+        if self.state >= LINGER:
+            self._forget()
+        elif self.protocol is None and self.initiator:
+            d = self._take_connect_d()
+            self._abort_silently()
+            if d is not None:
+                d.errback(error.ConnectingCancelledError(self._peer))
+        elif self.state == DRAINING:
+            self._finish(Failure(error.ConnectionAborted()))
+        else:
+            self.abortConnection()
+
     def _cancel_connect(self, d) -> None:
         """Canceller of the connect Deferred: drop the half-open connection."""
-        self._connect_d = None
+        self._take_connect_d()
         self._abort_silently()
         d.errback(error.ConnectingCancelledError(self._peer))
 
@@ -1121,14 +1292,13 @@ class UTPConnection:
         if reset:
             self._send_reset()
         self.state = CLOSED
-        self._lost = True
         self._stop_timer()
-        self._owner._forget(self)
+        self._owner.forget(self)
 
     def _fail(self, exc: Exception) -> None:
         """Die with ``exc`` (timeout, reset)."""
         if self.state == SYN_SENT:
-            d, self._connect_d = self._connect_d, None
+            d = self._take_connect_d()
             self._abort_silently()
             if d is not None:
                 d.errback(exc)
@@ -1136,30 +1306,34 @@ class UTPConnection:
         self._finish(Failure(exc))
 
     def _maybe_finish(self) -> None:
-        """Orderly end: our FIN acked, and the peer's EOF reached or closing."""
-        if self._lost or not self._fin_acked:
+        """
+        Once our FIN is acked: tell a half-closeable protocol
+        ``writeConnectionLost`` (``FIN_ACKED`` -> ``DONE``), and end in
+        order when the peer's EOF was told or ``loseConnection`` asked.
+        """
+        if self.state >= LINGER or self.sending < FIN_ACKED:
             return
-        proto = self.protocol
-        if not self._write_lost_told and not self._close_requested:
-            self._write_lost_told = True
-            if proto is not None and interfaces.IHalfCloseableProtocol.providedBy(proto):
+        if self.sending == FIN_ACKED:
+            self.sending = WRITE_DONE
+            proto = self.protocol
+            if not self.disconnecting and proto is not None and interfaces.IHalfCloseableProtocol.providedBy(proto):
                 try:
                     proto.writeConnectionLost()
                 except Exception:
                     self.log.failure("writeConnectionLost failed")
-        if self._eof and self._eof_told:
-            self._finish(Failure(error.ConnectionDone()), linger=True)
-        elif self._close_requested:
+        if self.state == CONNECTED and (self.receiving == EOF_TOLD or self.disconnecting):
             self._finish(Failure(error.ConnectionDone()), linger=True)
 
     def _finish(self, reason: Failure, linger: bool = False) -> None:
-        """Tell the protocol ``connectionLost(reason)`` once; free the connection."""
-        if self._lost:
+        """
+        Tell the protocol ``connectionLost(reason)`` once; then ``LINGER``
+        (``linger``: an orderly close) or ``CLOSED`` (forgotten now).
+        """
+        if self.state >= LINGER:
             return
-        self._lost = True
         self.connected = False
         self.disconnected = True
-        self.state = CLOSED
+        self.state = LINGER if linger else CLOSED
         self._rto_at = None
         self._probe_at = None
         self._zero_window_at = None
@@ -1177,7 +1351,7 @@ class UTPConnection:
             # (discarding data) until its FIN, then a short TIME_WAIT for
             # duplicates, instead of answering them with RESETs.
             self._stop_timer()
-            self._linger_at = self._clock.seconds() + (TIME_WAIT if self._eof else LINGER)
+            self._linger_at = self._mono() + (TIME_WAIT if self.receiving else LINGER_TIME)
             self._arm(self._linger_at)
         else:
             self._forget()
@@ -1197,13 +1371,15 @@ class UTPConnection:
     def _forget(self) -> None:
         self._stop_timer()
         self._linger_at = None
-        self._owner._forget(self)
+        if self.state == LINGER:
+            self.state = CLOSED
+        self._owner.forget(self)
 
     # ------------------------------------------------------------------ ITransport
 
     def write(self, data) -> None:
         """Queue bytes for sending (ignored once the write side is closed)."""
-        if self._write_closed or self._lost or not data:
+        if self.sending or self.state > CONNECTED or not data:
             return
         buf = self._sendbuf
         buf += data
@@ -1223,15 +1399,14 @@ class UTPConnection:
         Send what is buffered, then a FIN; ``connectionLost(ConnectionDone)``
         once the FIN is acked (the peer's later data is acked and dropped).
         """
-        if self._lost or self._close_requested:
+        if self.state > CONNECTED or self.disconnecting:
             return
-        self._close_requested = True
         self.disconnecting = True
         if self.state == SYN_RECV:
             # libutp acceptors cannot send before the initiator's first packet
-            self._want_fin = True
-            self._write_closed = True
-            at = self._clock.seconds() + SYN_RECV_CLOSE_WAIT
+            if not self.sending:
+                self.sending = FIN_QUEUED
+            at = self._mono() + SYN_RECV_CLOSE_WAIT
             if self._close_wait_at is None or at < self._close_wait_at:
                 self._close_wait_at = at
                 self._arm(at)
@@ -1240,14 +1415,14 @@ class UTPConnection:
 
     def loseWriteConnection(self) -> None:
         """Half-close: send buffered data and a FIN, keep reading."""
-        if self._lost or self._write_closed:
+        if self.state > CONNECTED or self.sending:
             return
         self._close_write()
 
     def _close_write(self) -> None:
-        self._write_closed = True
-        self._want_fin = True
-        if self._fin_acked:
+        if not self.sending:
+            self.sending = FIN_QUEUED
+        if self.sending >= FIN_ACKED:
             self._maybe_finish()
             return
         if self.state == CONNECTED:
@@ -1255,7 +1430,7 @@ class UTPConnection:
 
     def abortConnection(self) -> None:
         """Send a RESET and drop everything: ``connectionLost(ConnectionAborted)``."""
-        if self._lost:
+        if self.state >= LINGER:
             return
         if self.state == CONNECTED or self.state == SYN_RECV:
             self._send_reset()
@@ -1288,7 +1463,7 @@ class UTPConnection:
     def _drain_readbuf(self) -> None:
         rb = self._readbuf
         was_small = self._readbuf_bytes > self._recv_buffer // 2
-        while rb and not self._reading_paused and not self._lost:
+        while rb and not self._reading_paused and self.state < LINGER:
             data = rb.popleft()
             self._readbuf_bytes -= len(data)
             if self.protocol is not None:
@@ -1296,11 +1471,11 @@ class UTPConnection:
                     self.protocol.dataReceived(data)
                 except Exception:
                     self._protocol_failed()
-        if self._lost:
+        if self.state >= LINGER:
             return
-        if not rb and self._eof and not self._eof_told:
+        if not rb and self.receiving == EOF:
             self._tell_eof()
-            if self._peer_gone and not self._lost:
+            if self.state == DRAINING:
                 self._finish(Failure(error.ConnectionDone()))
         elif was_small and self._readbuf_bytes <= self._recv_buffer // 2 and self.state == CONNECTED:
             self._send_state()  # window update
@@ -1310,7 +1485,7 @@ class UTPConnection:
     def registerProducer(self, producer, streaming: bool) -> None:
         if self._producer is not None:
             raise RuntimeError(f"Cannot register producer {producer!r}: {self._producer!r} is registered")
-        if self._lost:
+        if self.state >= LINGER:
             producer.stopProducing()
             return
         self._producer = producer
@@ -1324,7 +1499,7 @@ class UTPConnection:
     def unregisterProducer(self) -> None:
         self._producer = None
         self._producer_paused = False
-        if self._want_fin and self.state == CONNECTED:
+        if self.sending and self.state == CONNECTED:
             self._flush()
 
     def _check_producer(self) -> None:
@@ -1349,7 +1524,7 @@ class UTPConnection:
         try:
             for _ in range(1024):
                 producer = self._producer
-                if producer is None or self._streaming or self._lost:
+                if producer is None or self._streaming or self.state >= LINGER:
                     break
                 if len(self._sendbuf) > LOW_WATER:
                     break
@@ -1378,11 +1553,17 @@ class UTPConnection:
         return len(self._sendbuf)
 
     @property
+    def oldest_unacked(self) -> int:
+        """Sequence number of our oldest packet not cumulatively acked yet
+        (moves on as the peer acks in order)."""
+        return self._oldest
+
+    @property
     def bytes_in_flight(self) -> int:
         return self._cur_window
 
     def __repr__(self) -> str:
         return (
-            f"<UTPConnection {self.state} {self._addr[0]}:{self._addr[1]}"
+            f"<UTPConnection {self.state.name} {self._addr[0]}:{self._addr[1]}"
             f" recv_id={self.recv_id} send_id={self.send_id}>"
         )

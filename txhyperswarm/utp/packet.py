@@ -127,7 +127,8 @@ class Packet:
                 return data
         return None
 
-    def _key(self):
+    def fields(self) -> tuple:
+        """Every field, in ``__slots__`` order (what ``==`` and ``hash`` compare)."""
         return (
             self.type,
             self.connection_id,
@@ -143,10 +144,10 @@ class Packet:
     def __eq__(self, other):
         if not isinstance(other, Packet):
             return NotImplemented
-        return self._key() == other._key()
+        return self.fields() == other.fields()
 
     def __hash__(self):
-        return hash(self._key())
+        return hash(self.fields())
 
     def __repr__(self) -> str:
         name = TYPE_NAMES[self.type] if 0 <= self.type < 5 else str(self.type)

@@ -17,18 +17,26 @@ anything else for no connection is answered with a RESET (``ack_nr`` = its
 from __future__ import annotations
 
 import secrets
+import time
 from collections import Counter
 from typing import Callable, Dict, Optional, Tuple
 
-from twisted.internet import defer
+from twisted.internet import defer, error, interfaces
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
+from twisted.python import runtime
+from zope.interface import implementer
 
+from txhyperswarm._observer import OneShotObserver
 from txhyperswarm._reactor import default_reactor
+from txhyperswarm.interfaces import IStatsSource
+from txhyperswarm.udp import UDPSocket
 from txhyperswarm.utp.connection import (
-    CLOSED,
+    CONNECT_TIMEOUT,
+    PACKET_SIZE,
     RECV_BUFFER,
+    IConnectionOwner,
     UTPConnection,
 )
 from txhyperswarm.utp.packet import (
@@ -39,7 +47,14 @@ from txhyperswarm.utp.packet import (
     decode,
 )
 
-__all__ = ["UTPSocket"]
+__all__ = [
+    "UTPSocket",
+    "UTPSocketClientEndpoint",
+    "UTPSocketServerEndpoint",
+    "UTPListeningPort",
+    "CONNECT_TIMEOUT",
+    "default_monotonic",
+]
 
 Address = Tuple[str, int]
 
@@ -51,7 +66,22 @@ RESET_MEMORY_SIZE = 1000
 #: (skb truesize; measured: a 212 992-byte SO_RCVBUF holds 92 datagrams of
 #: 1402 bytes).
 DATAGRAM_TRUESIZE = 2304
-PAYLOAD = 1382
+#: A move of the reactor's clock against the monotonic one beyond this
+#: (seconds) is a jump: the connections' timers are scheduled again.
+CLOCK_JUMP = 1.0
+
+
+def default_monotonic(reactor) -> Callable[[], float]:
+    """
+    The monotonic clock to pair with ``reactor``: :func:`time.monotonic`
+    when its ``seconds`` is Twisted's own (wall time), else the reactor's
+    ``seconds`` (a :class:`~twisted.internet.task.Clock` or another fake
+    time, which only moves when told to).
+    """
+    seconds = reactor.seconds
+    if seconds is runtime.seconds or seconds is time.time:
+        return time.monotonic
+    return seconds
 
 
 def kernel_window(udp) -> Optional[int]:
@@ -68,9 +98,10 @@ def kernel_window(udp) -> Optional[int]:
     rcvbuf = size() if size is not None else None
     if rcvbuf is None:
         return None
-    return max(16, rcvbuf // DATAGRAM_TRUESIZE * 3 // 4) * PAYLOAD
+    return max(16, rcvbuf // DATAGRAM_TRUESIZE * 3 // 4) * PACKET_SIZE
 
 
+@implementer(IConnectionOwner, IStatsSource)
 class UTPSocket:
     """
     uTP connections over one UDP port.
@@ -85,6 +116,16 @@ class UTPSocket:
         nothing is unread.
     :param close_udp: whether :meth:`close` closes the UDP socket (default:
         only when this object made it).
+    :param monotonic: the clock for packet timestamps, RTT samples and
+        timer deadlines, a callable returning seconds that never jumps;
+        ``None`` for :func:`time.monotonic` on a real reactor, and for the
+        reactor's own ``seconds`` on anything else (a
+        :class:`~twisted.internet.task.Clock` in tests). The reactor's clock
+        (wall time in Twisted) only schedules the timers; when it jumps,
+        the connections reschedule them at the next datagram.
+
+    Connections call up through :class:`~txhyperswarm.utp.connection.IConnectionOwner`,
+    which this class provides.
     """
 
     log = Logger()
@@ -98,14 +139,16 @@ class UTPSocket:
         port: int = 0,
         recv_buffer: int = RECV_BUFFER,
         close_udp: Optional[bool] = None,
+        monotonic: Optional[Callable[[], float]] = None,
     ) -> None:
         self._reactor = default_reactor(reactor)
         self._owns_udp = udp is None if close_udp is None else close_udp
         if udp is None:
-            from txhyperswarm.udp import UDPSocket
-
             udp = UDPSocket(self._reactor, host=host, port=port)
         self.udp = udp
+        self._mono = monotonic or default_monotonic(self._reactor)
+        self._wall = self._reactor.seconds
+        self._wall_offset = self._wall() - self._mono()
         self._recv_buffer = recv_buffer
         self.connections: Dict[Tuple[str, int, int], UTPConnection] = {}
         self._factory: Optional[IProtocolFactory] = None
@@ -113,13 +156,17 @@ class UTPSocket:
         self._ack_call = None
         self._resets: Dict[tuple, float] = {}
         self._quiet: Dict[tuple, float] = {}
-        self._on_idle: Optional[Callable[[], None]] = None
-        self._closed = False
+        self._idle_close = False
+        self._closing = False
+        self._when_closed = OneShotObserver()
         self._window_cap: Optional[int] = None
         self._send_fast = getattr(udp, "send_to_address", None) or udp.send
+        # payload bytes of connections already forgotten
+        self._retired_sent = 0
+        self._retired_received = 0
         #: packets dropped, by reason
         self.dropped: Counter = Counter()
-        udp.set_utp_receiver(self._datagram_received)
+        udp.set_utp_receiver(self.datagram_received)
 
     # ------------------------------------------------------------------ API
 
@@ -142,7 +189,13 @@ class UTPSocket:
 
     @property
     def listening(self) -> bool:
+        """Whether incoming connections are accepted."""
         return self._factory is not None
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run (or started)."""
+        return self._closing
 
     def connect(
         self,
@@ -150,22 +203,29 @@ class UTPSocket:
         port: int,
         factory: IProtocolFactory,
         *,
+        timeout: Optional[float] = None,
         connection_id: Optional[int] = None,
         seq_nr: Optional[int] = None,
     ) -> defer.Deferred:
         """
-        Open a uTP connection to ``(host, port)``.
+        Open a uTP connection to ``(host, port)`` from this socket's port.
 
         :param host: dotted IPv4 address.
+        :param timeout: give up after this many seconds; ``None`` (the
+            default) for libutp's own limit: no answer to 3 SYNs,
+            ``CONNECT_TIMEOUT`` (21 s).
         :param connection_id: the SYN's id (test hook; default random, never
             0xFFFF).
         :param seq_nr: initial sequence number (test hook; default random).
         :returns: Deferred firing with the protocol built by ``factory`` once
             the peer answered the SYN; errbacks with
-            :class:`~txhyperswarm.utp.connection.UTPTimeoutError` (no answer to
-            3 SYNs, ≈21 s), :class:`~txhyperswarm.utp.connection.UTPConnectionRefusedError`
-            (RESET), ``ConnectingCancelledError`` (cancelled).
+            :class:`~txhyperswarm.utp.connection.UTPTimeoutError` (no answer
+            in time), :class:`~txhyperswarm.utp.connection.UTPConnectionRefusedError`
+            (RESET), ``ConnectingCancelledError`` (cancelled, or this socket
+            closed first).
         """
+        if self._closing:
+            return defer.fail(error.ConnectingCancelledError(IPv4Address("UDP", host, port)))
         self.udp.listen()
         addr = (host, port)
         conns = self.connections
@@ -184,45 +244,93 @@ class UTPSocket:
             seq_nr = self._initial_seq()
         conn = self._new_connection(addr, cid, (cid + 1) & 0xFFFF, seq_nr, initiator=True)
         conns[(host, port, cid)] = conn
-        d = defer.Deferred(lambda d: conn._cancel_connect(d))
-        conn._start_connect(factory, d)
-        return d
+        return conn.start_connect(factory, timeout)
+
+    def client_endpoint(self, host: str, port: int, timeout: Optional[float] = None) -> "UTPSocketClientEndpoint":
+        """
+        An ``IStreamClientEndpoint`` that dials ``(host, port)`` from this
+        socket's port (as txtorcon's ``Tor.stream_via``): the swarm dials
+        uTP from the DHT's own port, which holepunching needs.
+
+        :param timeout: as for :meth:`connect`.
+        """
+        return UTPSocketClientEndpoint(self, host, port, timeout)
+
+    def server_endpoint(self) -> "UTPSocketServerEndpoint":
+        """
+        An ``IStreamServerEndpoint`` that accepts on this socket's port; its
+        listening port's ``stopListening`` stops accepting and leaves the
+        socket open.
+        """
+        return UTPSocketServerEndpoint(self)
+
+    def close_when_idle(self) -> defer.Deferred:
+        """
+        Close this socket (as :meth:`close`) once no connection is left in
+        its table: now when there is none, else when the last one ends.
+        New connections are not refused meanwhile.
+
+        :returns: Deferred firing with ``None`` once closed (never errbacks).
+        """
+        self._idle_close = True
+        if not self.connections and not self._closing:
+            self.close()
+        return self._when_closed.when_fired()
 
     def close(self) -> defer.Deferred:
         """
-        Abort every connection (RESET to each peer), detach from the UDP
-        port, and close it if this socket made it.
+        Abort every connection (RESET to each peer), fail the connects in
+        progress with ``ConnectingCancelledError``, detach from the UDP port,
+        and close it if this socket made it. Idempotent.
 
-        :returns: Deferred firing with ``None`` when done.
+        :returns: Deferred firing with ``None`` when done (it never errbacks:
+            a failure to close the UDP socket is logged).
         """
-        self._closed = True
-        self._factory = None
-        for conn in list(self.connections.values()):
-            if conn.state == CLOSED:
-                conn._forget()
-            elif conn.protocol is None and conn.initiator:
-                d = conn._connect_d
-                conn._connect_d = None
-                conn._abort_silently()
-                if d is not None:
-                    from twisted.internet.error import ConnectingCancelledError
+        if not self._closing:
+            self._closing = True
+            self._factory = None
+            for conn in list(self.connections.values()):
+                conn.shutdown()
+            self.connections.clear()
+            if self._ack_call is not None and self._ack_call.active():
+                self._ack_call.cancel()
+            self._ack_call = None
+            self.udp.set_utp_receiver(None)
+            d = self.udp.close() if self._owns_udp else defer.succeed(None)
+            d.addErrback(lambda f: self.log.failure("closing the UDP socket failed", f))
+            d.addBoth(self._when_closed.fire)
+        return self._when_closed.when_fired()
 
-                    d.errback(ConnectingCancelledError(conn.getPeer()))
-            else:
-                conn.abortConnection()
-        self.connections.clear()
-        if self._ack_call is not None and self._ack_call.active():
-            self._ack_call.cancel()
-        self._ack_call = None
-        self.udp.set_utp_receiver(None)
-        if self._owns_udp:
-            return self.udp.close()
-        return defer.succeed(None)
+    def stats(self) -> dict:
+        """
+        The live figures (:class:`txhyperswarm.interfaces.IStatsSource`):
 
-    # ------------------------------------------------------------------ used by connections
+        - ``connections``: connections in the table (connecting, open, or
+          lingering to ack the peer's last packets);
+        - ``bytes_sent``, ``bytes_received``: application payload bytes,
+          over every connection this socket has had (retransmissions and
+          headers not counted);
+        - ``dropped``: :class:`~collections.Counter` of uTP packets dropped,
+          by reason (``bad_ack``, ``unknown_connection``, a decode error's
+          reason, ``syn_not_listening``, ``connection_error``, ...).
+        """
+        sent, received = self._retired_sent, self._retired_received
+        for conn in self.connections.values():
+            sent += conn.bytes_sent
+            received += conn.bytes_received
+        return {
+            "connections": len(self.connections),
+            "bytes_sent": sent,
+            "bytes_received": received,
+            "dropped": Counter(self.dropped),
+        }
+
+    # ------------------------------------------------------------------ IConnectionOwner
 
     def _new_connection(self, *args, **kw) -> UTPConnection:
-        conn = UTPConnection(self, self._reactor, *args, recv_buffer=self._recv_buffer, **kw)
+        conn = UTPConnection(
+            self, self._reactor, *args, recv_buffer=self._recv_buffer, monotonic=self._mono, **kw
+        )
         if self._window_cap is None:
             self._window_cap = kernel_window(self.udp) or 0
         if self._window_cap:
@@ -233,13 +341,15 @@ class UTPSocket:
         """A random initial sequence number (tests override it)."""
         return secrets.randbelow(0x10000)
 
-    def _send(self, data: bytes, addr: Address) -> None:
+    def send_datagram(self, data: bytes, addr: Address) -> None:
+        """(Connection side) Send one datagram; a refused one is counted."""
         # The per-packet path: addresses here come from received datagrams
         # or a checked connect, so they skip Twisted's re-validation.
         if self._send_fast(data, addr) is False:
             self.dropped["send_error"] += 1
 
-    def _schedule_ack(self, conn: UTPConnection) -> None:
+    def schedule_ack(self, conn: UTPConnection) -> None:
+        """(Connection side) ``conn.send_deferred_ack()`` at the end of this reactor turn."""
         self._ack_queue.append(conn)
         if self._ack_call is None:
             self._ack_call = self._reactor.callLater(0, self._flush_acks)
@@ -248,18 +358,26 @@ class UTPSocket:
         self._ack_call = None
         queue, self._ack_queue = self._ack_queue, []
         for conn in queue:
-            conn._send_ack()
+            conn.send_deferred_ack()
 
-    def _forget(self, conn: UTPConnection) -> None:
-        key = (conn._addr[0], conn._addr[1], conn.recv_id)
+    def forget(self, conn: UTPConnection) -> None:
+        """(Connection side) ``conn`` is done: drop it from the table."""
+        host, port = conn.remote
+        key = (host, port, conn.recv_id)
         if self.connections.get(key) is conn:
             del self.connections[key]
-        if not self.connections and self._on_idle is not None and not self._closed:
-            self._on_idle()
+            self._retired_sent += conn.bytes_sent
+            self._retired_received += conn.bytes_received
+        if not self.connections and self._idle_close and not self._closing:
+            self.close()
 
     # ------------------------------------------------------------------ receiving
 
-    def _datagram_received(self, data: bytes, addr: Address) -> None:
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        """The uTP receiver for ``UDPSocket.set_utp_receiver``. Never raises."""
+        off = self._wall() - self._mono()
+        if off - self._wall_offset > CLOCK_JUMP or self._wall_offset - off > CLOCK_JUMP:
+            self._clock_jumped(off)
         try:
             p = decode(data)
         except DecodeError as e:
@@ -267,11 +385,10 @@ class UTPSocket:
             return
         conn = self.connections.get((addr[0], addr[1], p.connection_id))
         if conn is not None:
-            try:
-                conn._packet_received(p)
+            try:  # (inline: the per-packet path)
+                conn.packet_received(p)
             except Exception:
-                self.dropped["connection_error"] += 1
-                self.log.failure("uTP connection {conn!r} failed on a packet", conn=conn)
+                self._connection_failed(conn)
             return
         t = p.type
         if t == ST_SYN:
@@ -281,20 +398,46 @@ class UTPSocket:
         else:
             self._answer_unknown(p, addr)
 
+    def _deliver(self, conn: UTPConnection, p) -> None:
+        try:
+            conn.packet_received(p)
+        except Exception:
+            self._connection_failed(conn)
+
+    def _connection_failed(self, conn: UTPConnection) -> None:
+        """A connection raised on a packet: a bug, counted and logged."""
+        self.dropped["connection_error"] += 1
+        self.log.failure("uTP connection {conn!r} failed on a packet", conn=conn)
+
+    def _clock_jumped(self, offset: float) -> None:
+        """The reactor's (wall) clock moved against the monotonic one: its
+        timers are due at the wrong time, so every connection sets its own
+        again."""
+        self.log.info(
+            "the reactor's clock jumped {jump:+.1f} s; rescheduling uTP timers",
+            jump=offset - self._wall_offset,
+        )
+        self._wall_offset = offset
+        if self._ack_call is not None and self._ack_call.active():
+            self._ack_call.cancel()
+            self._ack_call = self._reactor.callLater(0, self._flush_acks)
+        for conn in list(self.connections.values()):
+            conn.rearm_timer()
+
     def _syn_received(self, p, addr: Address) -> None:
         host, port = addr
         recv_id = (p.connection_id + 1) & 0xFFFF
         conn = self.connections.get((host, port, recv_id))
         if conn is not None:
-            conn._packet_received(p)  # a duplicate SYN
+            self._deliver(conn, p)  # a duplicate SYN
             return
         if self._quiet:
             until = self._quiet.get((host, port, recv_id))
-            if until is not None and until > self._reactor.seconds():
+            if until is not None and until > self._mono():
                 self.dropped["syn_after_reset"] += 1  # a late duplicate of an aborted one
                 return
         factory = self._factory
-        if factory is None or self._closed:
+        if factory is None or self._closing:
             self.dropped["syn_not_listening"] += 1
             return
         if len(self.connections) >= MAX_CONNECTIONS:
@@ -302,16 +445,16 @@ class UTPSocket:
             return
         conn = self._new_connection(addr, recv_id, p.connection_id, self._initial_seq(), initiator=False)
         self.connections[(host, port, recv_id)] = conn
-        conn._accepted(p)
+        conn.accept(p)
         try:
             proto = factory.buildProtocol(IPv4Address("UDP", host, port))
         except Exception:
             self.log.failure("buildProtocol failed for a uTP connection from {host}:{port}", host=host, port=port)
             proto = None
         if proto is None:
-            conn._abort_silently(reset=True)
+            conn.refuse()
             return
-        conn._attach(proto)
+        conn.attach(proto)
 
     def _reset_received(self, p, addr: Address) -> None:
         host, port = addr
@@ -319,27 +462,28 @@ class UTPSocket:
         for rid in ((cid + 1) & 0xFFFF, (cid - 1) & 0xFFFF):
             conn = self.connections.get((host, port, rid))
             if conn is not None and conn.send_id == cid:
-                conn._packet_received(p)
+                self._deliver(conn, p)
                 return
         self.dropped["reset_unknown"] += 1
 
-    def _aborted(self, conn: UTPConnection) -> None:
+    def reset_sent(self, conn: UTPConnection) -> None:
         """
-        ``conn`` sent a RESET: its peer's late packets (a deferred ACK) get no
+        (Connection side) ``conn`` sent a RESET: its peer's late packets (a deferred ACK) get no
         second RESET — utp-native never reports the first one if a second
         follows before its socket is freed (observed with utp-native 2.5.3).
         """
-        now = self._reactor.seconds()
+        now = self._mono()
         quiet = self._quiet
         if len(quiet) >= RESET_MEMORY_SIZE:
             for k in [k for k, t in quiet.items() if t <= now]:
                 del quiet[k]
         if len(quiet) < RESET_MEMORY_SIZE:
-            quiet[(conn._addr[0], conn._addr[1], conn.recv_id)] = now + RESET_MEMORY
+            host, port = conn.remote
+            quiet[(host, port, conn.recv_id)] = now + RESET_MEMORY
 
     def _answer_unknown(self, p, addr: Address) -> None:
         self.dropped["unknown_connection"] += 1
-        now = self._reactor.seconds()
+        now = self._mono()
         if self._quiet:
             until = self._quiet.get((addr[0], addr[1], p.connection_id))
             if until is not None and until > now:
@@ -354,7 +498,108 @@ class UTPSocket:
             if len(resets) >= RESET_MEMORY_SIZE:
                 return
         resets[key] = now + RESET_MEMORY
-        self._send(
+        self.send_datagram(
             HEADER.pack(0x31, 0, p.connection_id, 0, 0, 0, secrets.randbelow(0x10000), p.seq_nr),
             addr,
         )
+
+
+@implementer(interfaces.IListeningPort)
+class UTPListeningPort:
+    """
+    What a uTP server endpoint's ``listen`` fires with.
+
+    :ivar utp: the :class:`UTPSocket` accepting (its ``udp`` can be shared
+        with a DHT node).
+    :ivar udp: its :class:`~txhyperswarm.udp.UDPSocket`.
+    :param close_socket: whether :meth:`stopListening` also closes the
+        socket once its connections have ended (for an endpoint that made
+        the socket; not for one bound to a shared socket).
+    """
+
+    def __init__(self, utp: UTPSocket, factory, close_socket: bool = False) -> None:
+        self.utp = utp
+        self.udp = utp.udp
+        self.factory = factory
+        self._close_socket = close_socket
+        self._stopped: Optional[defer.Deferred] = None
+
+    def startListening(self) -> None:
+        self.utp.listen(self.factory)
+
+    def stopListening(self) -> defer.Deferred:
+        """
+        Stop accepting; established connections carry on. With
+        ``close_socket``, the UDP port closes now if no connection is open,
+        else when the last one ends.
+
+        :returns: Deferred firing with ``None`` once accepting has stopped.
+        """
+        self.utp.stop_listening()
+        if self._stopped is None:
+            if self._close_socket:
+                closed = self.utp.close_when_idle()
+                self._stopped = closed if closed.called else defer.succeed(None)
+            else:
+                self._stopped = defer.succeed(None)
+        return self._stopped
+
+    def getHost(self) -> IPv4Address:
+        host, port = self.udp.address()
+        return IPv4Address("UDP", host, port)
+
+
+@implementer(interfaces.IStreamServerEndpoint)
+class UTPSocketServerEndpoint:
+    """
+    Accept uTP connections on an existing :class:`UTPSocket`
+    (:meth:`UTPSocket.server_endpoint`). One listener per socket.
+    """
+
+    def __init__(self, utp: UTPSocket) -> None:
+        self.utp = utp
+
+    def listen(self, protocolFactory) -> defer.Deferred:
+        """
+        :returns: Deferred firing with a :class:`UTPListeningPort` whose
+            ``stopListening`` leaves the socket open; errbacks with
+            ``CannotListenError`` when the socket already listens or is closed
+            (or its UDP port cannot be bound).
+        """
+
+        def bind():
+            utp = self.utp
+            if utp.listening or utp.closed:
+                try:
+                    host, port = utp.udp.address()
+                except RuntimeError:  # not bound
+                    host, port = "", 0
+                raise error.CannotListenError(host, port, "this UTPSocket already listens or is closed")
+            lp = UTPListeningPort(utp, protocolFactory)
+            lp.startListening()
+            return lp
+
+        return defer.execute(bind)
+
+
+@implementer(interfaces.IStreamClientEndpoint)
+class UTPSocketClientEndpoint:
+    """
+    Dial uTP from an existing :class:`UTPSocket`'s port
+    (:meth:`UTPSocket.client_endpoint`).
+
+    :param timeout: as for :meth:`UTPSocket.connect`.
+    """
+
+    def __init__(self, utp: UTPSocket, host: str, port: int, timeout: Optional[float] = None) -> None:
+        self.utp = utp
+        self.host = host
+        self.port = int(port)
+        self.timeout = timeout
+
+    def connect(self, protocolFactory) -> defer.Deferred:
+        """
+        :returns: Deferred firing with the connected protocol; errbacks as
+            :meth:`UTPSocket.connect`.
+        """
+        return self.utp.connect(self.host, self.port, protocolFactory, timeout=self.timeout)
