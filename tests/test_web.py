@@ -1,0 +1,82 @@
+"""/status and /metrics read the live figures of the node, its UDP socket and uTP (treq's StubTreq)."""
+
+from __future__ import annotations
+
+import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
+from treq.testing import StubTreq
+from twisted.internet.protocol import Factory, Protocol
+
+from txhyperswarm.dht.node import DHTNode
+from txhyperswarm.testing import UDPNetwork
+from txhyperswarm.utp.socket import UTPSocket
+from txhyperswarm.web import status_site
+
+
+class Sink(Protocol):
+    def __init__(self):
+        self.received = bytearray()
+
+    def dataReceived(self, data):
+        self.received += data
+
+
+def _samples(text: str) -> dict:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@pytest_twisted.inlineCallbacks
+def test_status_and_metrics_follow_live_traffic():
+    net = UDPNetwork(latency=0.002)
+    boot = DHTNode(net.reactor("127.0.0.1"), bootstrap=[], port=49737, host="127.0.0.1")
+    boot.startService()
+    client = DHTNode(net.reactor("127.0.0.2"), bootstrap=[("127.0.0.1", 49737)], ephemeral=True, host="127.0.0.2")
+    client.startService()
+    utp = UTPSocket(net.reactor("127.0.0.1"), boot.udp)
+    utp.listen(Factory.forProtocol(Sink))
+    sender = UTPSocket(net.reactor("127.0.0.2"), client.udp)
+    stub = StubTreq(status_site(boot, utp=utp).resource)
+
+    def metrics():
+        d = stub.get("http://node/metrics")
+        d.addCallback(lambda r: r.text())
+        return d.addCallback(_samples)
+
+    before = yield metrics()
+    net.run(3)
+    conns = []
+    sender.connect("127.0.0.1", 49737, Factory.forProtocol(Sink)).addCallback(conns.append)
+    assert net.run_until(lambda: conns, 5)
+    payload = b"x" * 300_000
+    conns[0].transport.write(payload)
+    assert net.run_until(lambda: utp.stats()["bytes_received"] >= len(payload), 30)
+    client.udp.send(b"\x00" * 5, ("127.0.0.1", 49737))  # not a DHT message: dropped by reason
+    net.run(1)
+
+    response = yield stub.get("http://node/status")
+    status = yield response.json()
+    assert status["node"] == {
+        "id": boot.id.hex(), "host": "127.0.0.1", "port": 49737, "ephemeral": False,
+        "routing_table_size": boot.routing_table_size,
+    }
+    assert status["node"]["routing_table_size"] == 0  # the client is ephemeral: not added
+    assert status["topics"] == [] and status["connections"] == []
+
+    after = yield metrics()
+    udp_in = after[("hyperswarm_bytes_total", (("direction", "in"), ("transport", "udp")))]
+    assert udp_in >= len(payload) > before.get(("hyperswarm_bytes_total", (("direction", "in"), ("transport", "udp"))), 0)
+    assert after[("hyperswarm_bytes_total", (("direction", "in"), ("transport", "utp")))] == len(payload)
+    assert after[("hyperswarm_bytes_total", (("direction", "out"), ("transport", "utp")))] == 0
+    assert after[("hyperswarm_utp_connections", ())] == 1
+    assert after[("hyperswarm_dht_rpc_requests_total", (("command", "_find_node"), ("direction", "in")))] >= 1
+    assert sum(v for (name, _), v in after.items() if name == "hyperswarm_dropped_datagrams_total") >= 1
+    assert after[("hyperswarm_connections", ())] == 0
+
+    yield sender.close()
+    yield utp.close()
+    yield client.stopService()
+    yield boot.stopService()
