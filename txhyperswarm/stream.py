@@ -54,6 +54,7 @@ class Stream(Protocol):
     :ivar allow_half_open: ``False`` (Node's default): end our side when the
         peer ends its; ``True``: stay writable until :meth:`end`.
     :ivar ended: the peer ended its side.
+    :ivar write_ended: :meth:`end` was called (our side ended).
     :ivar closed: the connection is closed.
     :ivar reason: why it closed (the ``Failure`` of ``connectionLost``).
     """
@@ -67,6 +68,7 @@ class Stream(Protocol):
         self.on_close: Optional[Callable[[Failure], Any]] = None
         self.allow_half_open = False
         self.ended = False
+        self.write_ended = False
         self.closed = False
         self._closed: OneShotObserver[None] = OneShotObserver()
         self.reason: Optional[Failure] = None
@@ -103,8 +105,11 @@ class Stream(Protocol):
 
     def end(self) -> None:
         """Half-close: FIN after what was written; reading goes on."""
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.write_ended:
+            self.write_ended = True
             self.transport.loseWriteConnection()
+            if self.ended:
+                self.close()
 
     def close(self) -> None:
         """Close both directions after what was written."""
@@ -128,7 +133,7 @@ class Stream(Protocol):
         self.ended = True
         if self.on_end is not None:
             self._call(self.on_end)
-        if not self.allow_half_open:
+        if not self.allow_half_open or self.write_ended:
             self.close()
 
     def writeConnectionLost(self) -> None:

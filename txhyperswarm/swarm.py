@@ -120,6 +120,44 @@ def _on_lan(host: str) -> bool:
     return addr.is_private or addr.is_loopback or addr.is_link_local
 
 
+def _either(first: defer.Deferred, second: defer.Deferred) -> defer.Deferred:
+    """``(0, result)`` or ``(1, result)``: whichever fires first (the other is
+    cancelled); cancelling it cancels both."""
+    cancelling = []
+
+    def cancel(_: defer.Deferred) -> None:
+        cancelling.append(True)
+        first.cancel()
+        second.cancel()
+
+    out: defer.Deferred = defer.Deferred(cancel)
+
+    def won(result: Any, index: int) -> None:
+        if cancelling or out.called:
+            return
+        if isinstance(result, Failure):
+            out.errback(result)
+        else:
+            out.callback((index, result))
+        (second if index == 0 else first).cancel()
+
+    first.addBoth(won, 0)
+    second.addBoth(won, 1)
+    return out
+
+
+def _shield(d: defer.Deferred) -> defer.Deferred:
+    """``d``'s result; cancelling it only stops waiting (``d`` goes on)."""
+    out: defer.Deferred = defer.Deferred()
+
+    def settle(result: Any) -> None:
+        if not out.called:
+            out.errback(result) if isinstance(result, Failure) else out.callback(result)
+
+    d.addBoth(settle)
+    return out
+
+
 @implementer(IPeerConnection)
 class _Link:
     """One swarm connection: the network's ``Connection`` and the protocol on it."""
@@ -401,7 +439,7 @@ class Hyperswarm(service.Service, EventEmitter):
             if self._status.get(topic) is flags:
                 del self._status[topic]
             raise
-        first, ok = yield self._guard(defer.race([handle.when_ready(), joined.replaced.when_fired()]))
+        first, ok = yield self._guard(_either(handle.when_ready(), joined.replaced.when_fired()))
         if first == 1 or not joined.current:
             return None
         return ok
@@ -439,10 +477,10 @@ class Hyperswarm(service.Service, EventEmitter):
             if close_connections:
                 self._close_topic_links(topic)
             stopped = self._quietly(joined.handle.stop)
+            stopped.addCallback(lambda _: self._emit("leave", topic))
         finally:
             tail.fire(None)
-        yield stopped
-        self._emit("leave", topic)
+        yield _shield(stopped)
         return None
 
     def flush(self) -> defer.Deferred:
@@ -731,12 +769,18 @@ class Hyperswarm(service.Service, EventEmitter):
             d.addErrback(lambda _: None)
             d.cancel()
             return defer.fail(SwarmClosed("the swarm is stopped"))
-        out: defer.Deferred = defer.Deferred(lambda _: d.cancel())
+        cancelling = []
+
+        def cancel(_: defer.Deferred) -> None:
+            cancelling.append(True)
+            d.cancel()  # whatever d gives now, ``out`` fails with CancelledError
+
+        out: defer.Deferred = defer.Deferred(cancel)
         self._guards[out] = d
 
         def settle(result: Any) -> None:
             self._guards.pop(out, None)
-            if not out.called:
+            if not out.called and not cancelling:
                 if isinstance(result, Failure):
                     out.errback(result)
                 else:
