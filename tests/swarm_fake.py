@@ -246,6 +246,7 @@ class FakeNetwork:
         self.closing = False
         self.refused = 0
         self.dials = 0
+        self.pending: set = set()  # dials in progress (close() leaves them to the caller)
         self.bound = False
 
     def bind(self) -> defer.Deferred:
@@ -294,7 +295,10 @@ class FakeNetwork:
 
         timer.append(self.reactor.callLater(self.timeout, timed_out))
 
+        self.pending.add(result)
+
         def done(r: Any) -> Any:
+            self.pending.discard(result)
             if timer[0].active():
                 timer[0].cancel()
             return r
