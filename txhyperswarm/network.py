@@ -54,10 +54,14 @@ from txhyperswarm import netif
 from txhyperswarm._observer import OneShotObserver
 from txhyperswarm._reactor import default_reactor
 from txhyperswarm.connection import Connection
+from txhyperswarm.dht import peers
+from txhyperswarm.dht.node import DHTNode
 from txhyperswarm.dial import CONNECTION_TIMEOUT, Dial, DialFailed, DialTimeout, FirewallRefused
 from txhyperswarm.discovery import Discovery, DiscoveryTopic
 from txhyperswarm.interfaces import IStatsSource
-from txhyperswarm.utp.socket import default_monotonic
+from txhyperswarm.mdns import MulticastDiscovery
+from txhyperswarm.udp import UDPSocket
+from txhyperswarm.utp.socket import UTPSocket, default_monotonic
 
 __all__ = [
     "Network",
@@ -232,7 +236,7 @@ class Network:
     :param multicast: run multicast DNS.
     :param firewall: ``firewall(host, port, client) -> bool``; true refuses
         the connection (inbound, before anyone sees it: TCP closed at
-        accept, uTP answered with a RESET) or the dial
+        accept, a uTP SYN dropped unanswered, as libutp) or the dial
         (:class:`FirewallRefused`).
     :param interfaces: ``() -> [(address, internal)]`` as
         :func:`txhyperswarm.netif.interfaces` (mDNS memberships and the
@@ -318,6 +322,11 @@ class Network:
         """Whether :meth:`close` was called."""
         return self._closing is not None
 
+    @property
+    def tcp_port(self):
+        """The TCP listener (an ``IListeningPort``), or ``None`` before bind."""
+        return self._tcp_port
+
     def address(self) -> Address:
         """The bound ``(host, port)`` (TCP and UDP share the port)."""
         if self._address is None:
@@ -343,8 +352,6 @@ class Network:
         return self._opening.when_fired()
 
     async def _bind(self) -> Address:
-        from txhyperswarm.udp import UDPSocket
-
         last: Optional[BaseException] = None
         for candidate in port_candidates(self.port, self.preferred_port):
             try:
@@ -377,21 +384,18 @@ class Network:
         return self._address
 
     def _start_services(self) -> None:
-        from txhyperswarm.dht.node import DHTNode
-        from txhyperswarm.utp.socket import UTPSocket
-
         self.utp = UTPSocket(self.reactor, self.udp, close_udp=False, monotonic=self.monotonic)
         self.utp.listen(_InboundFactory(self._accept_utp))
+        self.utp.firewall = self._utp_firewall
         self.dht = DHTNode(
             self.reactor, bootstrap=self.bootstrap, ephemeral=self.ephemeral is not False, udp=self.udp, id=self.id
         )
+        peers.register(self.dht)  # every hyperswarm DHT node stores peer records
         self.dht.startService()
         if self.ephemeral is None:
             self.adaptive = AdaptiveEphemerality(self.reactor, self.dht, self.random)
             self.dht.bootstrapped().addCallbacks(lambda _: self.adaptive.start(), lambda f: None)
         if self.multicast:
-            from txhyperswarm.mdns import MulticastDiscovery
-
             mdns = MulticastDiscovery(self.reactor, interfaces=self.interfaces, random=self.random)
             try:
                 mdns.startService()
@@ -407,16 +411,25 @@ class Network:
         return self._accept("tcp", addr)
 
     def _accept_utp(self, addr) -> Optional[Connection]:
-        return self._accept("utp", addr)
+        return self._connection("utp", False, (addr.host, addr.port), None, self._accepted)
+
+    def _utp_firewall(self, host: str, port: int) -> bool:
+        # uTP refuses as libutp's firewall callback: the SYN gets no answer
+        return self._refuse(host, port)
 
     def _accept(self, type: str, addr) -> Optional[Connection]:
+        if self._refuse(addr.host, addr.port):
+            return None  # TCP: accepted, then closed at once (Node: accept-then-close)
+        return self._connection(type, False, (addr.host, addr.port), None, self._accepted)
+
+    def _refuse(self, host: str, port: int) -> bool:
         if self._closing is not None:
             self._refused["closing"] += 1
-            return None
-        if self.firewall is not None and self.firewall(addr.host, addr.port, False):
+            return True
+        if self.firewall is not None and self.firewall(host, port, False):
             self._refused["firewall"] += 1
-            return None
-        return self._connection(type, False, (addr.host, addr.port), None, self._accepted)
+            return True
+        return False
 
     def _accepted(self, conn: Connection) -> None:
         self._track(conn)
