@@ -222,3 +222,35 @@ def test_adaptive_ephemerality_turns_persistent_on_a_clock():
     for n in others:
         n.stopService()
     w.stop_all()
+
+
+def test_utp_through_a_holepunch_when_tcp_cannot_connect():
+    """The announcer's TCP listener is gone: the looker's dial holepunches
+    through the referrer and connects over uTP; both sides see "utp", the
+    stream carries data both ways and half-closes."""
+    w = World()
+    a = w.swarm("a", "10.0.0.2")
+    b = w.swarm("b", "10.0.0.3")
+    a.join(T1, announce=True, lookup=False)
+    w.run(1)
+    w.net.tcp_unlisten(("10.0.0.2", a.address()[1]))
+    b.join(T1)
+    w.run(3)
+    (_, _, _, (sa, ia)), = w.of("a", "connection")
+    (_, _, _, (sb, ib)), = w.of("b", "connection")
+    assert (ia.type, ia.client, ib.type, ib.client) == ("utp", False, "utp", True)
+    assert ib.peer.referrer == BOOT and ia.remote == ("10.0.0.3", b.address()[1])
+    assert sa.transport.getPeer().type == "UDP"
+    got_a, got_b = [], []
+    sa.on_data, sb.on_data = got_a.append, got_b.append
+    sa.write(b"a" * 50000)
+    sb.write(b"b" * 50000)
+    w.run(2)
+    assert b"".join(got_a) == b"b" * 50000 and b"".join(got_b) == b"a" * 50000
+    sb.end()
+    w.run(0.5)
+    assert sa.ended and sb.ended and sa.closed and sb.closed
+    assert w.seq("a")[-1] == "disconnection" and w.seq("b")[-1] == "disconnection"
+    w.run(2)  # b redials its proven peer over uTP again (~1.3 s)
+    assert w.seq("b")[-1] == "connection" and w.of("b", "connection")[-1][3][1].type == "utp"
+    w.stop_all()
