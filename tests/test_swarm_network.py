@@ -254,3 +254,50 @@ def test_utp_through_a_holepunch_when_tcp_cannot_connect():
     w.run(2)  # b redials its proven peer over uTP again (~1.3 s)
     assert w.seq("b")[-1] == "connection" and w.of("b", "connection")[-1][3][1].type == "utp"
     w.stop_all()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "utp"])
+def test_a_half_closeable_factory_protocol_keeps_writing_after_the_peers_end(transport):
+    """A protocol providing IHalfCloseableProtocol gets readConnectionLost
+    when the peer ends its side, and may still write, over TCP and uTP."""
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+    from zope.interface import implementer
+
+    @implementer(IHalfCloseableProtocol)
+    class Half(Protocol):
+        def connectionMade(self):
+            self.got, self.events = b"", []
+
+        def dataReceived(self, data):
+            self.got += data
+
+        def readConnectionLost(self):
+            self.events.append("read_lost")
+            self.transport.write(b"after your end")
+            self.transport.loseConnection()
+
+        def writeConnectionLost(self):
+            self.events.append("write_lost")
+
+        def connectionLost(self, reason):
+            self.events.append("lost")
+
+    w = World()
+    a = w.swarm("a", "10.0.0.2", factory=Factory.forProtocol(Half))
+    b = w.swarm("b", "10.0.0.3", factory=Factory.forProtocol(Half))
+    a.join(T1, announce=True, lookup=False)
+    w.run(1)
+    if transport == "utp":
+        w.net.tcp_unlisten(("10.0.0.2", a.address()[1]))
+    b.join(T1)
+    w.run(3)
+    (_, _, _, (pa, ia)), = w.of("a", "connection")
+    (_, _, _, (pb, ib)), = w.of("b", "connection")
+    assert ia.type == ib.type == transport
+    pb.transport.write(b"hello")
+    pb.transport.loseWriteConnection()
+    w.run(1)
+    assert pa.got == b"hello" and pa.events[:1] == ["read_lost"]
+    assert pb.got == b"after your end" and "write_lost" in pb.events and pb.events[-1] == "lost"
+    assert pa.events[-1] == "lost"
+    w.stop_all()
