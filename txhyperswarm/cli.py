@@ -288,7 +288,7 @@ async def _lookup(reactor, args, interrupted: OneShotObserver) -> int:
             seen.add(key)
             _emit(_record_json(record))
 
-    walk = {"failed": None, "ended": False, "decided": False}
+    walk: Dict[str, Any] = {"failed": None, "ended": False, "decided": False}
     walked: defer.Deferred = defer.Deferred()
 
     def cycle_ended(error) -> None:
@@ -398,6 +398,8 @@ RELOOKUP_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0)
 class _StdioSide(Protocol):
     """The process's stdin/stdout (``twisted.internet.stdio.StandardIO``)."""
 
+    transport: Any
+
     def __init__(self, job: "PipeJob") -> None:
         self.job = job
 
@@ -422,6 +424,8 @@ class _StdioSide(Protocol):
 @implementer(IHalfCloseableProtocol)
 class _PeerSide(Protocol):
     """One swarm connection of the pipe (the chosen one, or a duplicate it closes)."""
+
+    transport: Any
 
     def __init__(self, job: "PipeJob") -> None:
         self.job = job
@@ -736,9 +740,11 @@ async def _pipe(reactor, args, interrupted: OneShotObserver) -> int:
             elif ok is True:
                 job.relookup(topic)
 
-        joined.addCallbacks(join_done, lambda f: (
-            sys.stderr.write(f"hyperswarm pipe: cannot join: {f.getErrorMessage()}\n"),
-            job.finished.fire_if_not_fired(1)))
+        def join_failed(f: Failure) -> None:
+            sys.stderr.write(f"hyperswarm pipe: cannot join: {f.getErrorMessage()}\n")
+            job.finished.fire_if_not_fired(1)
+
+        joined.addCallbacks(join_done, join_failed)
         kind, _ = await _race(reactor, defer.DeferredList([job.connected.when_fired(), job.finished.when_fired()],
                                                           fireOnOneCallback=True, consumeErrors=True),
                               args.timeout, interrupted)
