@@ -146,7 +146,9 @@ class Sink(Protocol):
             self.reactor.callLater(5.0, self.transport.resumeProducing)
 
     def connectionLost(self, reason):
-        self.done.callback((self.n, self.sha.hexdigest()))
+        # a dial's losing connection (TCP and uTP race) may reach us empty
+        if self.n and not self.done.called:
+            self.done.callback((self.n, self.sha.hexdigest()))
 
 
 class Upload(Protocol):
