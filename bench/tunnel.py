@@ -39,6 +39,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -173,20 +174,20 @@ class Procs:
         self.procs: list = []
 
     def start(self, name: str, argv: list, ready: str, timeout: float = READY_TIMEOUT) -> subprocess.Popen:
+        # Output goes to a file, never a pipe nobody reads (a daemon logging
+        # a line per tunnel would block once a pipe is full).
         env = dict(os.environ, PYTHONPATH=str(REPO), NODE_PATH=str(NODE_MODULES))
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(REPO), env=env,
+        log = tempfile.TemporaryFile()
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env,
                              start_new_session=True)
-        p.name = name  # type: ignore[attr-defined]
         self.procs.append(p)
         deadline = time.monotonic() + timeout
-        os.set_blocking(p.stdout.fileno(), False)
         seen = b""
         while time.monotonic() < deadline:
-            chunk = p.stdout.read()
-            if chunk:
-                seen += chunk
-                if ready.encode() in seen:
-                    return p
+            log.seek(0)
+            seen = log.read()
+            if ready.encode() in seen:
+                return p
             if p.poll() is not None:
                 break
             time.sleep(0.05)
