@@ -235,3 +235,106 @@ def test_own_record_is_not_dialled():
     _, swarm, job = job_on(5000)
     job.validate_peer(record(5000))
     assert swarm.dials == []
+
+
+# -- memory and drops ---------------------------------------------------------
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_reader_that_pauses_does_not_grow_either_pipe(reactor, tmp_path, twist_bootstrap_node):
+    # A sends 96 MiB; B's stdout is a pipe nobody reads for 4 s. With
+    # stdin/stdout as producers and consumers, neither process buffers it.
+    _, port = twist_bootstrap_node
+    size = 96 * 1024 * 1024
+    data = tmp_path / "big.in"
+    with open(data, "wb") as f:
+        for _ in range(size // (1 << 20)):
+            f.write(os.urandom(1 << 20))
+    extra = ["--bootstrap", f"127.0.0.1:{port}", "--no-mdns", "--timeout", "60"]
+    with open(data, "rb") as fin:
+        a = start_pipe("pipe-test-memory", *extra, "--announce", stdin=fin, stdout=subprocess.DEVNULL)
+        b = start_pipe("pipe-test-memory", *extra, "--lookup", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    try:
+        yield task.deferLater(reactor, 1.0, lambda: None)  # started, imports done
+        base = {p.pid: rss_mib(p.pid) for p in (a, b)}
+        peak = dict(base)
+        for _ in range(40):  # 4 s, B's stdout unread
+            yield task.deferLater(reactor, 0.1, lambda: None)
+            for p in (a, b):
+                if p.poll() is None:
+                    peak[p.pid] = max(peak[p.pid], rss_mib(p.pid))
+        assert a.poll() is None and b.poll() is None
+        got = hashlib.sha256()
+        total = 0
+        os.set_blocking(b.stdout.fileno(), False)
+        end = reactor.seconds() + 90
+        while reactor.seconds() < end:
+            chunk = b.stdout.read()
+            if chunk:
+                got.update(chunk)
+                total += len(chunk)
+            elif b.poll() is not None:
+                break
+            else:
+                yield task.deferLater(reactor, 0.01, lambda: None)
+        codes = yield wait_all(reactor, [a, b], 30)
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert total == size and got.hexdigest() == sha(data)
+    assert codes == [0, 0], [p.stderr.read() for p in (a, b)]
+    for p in (a, b):
+        assert peak[p.pid] - base[p.pid] < 32, (peak, base)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_peer_that_dies_makes_the_other_exit_1_once_it_sends(reactor, tmp_path, twist_bootstrap_node):
+    _, port = twist_bootstrap_node
+    extra = ["--bootstrap", f"127.0.0.1:{port}", "--no-mdns", "--timeout", "60"]
+    a = start_pipe("pipe-test-drop", *extra, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    b = start_pipe("pipe-test-drop", *extra, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        # both connected: each has said so on stderr
+        end = reactor.seconds() + 60
+        seen = {a.pid: b"", b.pid: b""}
+        for p in (a, b):
+            os.set_blocking(p.stderr.fileno(), False)
+        while not all(b"connected to" in v for v in seen.values()):
+            assert reactor.seconds() < end, seen
+            for p in (a, b):
+                seen[p.pid] += p.stderr.read() or b""
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        b.kill()
+        b.wait()
+        # B's kernel ended B's side with a FIN (a clean end: A keeps its
+        # stdin open, as netcat); what A sends next is answered with a reset
+        # (found at A's next write after it)
+        for _ in range(3):
+            try:
+                a.stdin.write(b"x" * 65536)
+                a.stdin.flush()
+            except BrokenPipeError:  # A has exited
+                break
+            yield task.deferLater(reactor, 0.5, lambda: None)
+        try:
+            (code,) = yield wait_all(reactor, [a], 60)
+        except AssertionError as e:
+            raise AssertionError(f"{e} {seen}") from None
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    err = seen[a.pid] + (a.stderr.read() or b"")
+    assert code == 1, err
+    assert b"the connection dropped" in err, err
