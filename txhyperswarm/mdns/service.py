@@ -135,6 +135,10 @@ class MulticastDiscovery(service.Service):
     :param loopback: multicast loopback (on, so peers on this host hear us).
     :param random: a ``random.Random``-like object for the query schedule
         (tests); topic ids always come from ``os.urandom``.
+    :param interfaces: the interface listing to join the group on when
+        ``interface`` is ``None``: ``() -> [(address, internal)]`` as
+        :func:`txhyperswarm.netif.interfaces` (the default); e.g. a
+        :class:`txhyperswarm.testing.MemoryHostReactor`'s ``interfaces``.
 
     Start it with ``startService()`` (binds now; raises
     ``twisted.internet.error.CannotListenError`` if the port cannot be bound)
@@ -165,8 +169,10 @@ class MulticastDiscovery(service.Service):
         ttl: int = 255,
         loopback: bool = True,
         random=None,
+        interfaces: Optional[Callable[[], List[Tuple[str, bool]]]] = None,
     ) -> None:
         self._reactor = default_reactor(reactor)
+        self._interfaces = interfaces
         if interface in ("", "0.0.0.0"):
             interface = None
         if interface is not None:
@@ -550,11 +556,14 @@ class MulticastDiscovery(service.Service):
     def _update_memberships(self) -> None:
         """multicast-dns's ``update()``: join on interfaces not joined yet."""
         joined = False
-        for address in netif.interface_addresses():
+        listing = self._interfaces() if self._interfaces is not None else netif.interfaces()
+        for address, _ in listing:
             if address not in self._memberships:
                 joined = self._join(address) or joined
         if joined:
-            self._set_outgoing(netif.default_outgoing())
+            # multicast-dns's defaultInterface() (netif.default_outgoing)
+            outgoing = "0.0.0.0" if any(not internal for _, internal in listing) else "127.0.0.1"
+            self._set_outgoing(outgoing)
 
     def _join(self, address: str) -> bool:
         lp = self._listening_port

@@ -403,6 +403,10 @@ class UTPConnection:
         self._retransmit_count = 0
         self._rto_at: Optional[float] = None
         self._last_send = self._mono()
+        #: When (``monotonic`` seconds) the last packet from the peer was
+        #: taken (any but a stray SYN or RESET; creation time before the
+        #: first): what an idle check compares with the keepalive period.
+        self.last_received = self._last_send
         self._timer = None
         self._timer_at = 0.0
         self._linger_at: Optional[float] = None
@@ -815,6 +819,7 @@ class UTPConnection:
             self._owner.dropped["bad_ack"] += 1
             return
         now = self._mono()
+        self.last_received = now
         now_us = int(now * 1_000_000) & M32
         if p.timestamp:
             rm = (now_us - p.timestamp) & M32
