@@ -177,6 +177,7 @@ class Connection(Protocol):
             raise RuntimeError(f"{self!r} already has a protocol")
         if self.transport is None:
             raise RuntimeError(f"{self!r} is not connected yet")
+        lost_before = self.closed  # else connectionLost tells the protocol itself
         self.protocol = protocol
         if self._paused and not self.closed:
             self._paused = False
@@ -186,7 +187,7 @@ class Connection(Protocol):
         self._buffered = 0
         for event in events:
             self._forward(event)
-        if self.closed:
+        if lost_before:
             self._tell_lost()
 
     def when_closed(self) -> defer.Deferred:

@@ -126,7 +126,8 @@ class Dial:
             self._branches.add("holepunch")
         factory = _AttemptFactory(lambda addr: self._attempt("tcp"), self._tcp_failed)
         try:
-            self._connector = self.reactor.connectTCP(peer.host, peer.port, factory, timeout=self._timeout)
+            # the kernel's own limit a little later than ours, so the dial's timer decides
+            self._connector = self.reactor.connectTCP(peer.host, peer.port, factory, timeout=self._timeout + 1)
         except Exception as e:
             self._branch_ended("tcp")
             if self.done:
@@ -156,6 +157,8 @@ class Dial:
         if self.done:  # a late winner: closed at once
             conn.abort()
             return
+        if conn.type == "utp":
+            self._step = None  # the uTP connect fires with this very connection next
         self._finish(conn.type, winner=conn)
         self._result.callback(conn)
 
@@ -216,7 +219,7 @@ class Dial:
         if timer is not None and timer.active():
             timer.cancel()
         connector, self._connector = self._connector, None
-        if connector is not None and connector.state == "connecting":
+        if connector is not None and getattr(connector, "state", "connecting") == "connecting":
             connector.stopConnecting()
         step, self._step = self._step, None
         if step is not None and not step.called:

@@ -232,7 +232,7 @@ class Network:
     :param multicast: run multicast DNS.
     :param firewall: ``firewall(host, port, client) -> bool``; true refuses
         the connection (inbound, before anyone sees it: TCP closed at
-        accept, uTP answered with a RESET) or the dial
+        accept, a uTP SYN dropped unanswered, as libutp) or the dial
         (:class:`FirewallRefused`).
     :param interfaces: ``() -> [(address, internal)]`` as
         :func:`txhyperswarm.netif.interfaces` (mDNS memberships and the
@@ -318,6 +318,11 @@ class Network:
         """Whether :meth:`close` was called."""
         return self._closing is not None
 
+    @property
+    def tcp_port(self):
+        """The TCP listener (an ``IListeningPort``), or ``None`` before bind."""
+        return self._tcp_port
+
     def address(self) -> Address:
         """The bound ``(host, port)`` (TCP and UDP share the port)."""
         if self._address is None:
@@ -382,6 +387,7 @@ class Network:
 
         self.utp = UTPSocket(self.reactor, self.udp, close_udp=False, monotonic=self.monotonic)
         self.utp.listen(_InboundFactory(self._accept_utp))
+        self.utp.firewall = self._utp_firewall
         self.dht = DHTNode(
             self.reactor, bootstrap=self.bootstrap, ephemeral=self.ephemeral is not False, udp=self.udp, id=self.id
         )
@@ -407,16 +413,25 @@ class Network:
         return self._accept("tcp", addr)
 
     def _accept_utp(self, addr) -> Optional[Connection]:
-        return self._accept("utp", addr)
+        return self._connection("utp", False, (addr.host, addr.port), None, self._accepted)
+
+    def _utp_firewall(self, host: str, port: int) -> bool:
+        # uTP refuses as libutp's firewall callback: the SYN gets no answer
+        return self._refuse(host, port)
 
     def _accept(self, type: str, addr) -> Optional[Connection]:
+        if self._refuse(addr.host, addr.port):
+            return None  # TCP: accepted, then closed at once (Node: accept-then-close)
+        return self._connection(type, False, (addr.host, addr.port), None, self._accepted)
+
+    def _refuse(self, host: str, port: int) -> bool:
         if self._closing is not None:
             self._refused["closing"] += 1
-            return None
-        if self.firewall is not None and self.firewall(addr.host, addr.port, False):
+            return True
+        if self.firewall is not None and self.firewall(host, port, False):
             self._refused["firewall"] += 1
-            return None
-        return self._connection(type, False, (addr.host, addr.port), None, self._accepted)
+            return True
+        return False
 
     def _accepted(self, conn: Connection) -> None:
         self._track(conn)

@@ -166,6 +166,11 @@ class UTPSocket:
         self._retired_received = 0
         #: packets dropped, by reason
         self.dropped: Counter = Counter()
+        #: ``None``, or ``firewall(host, port) -> bool``: a true answer drops
+        #: a SYN for a new connection unanswered (``dropped["syn_firewalled"]``),
+        #: as libutp's ``UTP_ON_FIREWALL`` callback (utp-native's
+        #: ``maxConnections``). Asked again for every retransmitted SYN.
+        self.firewall: Optional[Callable[[str, int], bool]] = None
         udp.set_utp_receiver(self.datagram_received)
 
     # ------------------------------------------------------------------ API
@@ -442,6 +447,9 @@ class UTPSocket:
             return
         if len(self.connections) >= MAX_CONNECTIONS:
             self.dropped["syn_too_many"] += 1
+            return
+        if self.firewall is not None and self.firewall(host, port):
+            self.dropped["syn_firewalled"] += 1
             return
         conn = self._new_connection(addr, recv_id, p.connection_id, self._initial_seq(), initiator=False)
         self.connections[(host, port, recv_id)] = conn
