@@ -63,7 +63,8 @@ if (cfg.id) opts.id = Buffer.from(cfg.id, 'hex')
 const dedupId = cfg.dedupId ? Buffer.from(cfg.dedupId, 'hex') : null
 
 const swarm = hyperswarm(opts)
-const conns = new Map() // n -> { socket, info }
+const conns = new Map() // n -> { socket, info, received } while open
+const bySocket = new WeakMap() // socket -> n
 let next = 0
 
 function peerJson (p) {
@@ -125,6 +126,7 @@ swarm.on('connection', (socket, info) => {
   const n = next++
   const entry = { socket, info, received: 0 }
   conns.set(n, entry)
+  bySocket.set(socket, n)
   out(Object.assign({
     event: 'connection',
     conn: n,
@@ -157,8 +159,7 @@ swarm.on('connection', (socket, info) => {
   if (cfg.greet) socket.write(cfg.greet)
 })
 swarm.on('disconnection', (socket, info) => {
-  let n = null
-  for (const [k, v] of conns) if (v.socket === socket) n = k
+  const n = bySocket.has(socket) ? bySocket.get(socket) : null
   out({ event: 'disconnection', conn: n, client: info.client, type: info.type, duplicate: info.duplicate })
 })
 
