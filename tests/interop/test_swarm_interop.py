@@ -269,7 +269,7 @@ class PyPeer:
 
     def _on_disconnection(self, proto, info):
         self.log.out({"event": "disconnection", "conn": proto.conn, "client": info.client, "type": info.type,
-                      "duplicate": info.duplicate})
+                      "duplicate": info.duplicate, "received": proto.received})
 
     def wait_for(self, predicate, timeout=WAIT):
         return self.log.wait_for(predicate, timeout)
@@ -527,6 +527,11 @@ def test_simultaneous_connect_deduplicates_to_the_smaller_ids_dial(reactor, make
     # both sides ran the id exchange, and each saw the other's id
     assert any(o.get("event") == "dedup" and o["remote_id"] == b_id.hex() for o in a.lines)
     assert any(o.get("event") == "dedup" and o["remote_id"] == a_id.hex() for o in b.lines)
+    # no connection that carried the ids was closed but as a duplicate (the
+    # survivor is one of the two first connections, not a later redial)
+    for side in (a, b):
+        closed = [o for o in side.lines if o.get("event") == "disconnection" and o["received"]]
+        assert all(o["duplicate"] for o in closed), story()
     # it stays so: the dropped dial is not retried
     yield sleep(reactor, 2.0)
     assert [c["conn"] for c in split((yield a.connections()))[0]] == [ca["conn"]]

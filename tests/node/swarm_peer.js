@@ -41,7 +41,7 @@
 //    sticky, 1.4),"remote":{host,port},"local":{host,port},"t":<monotonic s>}
 //   {"event":"data","conn","data":text}    {"event":"end","conn"}
 //   {"event":"dedup","conn","remote_id":hex,"duplicate":bool}
-//   {"event":"disconnection","conn","client","type","duplicate"}
+//   {"event":"disconnection","conn","client","type","duplicate","received" (bytes)}
 //   {"event":"socket-error","conn","message"}   {"event":"error","message"}
 // "remote" is the socket's remote address as Node reports it (a TCP socket
 // accepted on Node's dual-stack '::' listener says "::ffff:127.0.0.1").
@@ -65,6 +65,7 @@ const dedupId = cfg.dedupId ? Buffer.from(cfg.dedupId, 'hex') : null
 const swarm = hyperswarm(opts)
 const conns = new Map() // n -> { socket, info, received } while open
 const bySocket = new WeakMap() // socket -> n
+const received = new WeakMap() // socket -> bytes received
 let next = 0
 
 function peerJson (p) {
@@ -140,6 +141,7 @@ swarm.on('connection', (socket, info) => {
   let idBuf = dedupId ? Buffer.alloc(0) : null
   socket.on('data', (data) => {
     entry.received += data.length
+    received.set(socket, entry.received)
     if (idBuf !== null) {
       idBuf = Buffer.concat([idBuf, data])
       if (idBuf.length < 32) return
@@ -160,7 +162,8 @@ swarm.on('connection', (socket, info) => {
 })
 swarm.on('disconnection', (socket, info) => {
   const n = bySocket.has(socket) ? bySocket.get(socket) : null
-  out({ event: 'disconnection', conn: n, client: info.client, type: info.type, duplicate: info.duplicate })
+  out({ event: 'disconnection', conn: n, client: info.client, type: info.type, duplicate: info.duplicate,
+    received: received.get(socket) || 0 })
 })
 
 function onCommand (msg) {
