@@ -42,13 +42,19 @@ def sleep(reactor, seconds):
 
 
 @pytest.fixture
-def bootstrap(private_netns, reactor):
-    """A persistent Python DHT node serving ``peers`` on 127.0.0.1; yields ``(host, port)``."""
+def bootstrap_node(private_netns, reactor):
+    """A persistent Python DHT node serving ``peers`` on 127.0.0.1."""
     boot = DHTNode(reactor, bootstrap=[], ephemeral=False, host=LOOPBACK, port=0)
-    dht_peers.register(boot)
+    boot.peers_command = dht_peers.register(boot)
     boot.startService()
-    yield boot.address()
+    yield boot
     pytest_twisted.blockon(boot.stopService())
+
+
+@pytest.fixture
+def bootstrap(bootstrap_node):
+    """The bootstrap node's ``(host, port)``."""
+    return bootstrap_node.address()
 
 
 # ---------------------------------------------------------------- the two kinds of peer
@@ -554,7 +560,17 @@ def node_lookup(proc, topic):
 
 @pytest.mark.parametrize("kind", ["node", "python"])
 @pytest_twisted.inlineCallbacks
-def test_leave_unannounces_before_it_fires(reactor, make_peer, processes, bootstrap, kind):
+def test_leave_unannounces_before_it_fires(reactor, make_peer, processes, bootstrap_node, bootstrap, kind):
+    # The bootstrap node applies each update (announce, unannounce) 0.3 s
+    # late and only then replies: a leave() that fired before its unannounce
+    # completed would let the lookup below still find the record.
+    command = bootstrap_node.peers_command
+
+    def slow_update(request):
+        return deferLater(reactor, 0.3, command.update, request)
+
+    bootstrap_node.remove_command(dht_peers.COMMAND)
+    bootstrap_node.add_command(dht_peers.COMMAND, query=command.query, update=slow_update)
     topic = os.urandom(32)
     swarm = make_peer(kind)
     port = yield swarm.listen()
