@@ -9,8 +9,6 @@ topic; each lookup cycle reports every other registered peer after
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet import defer, error
@@ -19,44 +17,15 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-try:  # until branch `network` is merged
-    import txhyperswarm.network  # noqa: F401
-except ImportError:  # pragma: no cover
-    _stub = types.ModuleType("txhyperswarm.network")
-
-    class NetworkClosed(Exception):
-        pass
-
-    class BindError(Exception):
-        pass
-
-    class DialTimeout(Exception):
-        pass
-
-    class DialFailed(Exception):
-        pass
-
-    class FirewallRefused(DialFailed):
-        pass
-
-    for _c in (NetworkClosed, BindError, DialTimeout, DialFailed, FirewallRefused):
-        _c.__module__ = "txhyperswarm.network"
-        setattr(_stub, _c.__name__, _c)
-    _stub.CONNECTION_TIMEOUT = 10.0
-    sys.modules["txhyperswarm.network"] = _stub
-    import txhyperswarm
-
-    txhyperswarm.network = _stub
-
-from txhyperswarm._observer import OneShotObserver  # noqa: E402
-from txhyperswarm.network import (  # noqa: E402
+from txhyperswarm._observer import OneShotObserver
+from txhyperswarm.network import (
     BindError,
     DialFailed,
     DialTimeout,
     FirewallRefused,
     NetworkClosed,
 )
-from txhyperswarm.peer_record import PeerRecord  # noqa: E402
+from txhyperswarm.peer_record import PeerRecord
 
 Address = Tuple[str, int]
 
@@ -277,6 +246,7 @@ class FakeNetwork:
         self.closing = False
         self.refused = 0
         self.dials = 0
+        self.pending: set = set()  # dials in progress (close() leaves them to the caller)
         self.bound = False
 
     def bind(self) -> defer.Deferred:
@@ -325,7 +295,10 @@ class FakeNetwork:
 
         timer.append(self.reactor.callLater(self.timeout, timed_out))
 
+        self.pending.add(result)
+
         def done(r: Any) -> Any:
+            self.pending.discard(result)
             if timer[0].active():
                 timer[0].cancel()
             return r

@@ -15,6 +15,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from txhyperswarm.connection import Connection
+from txhyperswarm.dht import peers
 from txhyperswarm.dht.node import DHTNode
 from txhyperswarm.interfaces import IStatsSource
 from txhyperswarm.network import (
@@ -66,6 +67,7 @@ class World:
         self.clock.advance(1000.0)
         self.net = UDPNetwork(self.clock, **net_kwargs)
         self.boot = DHTNode(self.net.reactor(BOOT[0]), bootstrap=[], port=BOOT[1], ephemeral=False)
+        self.boot_store = peers.register(self.boot).store
         self.boot.startService()
         self.networks = []
 
@@ -86,9 +88,9 @@ class World:
         done = []
         for n in self.networks:
             n.close().addCallback(done.append)
-        self.boot.stopService()
-        self.net.run(5)
+        self.net.run_until(lambda: len(done) == len(self.networks), 15)
         assert len(done) == len(self.networks)
+        self.boot.stopService()
 
 
 def result_of(d):

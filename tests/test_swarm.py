@@ -540,6 +540,7 @@ def test_stop_while_joined_and_dialling():
     c = fired(b.connect(PeerRecord(T1, "127.0.0.1", a.address()[1], False, None, None, "dht")))
     s = fired(b.stopService())
     assert j[0].check(SwarmClosed) and f[0].check(SwarmClosed) and c[0].check(SwarmClosed)
+    assert b.network.pending == set()  # both dials cancelled at once
     w.run(1)
     assert s == [None] and w.seq("b")[-1] == "close"
     w.net.down.clear()
@@ -757,3 +758,64 @@ def test_queue_options_dict():
     w = World()
     a = w.swarm("a", "127.0.0.1", queue={"requeue": [0.5], "multiplex": True})
     assert a.queue.options == QueueOptions(requeue=(0.5, 5.0, 15.0), multiplex=True)
+
+
+def test_max_peers_refuses_inbound_at_the_limit():
+    """Node's observed case (swarm.md 1.6): announcer a with max_peers=1
+    accepts b; c's dial is accepted then closed at once, so c sees
+    connection then disconnection; a never sees c."""
+    w = World()
+    a = w.swarm("a", "127.0.0.1", max_peers=1)
+    b = w.swarm("b", "127.0.0.2")
+    c = w.swarm("c", "127.0.0.3")
+    for s in (a, b, c):
+        s.startService()
+    a.join(T1, announce=True, lookup=False)
+    b.join(T1)
+    w.run(1)
+    c.join(T1)
+    w.run(1)
+    assert len(w.of("a", "connection")) == 1 and len(a.connections) == 1
+    assert [e[2] for e in w.events if e[1] == "c" and e[2] in ("connection", "disconnection")] == [
+        "connection", "disconnection"]
+    assert a.network.refused >= 1
+    # once b leaves, a accepts again: c's next redial gets in
+    b.stopService()
+    w.run(30)
+    assert [i.remote[0] for _, _, _, (p, i) in w.of("a", "connection")] == ["127.0.0.2", "127.0.0.3"]
+    w.stop_all()
+
+
+def test_a_pending_join_fires_none_when_left():
+    w = World(cycle=5.0)
+    a = w.swarm("a", "127.0.0.1")
+    a.startService()
+    j = fired(a.join(T1, announce=True))
+    w.run(1)
+    assert j == []
+    lv = fired(a.leave(T1))
+    w.run(10)
+    assert j == [None] and lv == [None]
+    w.stop_all()
+
+
+def test_a_stopped_or_announce_only_join_reports_nothing():
+    """Peers and cycle ends of a join that was replaced or left, and peers
+    of an announce-only join, make no event and queue nothing."""
+    w = World()
+    a = w.swarm("a", "127.0.0.1", max_client_sockets=0)
+    a.startService()
+    a.join(T1)
+    a.join(T2, announce=True, lookup=False)
+    w.run(1)
+    t1, t2 = sorted(a.network.topics, key=lambda t: t.topic)
+    a.leave(T1)
+    w.run(1)
+    before = list(w.events)
+    for t in (t1, t2):
+        t.on_peer(PeerRecord(t.topic, "127.0.0.9", 4000, False, None, None, "dht"))
+    t1.on_update(None)
+    assert w.events == before and a.queue.infos() == []
+    t2.on_update(None)
+    assert w.events[len(before):][0][2] == "updated"
+    w.stop_all()

@@ -54,10 +54,14 @@ from txhyperswarm import netif
 from txhyperswarm._observer import OneShotObserver
 from txhyperswarm._reactor import default_reactor
 from txhyperswarm.connection import Connection
+from txhyperswarm.dht import peers
+from txhyperswarm.dht.node import DHTNode
 from txhyperswarm.dial import CONNECTION_TIMEOUT, Dial, DialFailed, DialTimeout, FirewallRefused
 from txhyperswarm.discovery import Discovery, DiscoveryTopic
 from txhyperswarm.interfaces import IStatsSource
-from txhyperswarm.utp.socket import default_monotonic
+from txhyperswarm.mdns import MulticastDiscovery
+from txhyperswarm.udp import UDPSocket
+from txhyperswarm.utp.socket import UTPSocket, default_monotonic
 
 __all__ = [
     "Network",
@@ -348,8 +352,6 @@ class Network:
         return self._opening.when_fired()
 
     async def _bind(self) -> Address:
-        from txhyperswarm.udp import UDPSocket
-
         last: Optional[BaseException] = None
         for candidate in port_candidates(self.port, self.preferred_port):
             try:
@@ -382,22 +384,18 @@ class Network:
         return self._address
 
     def _start_services(self) -> None:
-        from txhyperswarm.dht.node import DHTNode
-        from txhyperswarm.utp.socket import UTPSocket
-
         self.utp = UTPSocket(self.reactor, self.udp, close_udp=False, monotonic=self.monotonic)
         self.utp.listen(_InboundFactory(self._accept_utp))
         self.utp.firewall = self._utp_firewall
         self.dht = DHTNode(
             self.reactor, bootstrap=self.bootstrap, ephemeral=self.ephemeral is not False, udp=self.udp, id=self.id
         )
+        peers.register(self.dht)  # every hyperswarm DHT node stores peer records
         self.dht.startService()
         if self.ephemeral is None:
             self.adaptive = AdaptiveEphemerality(self.reactor, self.dht, self.random)
             self.dht.bootstrapped().addCallbacks(lambda _: self.adaptive.start(), lambda f: None)
         if self.multicast:
-            from txhyperswarm.mdns import MulticastDiscovery
-
             mdns = MulticastDiscovery(self.reactor, interfaces=self.interfaces, random=self.random)
             try:
                 mdns.startService()

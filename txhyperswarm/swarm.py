@@ -584,9 +584,7 @@ class Hyperswarm(service.Service, EventEmitter):
         if not client:
             if self._stopped is not None:
                 return True
-            limit = self._inbound_limit
-            if limit == -1:
-                return True
+            limit = self._inbound_limit  # -1 (at max_peers) refuses all; 0 and inf: none
             if limit and limit != math.inf and self.loop.server_sockets >= limit:
                 return True
         if self.firewall is None:
