@@ -327,3 +327,31 @@ def test_tcp_connection_both_sides_and_data():
 
 from twisted.internet.protocol import Factory  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
+
+
+def test_an_on_connection_handler_that_raises_is_logged_and_the_connection_aborted(logged_errors):
+    w = World()
+
+    def broken(conn):
+        raise ValueError("the handler broke")
+
+    a = w.network("10.0.0.1", on_connection=broken)
+    b = w.network("10.0.0.2")
+    _, port = result_of(a.bind())
+    result_of(b.bind())
+    d = b.connect(record("10.0.0.1", port))
+    w.run(1)
+    out = result_of(d)
+    app = Recorder()
+    out.attach(app)
+    w.run(1)
+    assert app.events[-1][0] == "lost"
+    assert a.connections == {}
+    assert logged_errors.take(ValueError)
+    w.close_all()
+
+
+def test_attach_before_the_transport_is_connected_raises():
+    c = Connection("tcp", True, ("1.2.3.4", 5))
+    with pytest.raises(RuntimeError):
+        c.attach(Recorder())

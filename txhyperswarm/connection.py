@@ -36,7 +36,7 @@ within a bounded time:
   so a live peer is heard at least every 29 s; a connection that heard
   nothing for :data:`UTP_IDLE_TIMEOUT` seconds (three keepalive periods)
   is aborted (``connectionLost`` with ``ConnectionAborted``). Once the peer
-  has ended its side (libutp may stop its keepalives then) only the
+  has ended its side (libutp sends no keepalive after its FIN) only the
   retransmission timeout of data we send ends it (``UTPTimeoutError``).
 """
 
