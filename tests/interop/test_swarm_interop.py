@@ -8,11 +8,25 @@ is one persistent Python :class:`DHTNode` serving ``peers`` on 127.0.0.1
 every swarm's DHT node starts ephemeral.
 
 The Python side runs in this process (:class:`PyPeer`, a
-:class:`txhyperswarm.Hyperswarm` with a recording protocol factory), so the
-``logged_errors`` fixture sees any error it swallows. It reports the same
-event dicts as the Node script's JSON lines, so one test body drives any
-pairing. The Node <-> Node runs are the reference: the expectations below
-(``connection_line``) are what Node 2.15.3 reports, written down from them.
+:class:`txhyperswarm.swarm.Hyperswarm` with a recording protocol factory),
+so the ``logged_errors`` fixture sees any error it swallows. It reports the
+same event dicts as the Node script's JSON lines, so one test body drives
+any pairing. The Node <-> Node runs are the reference: the expectations
+below (``expected_client_line``, ``SERVER_LINE``, the addresses) are what
+Node 2.15.3 reports, written down from them. What Node does that a reader
+might not expect, seen in those runs:
+
+* a TCP socket accepted on Node's dual-stack listener reports its remote as
+  ``::ffff:127.0.0.1``;
+* a dial with a referrer runs TCP and holepunch + uTP at once; now and then
+  the uTP attempt wins on loopback, and a uTP attempt dropped before its
+  SYN was acknowledged stays open, silent, on the accepting side until uTP's
+  keepalive (~30 s);
+* a dial attempt that lost is destroyed; when the accepting side had
+  already written to it, the kernel answers with a reset (ECONNRESET
+  there), so resets are normal during a simultaneous connect;
+* ``swarm.destroy()`` ends every connection with a FIN: the remote sees
+  ``end``, no error.
 """
 
 from __future__ import annotations
