@@ -57,18 +57,21 @@ def sleep(reactor, seconds):
 
 @pytest.fixture
 def bootstrap_node(private_netns, reactor):
-    """A persistent Python DHT node serving ``peers`` on 127.0.0.1."""
+    """
+    A persistent Python DHT node serving ``peers`` on 127.0.0.1: yields
+    ``(node, command)``, the :class:`~txhyperswarm.dht.peers.PeersCommand`.
+    """
     boot = DHTNode(reactor, bootstrap=[], ephemeral=False, host=LOOPBACK, port=0)
-    boot.peers_command = dht_peers.register(boot)
+    command = dht_peers.register(boot)
     boot.startService()
-    yield boot
+    yield boot, command
     pytest_twisted.blockon(boot.stopService())
 
 
 @pytest.fixture
 def bootstrap(bootstrap_node):
     """The bootstrap node's ``(host, port)``."""
-    return bootstrap_node.address()
+    return bootstrap_node[0].address()
 
 
 # ---------------------------------------------------------------- the two kinds of peer
@@ -596,13 +599,13 @@ def test_leave_unannounces_before_it_fires(reactor, make_peer, processes, bootst
     # The bootstrap node applies each update (announce, unannounce) 0.3 s
     # late and only then replies: a leave() that fired before its unannounce
     # completed would let the lookup below still find the record.
-    command = bootstrap_node.peers_command
+    boot, command = bootstrap_node
 
     def slow_update(request):
         return deferLater(reactor, 0.3, command.update, request)
 
-    bootstrap_node.remove_command(dht_peers.COMMAND)
-    bootstrap_node.add_command(dht_peers.COMMAND, query=command.query, update=slow_update)
+    boot.remove_command(dht_peers.COMMAND)
+    boot.add_command(dht_peers.COMMAND, query=command.query, update=slow_update)
     topic = os.urandom(32)
     swarm = make_peer(kind)
     port = yield swarm.listen()
