@@ -75,6 +75,13 @@ def _python_recv(bufsize: int) -> None:
     udp = UDPSocket(reactor, host="127.0.0.1", buffer_size=bufsize)
     sock = UTPSocket(reactor, udp)
     sock.listen(Factory.forProtocol(Count))
+    if os.environ.get("BENCH_PROFILE_RECV"):
+        import atexit
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+        atexit.register(lambda: (prof.disable(), prof.dump_stats(os.environ["BENCH_PROFILE_RECV"])))
     emit(event="listening", port=udp.port, pid=os.getpid())
     reactor.run()
 

@@ -31,5 +31,13 @@ def test_the_public_classes_are_the_ones_in_their_modules():
     assert txhyperswarm.PeerInfo is PeerInfo
     assert txhyperswarm.QueueOptions is QueueOptions
     assert txhyperswarm.UTPSocket is UTPSocket
+    from txhyperswarm.network import BindError, DialFailed, DialTimeout, FirewallRefused
+    from txhyperswarm.stream import Stream
+    from txhyperswarm.swarm import Hyperswarm, SwarmClosed
+
+    assert txhyperswarm.Hyperswarm is Hyperswarm and txhyperswarm.Stream is Stream
+    assert txhyperswarm.SwarmClosed is SwarmClosed and txhyperswarm.BindError is BindError
+    assert (txhyperswarm.DialFailed, txhyperswarm.DialTimeout, txhyperswarm.FirewallRefused) == (
+        DialFailed, DialTimeout, FirewallRefused)
     assert txhyperswarm.PeerRecord is PeerRecord
     assert txhyperswarm.UDPSocket is UDPSocket

@@ -2,6 +2,8 @@
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer
 
 from txhyperswarm.udp import UDPSocket, is_utp_datagram
@@ -25,6 +27,17 @@ UTP_SYN = bytes.fromhex("41000000") + bytes(16)
 )
 def test_split_rule_is_libutps(data, utp):
     assert is_utp_datagram(data) is utp
+
+
+@given(st.binary(min_size=0, max_size=24) | st.binary(min_size=20, max_size=24).map(lambda b: bytes([b[0] & 0x4F | 0x01]) + b[1:]))
+def test_the_sockets_inlined_split_is_is_utp_datagram(data):
+    # UDPSocket inlines the rule on its per-datagram path: it must not drift.
+    sides = []
+    udp = UDPSocket()
+    udp.set_utp_receiver(lambda d, a: sides.append("utp"))
+    udp.set_dht_receiver(lambda d, a: sides.append("dht"))
+    udp.datagramReceived(data, ("127.0.0.1", 1))
+    assert sides == ["utp" if is_utp_datagram(data) else "dht"]
 
 
 @pytest_twisted.inlineCallbacks

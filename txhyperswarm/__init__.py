@@ -12,11 +12,19 @@ private.
 from txhyperswarm._version import __version__
 
 __all__ = [
-    "__version__", "DHTNode", "Discovery", "MulticastDiscovery", "PeerInfo", "PeerRecord", "QueueOptions",
+    "__version__", "BindError", "DHTNode", "DialFailed", "DialTimeout", "Discovery", "FirewallRefused",
+    "Hyperswarm", "MulticastDiscovery", "PeerInfo", "PeerRecord", "QueueOptions", "Stream", "SwarmClosed",
     "UDPSocket", "UTPSocket",
 ]
 
 _LAZY = {
+    "BindError": "txhyperswarm.network",
+    "DialFailed": "txhyperswarm.network",
+    "DialTimeout": "txhyperswarm.network",
+    "FirewallRefused": "txhyperswarm.network",
+    "Hyperswarm": "txhyperswarm.swarm",
+    "Stream": "txhyperswarm.stream",
+    "SwarmClosed": "txhyperswarm.swarm",
     "DHTNode": "txhyperswarm.dht.node",
     "Discovery": "txhyperswarm.discovery",
     "MulticastDiscovery": "txhyperswarm.mdns",

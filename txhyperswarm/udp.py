@@ -228,7 +228,11 @@ class UDPSocket(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         self.bytes_received += len(data)
-        receiver = self._utp if is_utp_datagram(data) else self._dht
+        # is_utp_datagram inline: a call per datagram is ~4 % of a uTP receiver's CPU.
+        receiver = (
+            self._utp if len(data) >= 20 and (data[0] & 0x0F) == 1 and (data[0] >> 4) < 5 and data[1] < 3
+            else self._dht
+        )
         try:
             receiver(data, addr)
         except Exception:

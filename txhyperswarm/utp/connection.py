@@ -799,8 +799,12 @@ class UTPConnection:
 
     # ------------------------------------------------------------------ receiving
 
-    def packet_received(self, p) -> None:
-        """(Socket side) Handle one decoded packet addressed to this connection."""
+    def packet_received(self, p, now: Optional[float] = None) -> None:
+        """
+        (Socket side) Handle one decoded packet addressed to this connection;
+        ``now`` is the monotonic clock's reading when the socket already took
+        one for this datagram.
+        """
         t = p.type
         state = self.state
         if t == ST_RESET:
@@ -818,7 +822,8 @@ class UTPConnection:
         if ((seq_nr - 1 - ack) & M16) > outstanding + 3:
             self._owner.dropped["bad_ack"] += 1
             return
-        now = self._mono()
+        if now is None:
+            now = self._mono()
         self.last_received = now
         now_us = int(now * 1_000_000) & M32
         if p.timestamp:

@@ -380,7 +380,8 @@ class UTPSocket:
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         """The uTP receiver for ``UDPSocket.set_utp_receiver``. Never raises."""
-        off = self._wall() - self._mono()
+        now = self._mono()
+        off = self._wall() - now
         if off - self._wall_offset > CLOCK_JUMP or self._wall_offset - off > CLOCK_JUMP:
             self._clock_jumped(off)
         try:
@@ -391,7 +392,7 @@ class UTPSocket:
         conn = self.connections.get((addr[0], addr[1], p.connection_id))
         if conn is not None:
             try:  # (inline: the per-packet path)
-                conn.packet_received(p)
+                conn.packet_received(p, now)
             except Exception:
                 self._connection_failed(conn)
             return
