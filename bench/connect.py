@@ -66,7 +66,7 @@ def _python_peer(cfg: dict) -> None:
     from twisted.protocols.basic import LineReceiver
     from zope.interface import implementer
 
-    from txhyperswarm.swarm import Hyperswarm
+    from txhyperswarm import Hyperswarm
 
     host, port = cfg["bootstrap"].rsplit(":", 1)
     state = {"first": True, "joined_at": None}

@@ -8,7 +8,7 @@ is one persistent Python :class:`DHTNode` serving ``peers`` on 127.0.0.1
 every swarm's DHT node starts ephemeral.
 
 The Python side runs in this process (:class:`PyPeer`, a
-:class:`txhyperswarm.swarm.Hyperswarm` with a recording protocol factory),
+:class:`txhyperswarm.Hyperswarm` with a recording protocol factory),
 so the ``logged_errors`` fixture sees any error it swallows. It reports the
 same event dicts as the Node script's JSON lines, so one test body drives
 any pairing. The Node <-> Node runs are the reference: the expectations
@@ -233,7 +233,7 @@ class PyPeer:
     kind = "python"
 
     def __init__(self, reactor, *, bootstrap, mdns=True, dedup_id=None, greet=None, **options):
-        from txhyperswarm.swarm import Hyperswarm
+        from txhyperswarm import Hyperswarm
 
         self.reactor = reactor
         self.dedup_id = dedup_id
