@@ -105,24 +105,19 @@ def _python_peer(cfg: dict) -> None:
     @implementer(IHalfCloseableProtocol)
     class Count(Protocol):
         """
-        Counts bytes from the connection to the end of the stream (the
-        first connection only: a dialler redials after it closed).
+        Counts bytes from the connection to the end of the stream; the first
+        connection that brought any is reported (a dial attempt that lost
+        the race may have been accepted first; a dialler redials after the
+        end).
         """
 
-        counting = False
-        type = "?"
-
         def connectionMade(self):
-            if state.get("counted"):
-                return
-            state["counted"] = True
-            self.counting = True
             self.t0 = time.monotonic()
             self.bytes = 0
+            self.type = "tcp" if self.transport.getPeer().type == "TCP" else "utp"
 
         def dataReceived(self, data):
-            if self.counting:
-                self.bytes += len(data)
+            self.bytes += len(data)
 
         def readConnectionLost(self):
             self.done()
@@ -135,8 +130,8 @@ def _python_peer(cfg: dict) -> None:
             self.done()
 
         def done(self):
-            if self.counting:
-                self.counting = False
+            if self.bytes and not state.get("reported"):
+                state["reported"] = True
                 emit(event="received", bytes=self.bytes, t0=self.t0, t1=time.monotonic(), type=self.type)
 
     role = cfg["role"]
@@ -144,15 +139,12 @@ def _python_peer(cfg: dict) -> None:
                        factory=Factory.forProtocol(Count if role == "announce" else Send))
 
     def on_connection(protocol, info):
-        if not state["first"]:
+        if role == "announce" or not state["first"]:
             return
         state["first"] = False
         kind = "tcp" if protocol.transport.getPeer().type == "TCP" else "utp"
-        if role == "announce":
-            protocol.type = kind
-        else:
-            emit(event="connected", t0=state["joined_at"], t1=time.monotonic(), type=kind)
-            protocol.start()
+        emit(event="connected", t0=state["joined_at"], t1=time.monotonic(), type=kind)
+        protocol.start()
 
     swarm.on("connection", on_connection)
     topic = bytes.fromhex(cfg["topic"])
@@ -204,7 +196,7 @@ class Peer:
             while True:
                 left = end - time.monotonic()
                 if left <= 0 or not sel.select(left):
-                    raise TimeoutError(f"no {event!r} from {self.name} in {timeout}s")
+                    raise TimeoutError(f"no {event!r} from the {self.name} in {timeout}s")
                 line = self.proc.stdout.readline()
                 if not line:
                     raise RuntimeError(f"{self.name} exited before {event!r}")
@@ -291,21 +283,27 @@ def argv_for(impl: str, cfg: dict) -> list:
 def measure(announcer: str, dialler: str, transport: str, size: int, boot: Bootstrap, timeout: float) -> dict:
     env = dict(os.environ, NODE_PATH=str(NODE_MODULES))
     base = {"topic": os.urandom(32).hex(), "bootstrap": boot.address, "utp": transport == "utp", "size": size}
-    ann = Peer(argv_for(announcer, dict(base, role="announce")), env, f"{announcer} announcer")
+    ann = Peer(argv_for(announcer, dict(base, role="announce")), env,
+               f"{NAMES[announcer]} announcer ({NAMES[dialler]} dialler, {transport})")
     dial = None
     try:
         ann.read("announced", 30)
-        dial = Peer(argv_for(dialler, dict(base, role="dial")), env, f"{dialler} dialler")
+        dial = Peer(argv_for(dialler, dict(base, role="dial")), env,
+                    f"{NAMES[dialler]} dialler ({NAMES[announcer]} announcer, {transport})")
         dial.read("ready", 30)
         dial.send_line("go")
         conn = dial.read("connected", 20)
+        if conn["type"] != transport:
+            # over TCP: the holepunch + uTP attempt the dial runs beside TCP
+            # won the race (Node's network allows it; it happens on loopback)
+            return None
         got = ann.read("received", timeout)
     finally:
         if dial is not None:
             dial.stop()
         ann.stop()
-    if conn["type"] != transport or got["type"] != transport:
-        raise RuntimeError(f"{dialler}->{announcer}: wanted {transport}, got {conn['type']}/{got['type']}")
+    if got["type"] != transport:
+        raise RuntimeError(f"{dialler}->{announcer}: the dialler got {transport}, the announcer {got['type']}")
     if got["bytes"] != size:
         raise RuntimeError(f"{dialler}->{announcer}: {got['bytes']} of {size} bytes arrived")
     return {"latency_ms": (conn["t1"] - conn["t0"]) * 1000, "mbps": size / (got["t1"] - got["t0"]) / 1e6}
@@ -360,17 +358,27 @@ def main() -> None:
             mib = args.tcp_size if transport == "tcp" else args.utp_size
             results = {}
             for ann, dial in PAIRS:
-                runs = [measure(ann, dial, transport, mib << 20, boot, args.timeout) for _ in range(args.runs)]
+                runs, raced = [], 0
+                while len(runs) < args.runs:
+                    r = measure(ann, dial, transport, mib << 20, boot, args.timeout)
+                    if r is None:
+                        raced += 1
+                        if raced > 3 * args.runs:
+                            sys.exit(f"{NAMES[ann]} <- {NAMES[dial]}: uTP beat TCP {raced} times")
+                        continue
+                    runs.append(r)
                 results[ann, dial] = {
                     "latency_ms": statistics.median(r["latency_ms"] for r in runs),
                     "mbps": statistics.median(r["mbps"] for r in runs),
+                    "raced": raced,
                 }
             base = results["js", "js"]
             for ann, dial in PAIRS:
                 x = results[ann, dial]
+                raced = f"   ({x['raced']} run(s) where uTP won, redone)" if x["raced"] else ""
                 print(f"{transport:<9} {NAMES[ann] + ' <- ' + NAMES[dial]:<22} {mib:>5} {x['latency_ms']:>10.1f}"
                       f" {x['latency_ms'] / base['latency_ms']:>5.2f}x {x['mbps']:>8.1f}"
-                      f" {x['mbps'] / base['mbps']:>5.2f}x")
+                      f" {x['mbps'] / base['mbps']:>5.2f}x{raced}")
             if transport == "utp":
                 raw = statistics.median(raw_utp(mib << 20, args.timeout) for _ in range(args.runs))
                 swarm = results["py", "py"]["mbps"]

@@ -5,8 +5,8 @@
 // announce: bind, join the topic (announce, no lookup); with "utp" close the
 //   TCP listener once announced (the port then refuses TCP, so a dialler gets
 //   uTP through a holepunch); prints {"event":"announced","ok","port"}. Counts
-//   what the first connection brings until its end:
-//   {"event":"received","bytes","t0" (connection),"t1" (end),"type"}.
+//   what each connection brings until its end and reports the first that
+//   brought any: {"event":"received","bytes","t0" (connection),"t1" (end),"type"}.
 // dial: bind, print {"event":"ready","pid"}; on a "go" line on stdin, t0 = now,
 //   join the topic (lookup only); on the first connection print
 //   {"event":"connected","t0","t1","type"} and write "size" bytes in 64 KiB
@@ -33,21 +33,27 @@ swarm.on('listening', () => {
   mdns.removeAllListeners('response')
 })
 
+let reported = false
 swarm.on('connection', (socket, info) => {
   socket.on('error', () => {})
-  if (!first) return
-  first = false
   const type = isUtp(socket) ? 'utp' : 'tcp'
   if (cfg.role === 'announce') {
+    // every connection counts; the first that brought bytes is reported (a
+    // dial attempt that lost the race may have been accepted first)
     const t0 = now()
     let bytes = 0
     socket.on('data', (d) => { bytes += d.length })
     socket.on('end', () => {
-      out({ event: 'received', bytes, t0, t1: now(), type })
+      if (bytes && !reported) {
+        reported = true
+        out({ event: 'received', bytes, t0, t1: now(), type })
+      }
       socket.end()
     })
     return
   }
+  if (!first) return
+  first = false
   out({ event: 'connected', t0: joinedAt, t1: now(), type })
   const chunk = Buffer.alloc(65536, 0x61)
   let left = cfg.size
