@@ -46,7 +46,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-CHUNK = 65536
 NODE_MODULES = REPO / "tests" / "node" / "node_modules"
 
 
@@ -61,7 +60,7 @@ def emit(**obj) -> None:
 def _python_peer(cfg: dict) -> None:
     """The Python end: the same roles and lines as bench/node/connect_peer.js."""
     from twisted.internet import reactor, stdio
-    from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+    from twisted.internet.interfaces import IHalfCloseableProtocol
     from twisted.internet.protocol import Factory, Protocol
     from twisted.protocols.basic import LineReceiver
     from zope.interface import implementer
@@ -70,37 +69,13 @@ def _python_peer(cfg: dict) -> None:
 
     host, port = cfg["bootstrap"].rsplit(":", 1)
     state = {"first": True, "joined_at": None}
-    block = b"a" * CHUNK
+    from bench._bulk import BulkSender
 
-    @implementer(IPushProducer)
-    class Send(Protocol):
+    class Send(BulkSender):
         """Writes ``size`` bytes as fast as the transport takes them, then ends."""
 
         def start(self):
-            self.left = cfg["size"]
-            self.paused = False
-            self.ended = False
-            self.transport.registerProducer(self, True)
-            self.resumeProducing()
-
-        def pauseProducing(self):
-            self.paused = True
-
-        def stopProducing(self):
-            self.paused = True
-
-        def resumeProducing(self):
-            self.paused = False
-            t = self.transport
-            while not self.paused and self.left > 0:
-                n = min(self.left, CHUNK)
-                self.left -= n
-                t.write(block if n == CHUNK else block[:n])
-            if self.left <= 0 and not self.ended:
-                self.ended = True
-                t.unregisterProducer()
-                t.loseConnection()
-                emit(event="sent", t=time.monotonic())
+            self.send(cfg["size"], lambda: emit(event="sent", t=time.monotonic()))
 
     @implementer(IHalfCloseableProtocol)
     class Count(Protocol):
