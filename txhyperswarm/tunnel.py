@@ -405,6 +405,12 @@ class Tunnels:
         log.info("swarm connection opened: {kind} {side} {host}:{port}", kind=kind,
                  side="outbound" if info.client else "inbound", host=host, port=port)
 
+    def swarm_disconnection(self, protocol: Any, info: Any) -> None:
+        """The swarm's ``"disconnection"`` handler: log it."""
+        kind, host, port = _address(protocol.transport) if protocol.transport is not None else ("tcp", "?", 0)
+        log.info("swarm connection closed: {kind} {side} {host}:{port}", kind=kind,
+                 side="outbound" if info.client else "inbound", host=host, port=port)
+
     def peer_found(self, peer: Any) -> None:
         """The swarm's ``"peer"`` handler: remember the peer per topic."""
         known = self.peers.setdefault(peer.topic, {})
