@@ -115,14 +115,23 @@ def test_a_page_through_the_tunnel_status_and_metrics(processes, twist_bootstrap
     e_status = yield (yield treq.get(f"http://127.0.0.1:{status_e}/status")).json()
     assert e_status["topics"] == [{"topic": TOPIC, "announce": True, "lookup": False, "peers": 0}]
     assert all(c["client"] is False for c in e_status["connections"])
-    end.transport.loseConnection()
 
-    # SIGTERM: exit 0 in under 5 s, the tunnels logged closed
+    # SIGTERM with a tunnel open: exit 0 in under 5 s, the tunnel closed
+    class Idle(Protocol):
+        def connectionLost(self, reason):
+            lost.callback(None)
+
+    lost = defer.Deferred()
+    opened = len([x for x in listen.lines if "tunnel opened" in x.get("_text", "")])
+    yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", listen_port), Idle())
+    yield listen.wait_for(lambda o: len([x for x in listen.lines if "tunnel opened" in x.get("_text", "")]) > opened,
+                          timeout=20)
     for p in (listen, expose):
         t0 = time.monotonic()
         code = yield p.stop(grace=5.0)
         assert code == 0 and time.monotonic() - t0 < 5.0, p.stderr.decode()[-2000:]
     assert "Traceback" not in expose.stderr.decode() + listen.stderr.decode()
+    yield lost  # the local connection of the open tunnel was closed
     closed = [o["_text"] for o in listen.lines if "tunnel closed" in o.get("_text", "")]
     assert closed and "bytes in" in closed[0] and "bytes out" in closed[0]
 
