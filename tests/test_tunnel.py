@@ -319,3 +319,33 @@ def test_close_all_closes_every_tunnel():
     d = tunnels.close_all()
     net.run(1)
     assert d.called and client.lost is not None and service[0].lost is not None
+
+
+def test_a_local_connection_waiting_for_a_peer_is_paused_not_buffered():
+    net = UDPNetwork()
+    service = []
+
+    def build():
+        p = Recorder()
+        service.append(p)
+        return p
+
+    f = Factory()
+    f.buildProtocol = lambda addr: build()
+    net.reactor(PEER).listenTCP(7000, f)
+    daemon = net.reactor(DAEMON)
+    tunnels = Tunnels(daemon)
+    topic = b"t" * 32
+    dial = _Dialler(daemon, None)
+    swarm_factory, local_factory = tunnels.listen_factories(dial, [topic])
+    dial.factory = swarm_factory
+    daemon.listenTCP(6000, local_factory)
+    flood = Flood(16 * 1024 * 1024)
+    cf = ClientFactory()
+    cf.buildProtocol = lambda addr: flood
+    net.reactor(SERVICE).connectTCP(DAEMON, 6000, cf)
+    net.run(3)
+    assert flood.paused and flood.sent < 1024 * 1024, flood.sent  # no peer yet: the sender is held back
+    tunnels.peer_found(_peer(topic, PEER, 7000))
+    assert net.run_until(lambda: service and service[0].read_ended, limit=60)
+    assert len(service[0].data) == 16 * 1024 * 1024
