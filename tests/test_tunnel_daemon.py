@@ -299,3 +299,24 @@ def test_help_has_an_example_per_option():
                    "--expose", "--listen", "--max-peers", "--status-http", "--state-dir", "--bootstrap",
                    "--topic", "--allow"):
         assert f"Example: {option}" in text, option
+
+
+def test_a_listen_port_in_use_is_one_line_and_exit_1():
+    import socket
+    import subprocess
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "twisted", "hyperswarm", "--topic", "x", "--bootstrap", "none", "--no-mdns",
+             "--host", "127.0.0.1", "--listen", f"tcp:port={port}:interface=127.0.0.1"],
+            capture_output=True, text=True, timeout=30,
+        )
+    finally:
+        taken.close()
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0]

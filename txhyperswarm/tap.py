@@ -422,14 +422,12 @@ class _LocalListener(service.Service):
             log.info("accepting local connections on {host}:{port} ({text})",
                      host=addr.host, port=addr.port, text=self.text)
 
-        def failed(f) -> None:
-            from twisted.internet import reactor
-
-            sys.stderr.write(f"twist hyperswarm: error: cannot listen on {self.text}: {f.getErrorMessage()}\n")
-            log.error("cannot listen on {text}: {why}", text=self.text, why=f.getErrorMessage())
-            reactor.stop()
-
-        d.addCallbacks(listening, failed)
+        failures: list = []
+        d.addCallbacks(listening, failures.append)
+        if failures:
+            # endpoints fail at once for a port in use: one line, exit 1 (_Daemon)
+            failures[0].raiseException()
+        d.addErrback(lambda f: log.failure("cannot listen on {text}", f, text=self.text))
 
     def stopService(self):
         super().stopService()
