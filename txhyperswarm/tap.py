@@ -308,7 +308,6 @@ def _build_swarm(reactor, config: Options, top: service.MultiService) -> service
     )
     swarm_holder.append(swarm)
     swarm.on("connection", tunnels.swarm_connection)
-    swarm.on("disconnection", tunnels.swarm_disconnection)
     swarm.on("peer", tunnels.peer_found)
     def listening() -> None:
         if state is not None:

@@ -394,7 +394,7 @@ class Tunnels:
 
     def _track_swarm_end(self, end: TunnelEnd) -> TunnelEnd:
         self.swarm_ends.add(end)
-        end.on_lost = self.swarm_ends.discard
+        end.on_lost = self._swarm_end_lost
         return end
 
     def swarm_connection(self, protocol: Any, info: Any) -> None:
@@ -405,11 +405,14 @@ class Tunnels:
         log.info("swarm connection opened: {kind} {side} {host}:{port}", kind=kind,
                  side="outbound" if info.client else "inbound", host=host, port=port)
 
-    def swarm_disconnection(self, protocol: Any, info: Any) -> None:
-        """The swarm's ``"disconnection"`` handler: log it."""
-        kind, host, port = _address(protocol.transport) if protocol.transport is not None else ("tcp", "?", 0)
-        log.info("swarm connection closed: {kind} {side} {host}:{port}", kind=kind,
-                 side="outbound" if info.client else "inbound", host=host, port=port)
+    def _swarm_end_lost(self, end: TunnelEnd) -> None:
+        self.swarm_ends.discard(end)
+        if end.transport is not None:
+            kind, host, port = _address(end.transport)
+            why = end.lost.getErrorMessage() if end.lost is not None and not end.lost.check(error.ConnectionDone) else ""
+            log.info("swarm connection closed: {kind} {side} {host}:{port}{why}", kind=kind,
+                     side="outbound" if end.client else "inbound", host=host, port=port,
+                     why=f" ({why})" if why else "")
 
     def peer_found(self, peer: Any) -> None:
         """The swarm's ``"peer"`` handler: remember the peer per topic."""
@@ -482,6 +485,8 @@ class Tunnels:
             def connected(result: Tuple[Any, Any]) -> None:
                 protocol, info = result
                 protocol.info = info
+                kind, host, port = _address(protocol.transport)
+                log.info("swarm connection opened: {kind} outbound {host}:{port}", kind=kind, host=host, port=port)
                 self.opened += 1
                 tunnel.open(protocol)
 
