@@ -399,3 +399,27 @@ def test_over_utp_backpressure_and_half_close():
     peer.close()
     utp.close()
     net.run(5)
+
+
+def test_listen_refuses_local_connections_beyond_the_limit():
+    net = UDPNetwork()
+    net.reactor(PEER).listenTCP(7000, Factory.forProtocol(Recorder))
+    daemon = net.reactor(DAEMON)
+    tunnels = Tunnels(daemon)
+    topic = b"t" * 32
+    dial = _Dialler(daemon, None)
+    swarm_factory, local_factory = tunnels.listen_factories(dial, [topic], max_connections=2)
+    dial.factory = swarm_factory
+    daemon.listenTCP(6000, local_factory)
+    tunnels.peer_found(_peer(topic, PEER, 7000))
+    clients = []
+    for _ in range(3):
+        c = Recorder()
+        clients.append(c)
+        cf = ClientFactory()
+        cf.buildProtocol = lambda addr, c=c: c
+        net.reactor(SERVICE).connectTCP(DAEMON, 6000, cf)
+        net.run(0.5)
+    s = tunnels.stats()
+    assert s["tunnels"] == 2 and s["failed"]["limit"] == 1 and len(dial.dialled) == 2
+    assert clients[2].read_ended or clients[2].lost is not None

@@ -289,15 +289,19 @@ def _build_swarm(reactor, config: Options, top: service.MultiService) -> service
         swarm_factory = tunnels.expose_factory(clientFromString(reactor, expose), expose)
         local_factory = None
     else:
-        swarm_factory, local_factory = tunnels.listen_factories(connect, topics, config["listen"])
+        swarm_factory, local_factory = tunnels.listen_factories(
+            connect, topics, config["listen"], max_connections=config["max-peers"]
+        )
     swarm = Hyperswarm(
         reactor,
         bootstrap=config["bootstrap"],
         ephemeral=ephemeral,
         max_peers=config["max-peers"],
-        # --expose never dials (lookup off); --listen dials with connect()
-        # only, one swarm connection per local connection, and takes none in
-        max_client_sockets=0 if expose else math.inf,
+        # the queue never dials: --expose does not look up, and --listen
+        # dials with connect() only, one swarm connection per local
+        # connection (counted against --max-peers by the tunnels); --listen
+        # takes no inbound connection
+        max_client_sockets=0,
         max_server_sockets=math.inf if expose else -1,
         multicast=not config["no-mdns"],
         port=config["port"] or None,

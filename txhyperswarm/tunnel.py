@@ -32,6 +32,7 @@ transport. :class:`Tunnels` keeps the live tunnels and the figures
 
 from __future__ import annotations
 
+import math
 import random as _random
 from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
@@ -465,19 +466,27 @@ class Tunnels:
         return _EndFactory(build)
 
     def listen_factories(self, connect: Callable[[Any], defer.Deferred], topics: List[bytes],
-                         target: str = "") -> Tuple[Factory, Factory]:
+                         target: str = "", max_connections: float = math.inf) -> Tuple[Factory, Factory]:
         """
         ``(swarm_factory, local_factory)`` for ``--listen``: every local
         connection is piped over a swarm connection of its own, dialled
         with ``connect(peer) -> Deferred[(protocol, info)]`` (the swarm's
         :meth:`~txhyperswarm.swarm.Hyperswarm.connect`) to a peer of
-        ``topics``, trying the peers found until one answers.
+        ``topics``, trying the peers found until one answers. A local
+        connection beyond ``max_connections`` tunnels (open or being
+        dialled) is closed at once.
         """
 
         def build_swarm() -> TunnelEnd:
             return self._track_swarm_end(TunnelEnd("swarm", client=True))
 
         def made(local_end: TunnelEnd) -> None:
+            if len(self.tunnels) >= max_connections:
+                self.failed["limit"] += 1
+                log.warn("refused a local connection from {who}: {n} tunnels open (--max-peers)",
+                         who=_describe(local_end), n=len(self.tunnels))
+                local_end.transport.loseConnection()
+                return
             tunnel = Tunnel(self, local_end, target)
             d = self._dial_some_peer(connect, topics)
             tunnel.pending = d
