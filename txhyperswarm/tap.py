@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from typing import Any
 
 from twisted.application import service
 from twisted.logger import Logger
@@ -188,6 +189,12 @@ class _ExitCleanly(service.Service):
 class _Daemon(service.MultiService):
     """The daemon's top service: a port it cannot bind is one line and exit 1."""
 
+    #: what the daemon runs, for tests and embedding: the DHT node of a
+    #: bootstrap node, or the swarm and its tunnels
+    dht: Any = None
+    swarm: Any = None
+    tunnels: Any = None
+
     def startService(self) -> None:
         from twisted.internet.error import CannotListenError
 
@@ -266,7 +273,7 @@ def allow_firewall(networks):
     return firewall
 
 
-def _build_swarm(reactor, config: Options, top: service.MultiService) -> service.MultiService:
+def _build_swarm(reactor, config: Options, top: _Daemon) -> service.MultiService:
     """``--topic`` with ``--expose`` or ``--listen``: a swarm and its tunnels."""
     import math
 

@@ -88,6 +88,8 @@ class TunnelEnd(Protocol):
     :ivar client: whether we dialled this connection (swarm ends).
     """
 
+    transport: Any  # TCP transport or UTPConnection (IConsumer, IPushProducer, half-close)
+
     def __init__(self, side: str, on_made: Optional[Callable[["TunnelEnd"], Any]] = None,
                  client: bool = False) -> None:
         self.side = side
