@@ -329,7 +329,8 @@ def _build_swarm(reactor, config: Options, top: _Daemon) -> service.MultiService
     swarm.setServiceParent(top)
     top.swarm = swarm
     top.tunnels = tunnels
-    _Topics(swarm, tunnels, topics, config["topic-text"], announce=bool(expose)).setServiceParent(top)
+    _Topics(swarm, tunnels, topics, config["topic-text"], announce=bool(expose),
+            dht=config["bootstrap"] != []).setServiceParent(top)
     if local_factory is not None:
         _LocalListener(serverFromString(reactor, config["listen"]), local_factory, config["listen"]).setServiceParent(top)
     if config["status-http"]:
@@ -359,7 +360,8 @@ def _say_swarm_listening(swarm) -> None:
 class _Topics(service.Service):
     """Join the topics at start (logging the hex topic of each); leave them at stop."""
 
-    def __init__(self, swarm, tunnels, topics, texts, announce: bool) -> None:
+    def __init__(self, swarm, tunnels, topics, texts, announce: bool, dht: bool = True) -> None:
+        self.dht = dht
         self.swarm = swarm
         self.tunnels = tunnels
         self.topics = topics
@@ -382,8 +384,11 @@ class _Topics(service.Service):
         if ok:
             log.info("topic {hex}: first {what} done", hex=topic.hex(),
                      what="announce" if self.announce else "lookup")
-        else:
+        elif self.dht:
             log.warn("topic {hex}: no DHT node answered (check --bootstrap)", hex=topic.hex())
+        else:
+            log.info("topic {hex}: no DHT (--bootstrap none): peers come from multicast DNS only",
+                     hex=topic.hex())
 
     def _join_failed(self, f, topic: bytes) -> None:
         from txhyperswarm.swarm import SwarmClosed
