@@ -155,7 +155,7 @@ class Sink(Protocol):
             self.reactor.callLater(5.0, self.transport.resumeProducing)
 
     def connectionLost(self, reason):
-        # a dial's losing connection (TCP and uTP race) may reach us empty
+        # only the connection that carried the upload reports (an empty one, e.g. a losing dial, does not)
         if self.n and not self.done.called:
             self.done.callback((self.n, self.sha.hexdigest()))
 
