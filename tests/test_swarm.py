@@ -819,3 +819,28 @@ def test_a_stopped_or_announce_only_join_reports_nothing():
     t2.on_update(None)
     assert w.events[len(before):][0][2] == "updated"
     w.stop_all()
+
+
+def test_stop_right_after_leave_waits_for_its_unannounce():
+    """twist hyperswarm leaves every topic, then stops: the network must not
+    close under the unannounce the leave started (it then fails)."""
+    w = World()
+    a = w.swarm("a", "127.0.0.1")
+    a.startService()
+    a.join(T1, announce=True)
+    w.run(1)
+    order = []
+    a.leave(T1).addCallback(lambda _: order.append("left"))
+    real_close = a.network.close
+
+    def close():
+        order.append(("network close", list(w.dir.unannounced)))
+        return real_close()
+
+    a.network.close = close
+    a.stopService().addCallback(lambda _: order.append("stopped"))
+    w.run(2)
+    closes = [o for o in order if isinstance(o, tuple)]
+    assert len(closes) == 1 and closes[0][1] != [], order  # unannounced before the close
+    assert order[-1] == "stopped"
+    w.stop_all()

@@ -298,6 +298,7 @@ class Hyperswarm(service.Service, EventEmitter):
         self._bound: Optional[OneShotObserver[Tuple[str, int]]] = None
         self._guards: Dict[defer.Deferred, defer.Deferred] = {}
         self._dials: Set[defer.Deferred] = set()
+        self._leaving: Set[defer.Deferred] = set()  # unannounces of leave() in progress
         self._stopped: Optional[OneShotObserver[None]] = None
         self._factory_started = False
 
@@ -351,6 +352,8 @@ class Hyperswarm(service.Service, EventEmitter):
 
         def stop_topics() -> defer.Deferred:
             stops = [self._quietly(t.handle.stop) for t in topics]
+            # a leave() in progress finishes its unannounce before the network closes
+            stops += [_shield(d) for d in self._leaving]
             return defer.DeferredList(stops, consumeErrors=True)
 
         def close_network(_: Any) -> defer.Deferred:
@@ -478,6 +481,9 @@ class Hyperswarm(service.Service, EventEmitter):
                 self._close_topic_links(topic)
             stopped = self._quietly(joined.handle.stop)
             stopped.addCallback(lambda _: self._emit("leave", topic))
+            if not stopped.called:
+                self._leaving.add(stopped)
+                stopped.addBoth(self._left, stopped)
         finally:
             tail.fire(None)
         yield _shield(stopped)
@@ -799,6 +805,10 @@ class Hyperswarm(service.Service, EventEmitter):
             self.log.failure("stopping failed", f)
 
         return d.addErrback(failed)
+
+    def _left(self, result: Any, d: defer.Deferred) -> Any:
+        self._leaving.discard(d)
+        return result
 
     def _emit(self, event: str, *args: Any) -> None:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from typing import Any
 
 from twisted.application import service
 from twisted.logger import Logger
@@ -40,37 +41,66 @@ def _check_endpoint(kind: str, text: str) -> None:
 class Options(usage.Options):
     """Command line of ``twist hyperswarm``."""
 
-    synopsis = "[--bootstrap-node | --topic T ...] [options]"
+    synopsis = "[--bootstrap-node | --topic T ... (--expose ENDPOINT | --listen ENDPOINT)] [options]"
+    longdesc = (
+        "Reach a TCP service by topic instead of by address. On the machine with the service:\n"
+        "  twist hyperswarm --topic my-service --expose tcp:host=127.0.0.1:port=8000\n"
+        "On the machine that uses it:\n"
+        "  twist hyperswarm --topic my-service --listen tcp:port=8080:interface=127.0.0.1\n"
+        "then connect to 127.0.0.1:8080. The topic is the only secret and the bytes travel in "
+        "clear: use --allow, or a protocol with its own encryption.\n"
+        "A DHT bootstrap node: twist hyperswarm --bootstrap-node --port 49737"
+    )
     optFlags = [
-        ["bootstrap-node", None, "Run a persistent DHT node only (answers RPCs, stores peer records)."],
-        ["no-mdns", None, "Do not use multicast DNS."],
-        ["ephemeral", None, "DHT node is ephemeral (sends no id)."],
-        ["persistent", None, "DHT node is persistent (joins the routing tables of others)."],
+        ["bootstrap-node", None, "Run a persistent DHT node only (answers RPCs, stores peer records). "
+         "Example: --bootstrap-node --port 49737"],
+        ["no-mdns", None, "Do not use multicast DNS (default: use it). Example: --no-mdns"],
+        ["ephemeral", None, "DHT node is ephemeral (sends no id). Example: --ephemeral"],
+        ["persistent", None, "DHT node is persistent (joins the routing tables of others); "
+         "default as hyperswarm 2: adaptive. Example: --persistent"],
     ]
     optParameters = [
-        ["host", None, "0.0.0.0", "Interface for the UDP socket (DHT + uTP) and the TCP listener."],
-        ["port", None, None, "Port for UDP and TCP (default 49737 with --bootstrap-node, else 0).", int],
-        ["expose", None, None, "Announce the topics; pipe incoming swarm connections to this client endpoint."],
-        ["listen", None, None, "Look the topics up; pipe local connections on this server endpoint to peers."],
-        ["status-http", None, None, "Serve GET /status and GET /metrics on this server endpoint."],
-        ["state-dir", None, None, "Keep the node id and a routing-table snapshot here."],
+        ["host", None, "0.0.0.0", "Interface for the UDP socket (DHT + uTP) and the TCP listener. "
+         "Example: --host 127.0.0.1"],
+        ["port", None, None, "Port for UDP and TCP (default 49737 with --bootstrap-node, else 0: any). "
+         "Example: --port 49737", int],
+        ["expose", None, None, "Announce the topics; pipe every incoming swarm connection to a new "
+         "connection to this client endpoint. Example: --expose tcp:host=127.0.0.1:port=8000"],
+        ["listen", None, None, "Look the topics up; pipe every local connection accepted on this server "
+         "endpoint over a swarm connection to a peer. Example: --listen tcp:port=8080:interface=127.0.0.1"],
+        ["max-peers", None, 256, "Connection limit of the swarm (every tunnel is a swarm connection). "
+         "Example: --max-peers 64", int],
+        ["status-http", None, None, "Serve GET /status and GET /metrics on this server endpoint. "
+         "Example: --status-http tcp:port=9100:interface=127.0.0.1"],
+        ["state-dir", None, None, "Keep the node id and a routing-table snapshot here. "
+         "Example: --state-dir /var/lib/hyperswarm"],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["bootstrap"] = []
         self["topic"] = []
+        self["topic-text"] = []
+        self["allow"] = []
 
     def opt_bootstrap(self, value: str) -> None:
-        """DHT bootstrap node HOST:PORT (repeatable); 'none' for none."""
+        """DHT bootstrap node HOST:PORT (repeatable); 'none' for none. Example: --bootstrap 10.0.0.5:49737"""
         self["bootstrap"].append(value)  # parsed in postOptions
 
     def opt_topic(self, value: str) -> None:
-        """Topic to join (repeatable): 64 hex characters, or text hashed with SHA-256."""
+        """Topic to join (repeatable): 64 hex characters, or text hashed with SHA-256. Example: --topic my-service"""
         try:
             self["topic"].append(topic_from_text(value))
         except ValueError as e:
             raise usage.UsageError(f"--topic: {e}") from None
+        self["topic-text"].append(value)
+
+    def opt_allow(self, value: str) -> None:
+        """Only remote addresses in this network may connect (repeatable; default: any). Example: --allow 10.0.0.0/8"""
+        try:
+            self["allow"].append(ipaddress.ip_network(value, strict=False))
+        except ValueError as e:
+            raise usage.UsageError(f"--allow: {e}") from None
 
     def parseOptions(self, options=None):
         # twist prints the whole usage text and exits 64 on a UsageError; the
@@ -82,6 +112,8 @@ class Options(usage.Options):
             raise SystemExit(2)
 
     def postOptions(self) -> None:
+        if self["max-peers"] < 1:
+            raise usage.UsageError(f"--max-peers must be at least 1, got {self['max-peers']}")
         if self["ephemeral"] and self["persistent"]:
             raise usage.UsageError("--ephemeral and --persistent exclude each other")
         try:
@@ -108,18 +140,16 @@ class Options(usage.Options):
             _check_endpoint("server", self["status-http"])
         if self["expose"] and self["listen"]:
             raise usage.UsageError("--expose and --listen exclude each other")
+        if (self["expose"] or self["listen"]) and not self["topic"]:
+            raise usage.UsageError(f"--{'expose' if self['expose'] else 'listen'} needs at least one --topic")
         if not self["bootstrap-node"] and not self["topic"]:
             raise usage.UsageError("give --bootstrap-node, or at least one --topic")
         if self["bootstrap-node"] and self["topic"]:
             raise usage.UsageError("--bootstrap-node runs a DHT node only: it takes no --topic")
-        if self["topic"]:
-            # Joining topics (and --expose/--listen) is the swarm's job; until
-            # that layer exists, say so instead of starting a node that
-            # silently ignores the topics.
-            raise usage.UsageError(
-                "joining topics (--topic, --expose, --listen) needs the swarm layer, "
-                "which this version does not have yet; --bootstrap-node runs"
-            )
+        if self["topic"] and not (self["expose"] or self["listen"]):
+            raise usage.UsageError("--topic needs --expose ENDPOINT or --listen ENDPOINT")
+        if self["allow"] and not self["topic"]:
+            raise usage.UsageError("--allow limits who reaches --expose/--listen tunnels: it needs --topic")
         state_dir = self["state-dir"]
         if state_dir is not None:
             # last: the only check with a side effect (the directory is made)
@@ -159,6 +189,12 @@ class _ExitCleanly(service.Service):
 class _Daemon(service.MultiService):
     """The daemon's top service: a port it cannot bind is one line and exit 1."""
 
+    #: what the daemon runs, for tests and embedding: the DHT node of a
+    #: bootstrap node, or the swarm and its tunnels
+    dht: Any = None
+    swarm: Any = None
+    tunnels: Any = None
+
     def startService(self) -> None:
         from twisted.internet.error import CannotListenError
 
@@ -178,6 +214,8 @@ def build_service(reactor, config: Options) -> service.MultiService:
     top = _Daemon()
     # first, so the signal handlers are in place before anything starts
     _ExitCleanly(reactor).setServiceParent(top)
+    if config["topic"]:
+        return _build_swarm(reactor, config, top)
     ephemeral = not config["bootstrap-node"] and not config["persistent"]
     if config["ephemeral"]:
         ephemeral = True
@@ -204,6 +242,213 @@ def build_service(reactor, config: Options) -> service.MultiService:
 
         strports.service(config["status-http"], status_site(node)).setServiceParent(top)
     return top
+
+
+#: Seconds the daemon waits for the DHT unannounces at shutdown.
+LEAVE_TIMEOUT = 3.0
+
+
+def allow_firewall(networks):
+    """
+    The swarm's ``firewall`` for ``--allow``: refuse (``True``) a remote
+    address in none of ``networks``; every refusal is logged.
+    """
+
+    def firewall(host: str, port: int, client: bool) -> bool:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            addr = None
+        if addr is not None and isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if addr is not None and any(addr in net for net in networks):
+            return False
+        log.warn(
+            "refused {direction} connection {host}:{port}: not in --allow {allowed}",
+            direction="outbound" if client else "inbound", host=host, port=port,
+            allowed=",".join(str(n) for n in networks),
+        )
+        return True
+
+    return firewall
+
+
+def _build_swarm(reactor, config: Options, top: _Daemon) -> service.MultiService:
+    """``--topic`` with ``--expose`` or ``--listen``: a swarm and its tunnels."""
+    import math
+
+    from twisted.internet.endpoints import clientFromString, serverFromString
+
+    from txhyperswarm.swarm import Hyperswarm
+    from txhyperswarm.tunnel import Tunnels
+
+    ephemeral = True if config["ephemeral"] else (False if config["persistent"] else None)
+    state = NodeState(config["state-dir"]) if config["state-dir"] else None
+    tunnels = Tunnels(reactor)
+    topics = list(config["topic"])
+    expose = config["expose"]
+    swarm_holder: list = []
+
+    def connect(peer):
+        return swarm_holder[0].connect(peer)
+
+    if expose:
+        swarm_factory = tunnels.expose_factory(clientFromString(reactor, expose), expose)
+        local_factory = None
+    else:
+        swarm_factory, local_factory = tunnels.listen_factories(
+            connect, topics, config["listen"], max_connections=config["max-peers"]
+        )
+    swarm = Hyperswarm(
+        reactor,
+        bootstrap=config["bootstrap"],
+        ephemeral=ephemeral,
+        max_peers=config["max-peers"],
+        # the queue never dials: --expose does not look up, and --listen
+        # dials with connect() only, one swarm connection per local
+        # connection (counted against --max-peers by the tunnels); --listen
+        # takes no inbound connection
+        max_client_sockets=0,
+        max_server_sockets=math.inf if expose else -1,
+        multicast=not config["no-mdns"],
+        port=config["port"] or None,
+        host=config["host"],
+        id=state.node_id() if state is not None else None,
+        factory=swarm_factory,
+        firewall=allow_firewall(config["allow"]) if config["allow"] else None,
+    )
+    swarm_holder.append(swarm)
+    swarm.on("connection", tunnels.swarm_connection)
+    swarm.on("peer", tunnels.peer_found)
+    def listening() -> None:
+        if state is not None:
+            _keep_state(swarm, state, reactor)
+        _say_swarm_listening(swarm)
+
+    swarm.on("listening", listening)
+    swarm.setServiceParent(top)
+    top.swarm = swarm
+    top.tunnels = tunnels
+    _Topics(swarm, tunnels, topics, config["topic-text"], announce=bool(expose),
+            dht=config["bootstrap"] != []).setServiceParent(top)
+    if local_factory is not None:
+        _LocalListener(serverFromString(reactor, config["listen"]), local_factory, config["listen"]).setServiceParent(top)
+    if config["status-http"]:
+        from twisted.application import strports
+
+        from txhyperswarm.web import status_site
+
+        strports.service(config["status-http"], status_site(swarm=swarm, tunnels=tunnels)).setServiceParent(top)
+    return top
+
+
+def _keep_state(swarm, state, reactor) -> None:
+    """Once bound: load the routing-table snapshot, save it periodically."""
+    keep = KeepState(swarm.network.dht, state, reactor)
+    keep.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", keep.stopService)
+
+
+def _say_swarm_listening(swarm) -> None:
+    host, port = swarm.address()
+    log.info(
+        "hyperswarm swarm listening on {host}:{port} (TCP and UDP), id {id}",
+        host=host, port=port, id=swarm.network.dht.id.hex(),
+    )
+
+
+class _Topics(service.Service):
+    """Join the topics at start (logging the hex topic of each); leave them at stop."""
+
+    def __init__(self, swarm, tunnels, topics, texts, announce: bool, dht: bool = True) -> None:
+        self.dht = dht
+        self.swarm = swarm
+        self.tunnels = tunnels
+        self.topics = topics
+        self.texts = texts
+        self.announce = announce
+
+    def startService(self) -> None:
+        super().startService()
+        for topic, text in zip(self.topics, self.texts):
+            log.info(
+                "topic {text!r} is {hex} ({what})", text=text, hex=topic.hex(),
+                what="announcing" if self.announce else "looking up",
+            )
+            d = self.swarm.join(topic, lookup=not self.announce, announce=self.announce)
+            d.addCallbacks(self._joined, self._join_failed, callbackArgs=(topic,), errbackArgs=(topic,))
+
+    def _joined(self, ok, topic: bytes) -> None:
+        if ok is None:
+            return
+        if ok:
+            log.info("topic {hex}: first {what} done", hex=topic.hex(),
+                     what="announce" if self.announce else "lookup")
+        elif self.dht:
+            log.warn("topic {hex}: no DHT node answered (check --bootstrap)", hex=topic.hex())
+        else:
+            log.info("topic {hex}: no DHT (--bootstrap none): peers come from multicast DNS only",
+                     hex=topic.hex())
+
+    def _join_failed(self, f, topic: bytes) -> None:
+        from txhyperswarm.swarm import SwarmClosed
+
+        if not f.check(SwarmClosed):
+            log.failure("joining topic {hex} failed", f, hex=topic.hex())
+
+    def stopService(self):
+        from twisted.internet import defer
+
+        super().stopService()
+        reactor = self.swarm.reactor
+        leaves = [self.swarm.leave(t) for t in self.topics]
+        done = defer.DeferredList(leaves, consumeErrors=True)
+        timer = reactor.callLater(LEAVE_TIMEOUT, done.cancel)
+
+        def left(_):
+            if timer.active():
+                timer.cancel()
+                log.info("left every topic (unannounced)")
+            else:
+                log.warn("unannouncing took longer than {t:g} s: stopping anyway", t=LEAVE_TIMEOUT)
+            return self.tunnels.close_all()
+
+        done.addBoth(left)
+        done.addErrback(lambda f: None)
+        return done
+
+
+class _LocalListener(service.Service):
+    """``--listen``: accept local connections; logs the bound address."""
+
+    def __init__(self, endpoint, factory, text: str) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.text = text
+        self.port = None
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.endpoint.listen(self.factory)
+
+        def listening(port) -> None:
+            self.port = port
+            addr = port.getHost()
+            log.info("accepting local connections on {host}:{port} ({text})",
+                     host=addr.host, port=addr.port, text=self.text)
+
+        failures: list = []
+        d.addCallbacks(listening, failures.append)
+        if failures:
+            # endpoints fail at once for a port in use: one line, exit 1 (_Daemon)
+            failures[0].raiseException()
+        d.addErrback(lambda f: log.failure("cannot listen on {text}", f, text=self.text))
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            return self.port.stopListening()
+        return None
 
 
 def _attach_record_store(node) -> None:

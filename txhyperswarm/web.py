@@ -5,23 +5,68 @@ text) for a running node, as interfaces.md describes them.
 Every figure is read at request time from the ``stats()`` of the live
 objects (:class:`txhyperswarm.interfaces.IStatsSource`): the DHT node, its
 UDP socket, and, where the daemon runs them, the uTP socket on that port and
-multicast DNS. Topics and swarm connections come with the swarm; a
-bootstrap node has none, so it reports empty lists and zero counts.
+multicast DNS. With a swarm (``twist hyperswarm --topic``), the node, its
+sockets and mDNS are the swarm network's, read at each request (they exist
+once the swarm is bound); the topics come from the swarm's ``stats()`` and
+the peer counts, connections and tunnelled bytes from the daemon's
+:class:`~txhyperswarm.tunnel.Tunnels` ``stats()``. A bootstrap node has no
+swarm: it reports empty lists and zero counts.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional
 
 from txhyperswarm.interfaces import IStatsSource
 
-__all__ = ["status_json", "status_site", "NodeMetrics"]
+__all__ = ["status_json", "status_site", "NodeMetrics", "SwarmParts", "swarm_topics"]
 
 
 def _stats(source) -> dict:
     return IStatsSource(source).stats() if source is not None else {}
+
+
+class SwarmParts:
+    """
+    The live parts of a swarm's network, looked up at each request (they
+    exist once the swarm is bound): ``node`` (the DHT node), ``udp``,
+    ``utp`` and ``mdns``; ``None`` while unbound.
+    """
+
+    def __init__(self, swarm) -> None:
+        self.swarm = swarm
+
+    def _network_part(self, name: str):
+        network = getattr(self.swarm, "network", None)
+        return getattr(network, name, None) if network is not None else None
+
+    @property
+    def node(self):
+        return self._network_part("dht")
+
+    @property
+    def udp(self):
+        return self._network_part("udp")
+
+    @property
+    def utp(self):
+        return self._network_part("utp")
+
+    @property
+    def mdns(self):
+        return self._network_part("mdns")
+
+
+def swarm_topics(swarm, tunnels=None) -> List[dict]:
+    """``/status`` topic entries: the swarm's topics with the distinct peers found for each."""
+    found = _stats(tunnels).get("peers", {}) if tunnels is not None else {}
+    out = []
+    for t in _stats(swarm).get("topics", []):
+        out.append({"topic": t["topic"], "announce": bool(t.get("announce")), "lookup": bool(t.get("lookup")),
+                    "peers": int(found.get(t["topic"], 0))})
+    return out
 
 
 def status_json(node, *, topics: Iterable[dict] = (), connections: Iterable[dict] = ()) -> dict:
@@ -34,11 +79,11 @@ def status_json(node, *, topics: Iterable[dict] = (), connections: Iterable[dict
     s = _stats(node)
     return {
         "node": {
-            "id": s["id"],
-            "host": s["host"],
-            "port": s["port"],
-            "ephemeral": s["ephemeral"],
-            "routing_table_size": s["routing_table_size"],
+            "id": s.get("id"),
+            "host": s.get("host"),
+            "port": s.get("port"),
+            "ephemeral": s.get("ephemeral"),
+            "routing_table_size": s.get("routing_table_size", 0),
         },
         "topics": list(topics),
         "connections": list(connections),
@@ -51,38 +96,59 @@ class NodeMetrics:
     the DHT node, its UDP socket and (when given) the uTP socket and mDNS.
     """
 
-    def __init__(self, node, *, utp=None, mdns=None) -> None:
+    def __init__(self, node=None, *, utp=None, mdns=None, swarm=None, tunnels=None) -> None:
         self._node = node
         self._utp = utp
         self._mdns = mdns
+        self._swarm = swarm
+        self._parts = SwarmParts(swarm) if swarm is not None else None
+        self._tunnels = tunnels
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        node = _stats(self._node)
-        udp = _stats(self._node.udp) if self._node.udp is not None else {}
-        utp = _stats(self._utp)
-        mdns = _stats(self._mdns)
-        yield GaugeMetricFamily("hyperswarm_connections", "Open swarm connections.", value=0)
-        yield CounterMetricFamily("hyperswarm_peers_discovered", "Peers discovered (DHT and mDNS).", value=0)
+        parts = self._parts
+        node_obj = parts.node if parts is not None else self._node
+        node = _stats(node_obj)
+        udp_obj = parts.udp if parts is not None else (node_obj.udp if node_obj is not None else None)
+        udp = _stats(udp_obj)
+        utp = _stats(parts.utp if parts is not None else self._utp)
+        mdns = _stats(parts.mdns if parts is not None else self._mdns)
+        swarm = _stats(self._swarm)
+        tunnels = _stats(self._tunnels)
+        yield GaugeMetricFamily("hyperswarm_connections", "Open swarm connections.",
+                                value=swarm.get("connections", 0))
+        yield CounterMetricFamily("hyperswarm_peers_discovered", "Distinct peers discovered per topic (DHT and mDNS).",
+                                  value=tunnels.get("peers_discovered", 0))
+        if self._tunnels is not None:
+            yield GaugeMetricFamily("hyperswarm_tunnels", "Open tunnels.", value=tunnels.get("tunnels", 0))
+            yield CounterMetricFamily("hyperswarm_tunnels_opened", "Tunnels opened.", value=tunnels.get("opened", 0))
         rpc = CounterMetricFamily(
             "hyperswarm_dht_rpc_requests", "DHT RPC requests by command and direction.",
             labels=["command", "direction"],
         )
-        for (command, direction), n in sorted(node["rpc_requests"].items()):
+        for (command, direction), n in sorted(node.get("rpc_requests", {}).items()):
             rpc.add_metric([command, direction], n)
         yield rpc
         yield GaugeMetricFamily(
-            "hyperswarm_dht_routing_table_size", "Nodes in the DHT routing table.", value=node["routing_table_size"]
+            "hyperswarm_dht_routing_table_size", "Nodes in the DHT routing table.",
+            value=node.get("routing_table_size", 0)
         )
         transferred = CounterMetricFamily(
             "hyperswarm_bytes", "Bytes sent and received by transport (udp: every datagram's payload, "
-            "DHT and uTP; utp: the application bytes of uTP streams).", labels=["transport", "direction"]
+            "DHT and uTP; utp: the application bytes of uTP streams; tcp: the bytes tunnelled over "
+            "swarm TCP connections).", labels=["transport", "direction"]
         )
         for transport, figures in (("udp", udp), ("utp", utp)):
             if figures:
                 transferred.add_metric([transport, "in"], figures["bytes_received"])
                 transferred.add_metric([transport, "out"], figures["bytes_sent"])
+        tunnelled = tunnels.get("bytes", {})
+        if self._tunnels is not None:
+            for direction in ("in", "out"):
+                transferred.add_metric(["tcp", direction], tunnelled.get(("tcp", direction), 0))
+                if not utp:
+                    transferred.add_metric(["utp", direction], tunnelled.get(("utp", direction), 0))
         yield transferred
         if utp:
             yield GaugeMetricFamily("hyperswarm_utp_connections", "uTP connections in the table.",
@@ -98,20 +164,35 @@ class NodeMetrics:
         yield dropped
 
 
-def status_site(node, *, utp: Optional[object] = None, mdns: Optional[object] = None):
-    """A ``twisted.web`` site serving ``GET /status`` and ``GET /metrics``."""
+def status_site(node=None, *, utp: Optional[object] = None, mdns: Optional[object] = None,
+                swarm: Optional[object] = None, tunnels: Optional[object] = None):
+    """
+    A ``twisted.web`` site serving ``GET /status`` and ``GET /metrics``.
+
+    :param node: the DHT node of a bootstrap node (no swarm).
+    :param swarm: a :class:`~txhyperswarm.swarm.Hyperswarm`: its network's
+        node, sockets and mDNS are read instead of ``node``/``utp``/``mdns``.
+    :param tunnels: the daemon's :class:`~txhyperswarm.tunnel.Tunnels`.
+    """
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from twisted.web import resource, server
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeMetrics(node, utp=utp, mdns=mdns))
+    registry.register(NodeMetrics(node, utp=utp, mdns=mdns, swarm=swarm, tunnels=tunnels))
+    parts = SwarmParts(swarm) if swarm is not None else None
+
+    def status() -> dict:
+        if parts is None:
+            return status_json(node)
+        connections = _stats(tunnels).get("connections", []) if tunnels is not None else []
+        return status_json(parts.node, topics=swarm_topics(swarm, tunnels), connections=connections)
 
     class Status(resource.Resource):
         isLeaf = True
 
         def render_GET(self, request):
             request.setHeader(b"content-type", b"application/json")
-            return json.dumps(status_json(node)).encode() + b"\n"
+            return json.dumps(status()).encode() + b"\n"
 
     class Metrics(resource.Resource):
         isLeaf = True
