@@ -31,7 +31,6 @@ sys.path.insert(0, str(REPO))
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
-CHUNK = 65536
 
 
 def cpu_seconds(pid: int) -> float:
@@ -88,41 +87,16 @@ def _python_recv(bufsize: int) -> None:
 
 def _python_send(port: int, total: int, bufsize: int) -> None:
     from twisted.internet import reactor, stdio
-    from twisted.internet.interfaces import IPushProducer
-    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.protocol import Factory
     from twisted.protocols.basic import LineReceiver
-    from zope.interface import implementer
 
+    from bench._bulk import BulkSender
     from txhyperswarm.udp import UDPSocket
     from txhyperswarm.utp import UTPSocket
 
-    block = b"a" * CHUNK
-
-    @implementer(IPushProducer)
-    class Send(Protocol):
+    class Send(BulkSender):
         def connectionMade(self):
-            self.left = total
-            self.paused = False
-            self.transport.registerProducer(self, True)
-            self.resumeProducing()
-
-        def pauseProducing(self):
-            self.paused = True
-
-        def stopProducing(self):
-            self.paused = True
-
-        def resumeProducing(self):
-            self.paused = False
-            t = self.transport
-            while not self.paused and self.left > 0:
-                n = min(self.left, CHUNK)
-                self.left -= n
-                t.write(block if n == CHUNK else block[:n])
-            if self.left <= 0 and not getattr(self, "ended", False):
-                self.ended = True
-                t.unregisterProducer()
-                t.loseConnection()
+            self.send(total)
 
         def connectionLost(self, reason):
             t = self.transport

@@ -321,8 +321,37 @@ def test_tcp_connection_both_sides_and_data():
     assert a.stats()["inbound"] == 1 and b.stats()["outbound"] == 1
     assert b.stats()["dialled"]["tcp"] == 1
     w.close_all()
-    assert pa.events[-1] == ("lost", error.ConnectionAborted)
-    assert pb.events[-1][0] == "lost"
+    # closing ends each connection in order (a FIN, as Node's destroy), not with a reset
+    assert pa.events[-1] == ("lost", error.ConnectionDone)
+    assert pb.events[-1] == ("lost", error.ConnectionDone)
+
+
+def test_close_aborts_a_connection_that_cannot_end_in_order_within_the_grace():
+    from txhyperswarm.network import CLOSE_GRACE
+
+    w = World()
+    accepted = []
+    a = w.network("10.0.0.1", accepted=accepted)
+    b = w.network("10.0.0.2")
+    _, port = result_of(a.bind())
+    result_of(b.bind())
+    d = b.connect(record("10.0.0.1", port))
+    w.run(0.1)
+    out = result_of(d)
+    pa, pb = Recorder(), Recorder()
+    out.attach(pb)
+    w.run(0.1)
+    accepted[0].attach(pa)
+    pa.transport.pauseProducing()  # a reads nothing more: b's queued bytes cannot drain
+    pb.transport.write(b"x" * (4 << 20))
+    w.run(0.5)
+    closed = []
+    b.close().addCallback(closed.append)
+    w.net.run_until(lambda: closed, CLOSE_GRACE - 0.5)
+    assert not closed and pb.events[-1] != ("lost", error.ConnectionAborted)
+    assert w.net.run_until(lambda: closed, 12)
+    assert pb.events[-1] == ("lost", error.ConnectionAborted)
+    w.close_all()
 
 
 from twisted.internet.protocol import Factory  # noqa: E402

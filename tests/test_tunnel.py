@@ -319,3 +319,107 @@ def test_close_all_closes_every_tunnel():
     d = tunnels.close_all()
     net.run(1)
     assert d.called and client.lost is not None and service[0].lost is not None
+
+
+def test_a_local_connection_waiting_for_a_peer_is_paused_not_buffered():
+    net = UDPNetwork()
+    service = []
+
+    def build():
+        p = Recorder()
+        service.append(p)
+        return p
+
+    f = Factory()
+    f.buildProtocol = lambda addr: build()
+    net.reactor(PEER).listenTCP(7000, f)
+    daemon = net.reactor(DAEMON)
+    tunnels = Tunnels(daemon)
+    topic = b"t" * 32
+    dial = _Dialler(daemon, None)
+    swarm_factory, local_factory = tunnels.listen_factories(dial, [topic])
+    dial.factory = swarm_factory
+    daemon.listenTCP(6000, local_factory)
+    flood = Flood(16 * 1024 * 1024)
+    cf = ClientFactory()
+    cf.buildProtocol = lambda addr: flood
+    net.reactor(SERVICE).connectTCP(DAEMON, 6000, cf)
+    net.run(3)
+    assert flood.paused and flood.sent < 1024 * 1024, flood.sent  # no peer yet: the sender is held back
+    tunnels.peer_found(_peer(topic, PEER, 7000))
+    assert net.run_until(lambda: service and service[0].read_ended, limit=60)
+    assert len(service[0].data) == 16 * 1024 * 1024
+
+
+def test_over_utp_backpressure_and_half_close():
+    """The swarm end on a uTP connection (UTPConnection as producer and consumer)."""
+    from txhyperswarm.udp import UDPSocket
+    from txhyperswarm.utp.socket import UTPSocket
+
+    net = UDPNetwork(latency=0.002)
+    service = []
+
+    def build():
+        p = Recorder()
+        service.append(p)
+        return p
+
+    f = Factory()
+    f.buildProtocol = lambda addr: build()
+    net.reactor(SERVICE).listenTCP(8000, f)
+    daemon = net.reactor(DAEMON)
+    tunnels = Tunnels(daemon)
+    udp = UDPSocket(daemon, host=DAEMON, port=5000)
+    udp.listen()
+    utp = UTPSocket(daemon, udp)
+    utp.listen(tunnels.expose_factory(TCP4ClientEndpoint(daemon, SERVICE, 8000), "svc"))
+    peer_udp = UDPSocket(net.reactor(PEER), host=PEER, port=5001)
+    peer_udp.listen()
+    peer = UTPSocket(net.reactor(PEER), peer_udp)
+    flood = Flood(8 * 1024 * 1024)
+    cf = Factory()
+    cf.buildProtocol = lambda addr: flood
+    peer.connect(DAEMON, 5000, cf)
+    net.run(0.5)
+    (server,) = service
+    server.transport.pauseProducing()
+    net.run(5)
+    (tunnel,) = tunnels.tunnels
+    assert tunnel.swarm_address[0] == "utp"
+    assert flood.sent < 8 * 1024 * 1024 and flood.sent - len(server.data) < 3 * 1024 * 1024, flood.sent
+    server.transport.resumeProducing()
+    assert net.run_until(lambda: server.read_ended, limit=120)  # the uTP FIN passed on as a half-close
+    assert len(server.data) == 8 * 1024 * 1024
+    server.transport.write(b"done")
+    server.transport.loseWriteConnection()
+    assert net.run_until(lambda: flood.read_ended, limit=30)
+    assert bytes(flood.data) == b"done"
+    assert net.run_until(lambda: tunnel.closed, limit=30)
+    assert tunnels.stats()["bytes"][("utp", "in")] == 8 * 1024 * 1024
+    peer.close()
+    utp.close()
+    net.run(5)
+
+
+def test_listen_refuses_local_connections_beyond_the_limit():
+    net = UDPNetwork()
+    net.reactor(PEER).listenTCP(7000, Factory.forProtocol(Recorder))
+    daemon = net.reactor(DAEMON)
+    tunnels = Tunnels(daemon)
+    topic = b"t" * 32
+    dial = _Dialler(daemon, None)
+    swarm_factory, local_factory = tunnels.listen_factories(dial, [topic], max_connections=2)
+    dial.factory = swarm_factory
+    daemon.listenTCP(6000, local_factory)
+    tunnels.peer_found(_peer(topic, PEER, 7000))
+    clients = []
+    for _ in range(3):
+        c = Recorder()
+        clients.append(c)
+        cf = ClientFactory()
+        cf.buildProtocol = lambda addr, c=c: c
+        net.reactor(SERVICE).connectTCP(DAEMON, 6000, cf)
+        net.run(0.5)
+    s = tunnels.stats()
+    assert s["tunnels"] == 2 and s["failed"]["limit"] == 1 and len(dial.dialled) == 2
+    assert clients[2].read_ended or clients[2].lost is not None

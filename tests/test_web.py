@@ -80,3 +80,61 @@ def test_status_and_metrics_follow_live_traffic():
     yield utp.close()
     yield client.stopService()
     yield boot.stopService()
+
+
+class _FakeNetwork:
+    def __init__(self, dht):
+        self.dht = dht
+        self.udp = dht.udp
+        self.utp = None
+        self.mdns = None
+
+
+class _FakeSwarm:
+    """What status_site reads of a swarm: ``network`` and ``stats()``."""
+
+    def __init__(self, network, topics, connections):
+        self.network = network
+        self._figures = {"topics": topics, "connections": connections}
+
+    def stats(self):
+        return dict(self._figures)
+
+
+@pytest_twisted.inlineCallbacks
+def test_status_and_metrics_of_a_swarm_with_tunnels():
+    from zope.interface import directlyProvides
+
+    from txhyperswarm.interfaces import IStatsSource
+    from txhyperswarm.peer_record import PeerRecord
+    from txhyperswarm.tunnel import Tunnels
+
+    net = UDPNetwork()
+    node = DHTNode(net.reactor("127.0.0.1"), bootstrap=[], port=4000, host="127.0.0.1")
+    node.startService()
+    topic = b"\x07" * 32
+    unbound = _FakeSwarm(None, [], 0)
+    directlyProvides(unbound, IStatsSource)
+    stub = StubTreq(status_site(swarm=unbound, tunnels=Tunnels(net.reactor("127.0.0.1"))).resource)
+    early = yield (yield stub.get("http://node/status")).json()
+    assert early["node"]["id"] is None and early["topics"] == [] and early["connections"] == []
+
+    swarm = _FakeSwarm(_FakeNetwork(node), [{"topic": topic.hex(), "lookup": True, "announce": False}], 3)
+    directlyProvides(swarm, IStatsSource)
+    tunnels = Tunnels(net.reactor("127.0.0.1"))
+    for port in (1, 2, 2):  # a repeat is one distinct peer
+        tunnels.peer_found(PeerRecord(topic, "10.0.0.5", port, False, None, None, "dht"))
+    tunnels.count("tcp", "out", 1234)
+    tunnels.count("utp", "in", 99)
+    stub = StubTreq(status_site(swarm=swarm, tunnels=tunnels).resource)
+    status = yield (yield stub.get("http://node/status")).json()
+    assert status["node"]["id"] == node.id.hex() and status["node"]["port"] == 4000
+    assert status["topics"] == [{"topic": topic.hex(), "announce": False, "lookup": True, "peers": 2}]
+    text = yield (yield stub.get("http://node/metrics")).text()
+    samples = _samples(text)
+    assert samples[("hyperswarm_connections", ())] == 3
+    assert samples[("hyperswarm_peers_discovered_total", ())] == 2
+    assert samples[("hyperswarm_bytes_total", (("direction", "out"), ("transport", "tcp")))] == 1234
+    assert samples[("hyperswarm_bytes_total", (("direction", "in"), ("transport", "utp")))] == 99
+    yield node.stopService()
+    net.run(1)

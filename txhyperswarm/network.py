@@ -83,6 +83,8 @@ Address = Tuple[str, int]
 
 #: Random tries after the preferred ones (and without a preferred port: 7).
 RANDOM_TRIES = 4
+#: Seconds closing waits for connections to end in order before aborting them.
+CLOSE_GRACE = 2.0
 ADAPTIVE_MIN = 20 * 60.0
 ADAPTIVE_SPREAD = 10 * 60.0
 #: A timer that fires later than this (a suspended host) is re-armed.
@@ -559,11 +561,8 @@ class Network:
         log.info("network closed")
 
     async def _close_sockets(self) -> None:
+        await self._end_connections()
         waits = []
-        for conn in list(self.connections):
-            waits.append(conn.when_closed())
-            conn.abort()
-        self.connections.clear()
         if self._tcp_port is not None:
             waits.append(defer.maybeDeferred(self._tcp_port.stopListening))
         if self.utp is not None:
@@ -573,6 +572,33 @@ class Network:
         await defer.DeferredList(waits, consumeErrors=True)
         if self.udp is not None:
             await self.udp.close()
+
+    async def _end_connections(self) -> None:
+        """
+        End every connection in order, as Node's destroy does (a FIN, not a
+        reset: the peer sees an orderly end); those still open after
+        :data:`CLOSE_GRACE` seconds (a peer that does not answer) are aborted.
+        """
+        conns = list(self.connections)
+        self.connections.clear()
+        if not conns:
+            return
+        ended = defer.DeferredList([c.when_closed() for c in conns], consumeErrors=True)
+
+        def overdue() -> None:
+            left = [c for c in conns if not c.closed]
+            log.info("{n} connection(s) did not end within {s} s of closing: aborted", n=len(left), s=CLOSE_GRACE)
+            for conn in left:
+                conn.abort()
+
+        timer = self.reactor.callLater(CLOSE_GRACE, overdue)
+        for conn in conns:
+            conn.close()
+        try:
+            await ended  # when_closed never errbacks; abort() ends the overdue ones
+        finally:
+            if timer.active():
+                timer.cancel()
 
     # -- stats -----------------------------------------------------------------------
 

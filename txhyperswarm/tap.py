@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from typing import Any
 
 from twisted.application import service
 from twisted.logger import Logger
@@ -188,6 +189,12 @@ class _ExitCleanly(service.Service):
 class _Daemon(service.MultiService):
     """The daemon's top service: a port it cannot bind is one line and exit 1."""
 
+    #: what the daemon runs, for tests and embedding: the DHT node of a
+    #: bootstrap node, or the swarm and its tunnels
+    dht: Any = None
+    swarm: Any = None
+    tunnels: Any = None
+
     def startService(self) -> None:
         from twisted.internet.error import CannotListenError
 
@@ -266,7 +273,7 @@ def allow_firewall(networks):
     return firewall
 
 
-def _build_swarm(reactor, config: Options, top: service.MultiService) -> service.MultiService:
+def _build_swarm(reactor, config: Options, top: _Daemon) -> service.MultiService:
     """``--topic`` with ``--expose`` or ``--listen``: a swarm and its tunnels."""
     import math
 
@@ -289,15 +296,19 @@ def _build_swarm(reactor, config: Options, top: service.MultiService) -> service
         swarm_factory = tunnels.expose_factory(clientFromString(reactor, expose), expose)
         local_factory = None
     else:
-        swarm_factory, local_factory = tunnels.listen_factories(connect, topics, config["listen"])
+        swarm_factory, local_factory = tunnels.listen_factories(
+            connect, topics, config["listen"], max_connections=config["max-peers"]
+        )
     swarm = Hyperswarm(
         reactor,
         bootstrap=config["bootstrap"],
         ephemeral=ephemeral,
         max_peers=config["max-peers"],
-        # --expose never dials (lookup off); --listen dials with connect()
-        # only, one swarm connection per local connection, and takes none in
-        max_client_sockets=0 if expose else math.inf,
+        # the queue never dials: --expose does not look up, and --listen
+        # dials with connect() only, one swarm connection per local
+        # connection (counted against --max-peers by the tunnels); --listen
+        # takes no inbound connection
+        max_client_sockets=0,
         max_server_sockets=math.inf if expose else -1,
         multicast=not config["no-mdns"],
         port=config["port"] or None,
@@ -318,7 +329,8 @@ def _build_swarm(reactor, config: Options, top: service.MultiService) -> service
     swarm.setServiceParent(top)
     top.swarm = swarm
     top.tunnels = tunnels
-    _Topics(swarm, tunnels, topics, config["topic-text"], announce=bool(expose)).setServiceParent(top)
+    _Topics(swarm, tunnels, topics, config["topic-text"], announce=bool(expose),
+            dht=config["bootstrap"] != []).setServiceParent(top)
     if local_factory is not None:
         _LocalListener(serverFromString(reactor, config["listen"]), local_factory, config["listen"]).setServiceParent(top)
     if config["status-http"]:
@@ -348,7 +360,8 @@ def _say_swarm_listening(swarm) -> None:
 class _Topics(service.Service):
     """Join the topics at start (logging the hex topic of each); leave them at stop."""
 
-    def __init__(self, swarm, tunnels, topics, texts, announce: bool) -> None:
+    def __init__(self, swarm, tunnels, topics, texts, announce: bool, dht: bool = True) -> None:
+        self.dht = dht
         self.swarm = swarm
         self.tunnels = tunnels
         self.topics = topics
@@ -371,8 +384,11 @@ class _Topics(service.Service):
         if ok:
             log.info("topic {hex}: first {what} done", hex=topic.hex(),
                      what="announce" if self.announce else "lookup")
-        else:
+        elif self.dht:
             log.warn("topic {hex}: no DHT node answered (check --bootstrap)", hex=topic.hex())
+        else:
+            log.info("topic {hex}: no DHT (--bootstrap none): peers come from multicast DNS only",
+                     hex=topic.hex())
 
     def _join_failed(self, f, topic: bytes) -> None:
         from txhyperswarm.swarm import SwarmClosed
@@ -421,14 +437,12 @@ class _LocalListener(service.Service):
             log.info("accepting local connections on {host}:{port} ({text})",
                      host=addr.host, port=addr.port, text=self.text)
 
-        def failed(f) -> None:
-            from twisted.internet import reactor
-
-            sys.stderr.write(f"twist hyperswarm: error: cannot listen on {self.text}: {f.getErrorMessage()}\n")
-            log.error("cannot listen on {text}: {why}", text=self.text, why=f.getErrorMessage())
-            reactor.stop()
-
-        d.addCallbacks(listening, failed)
+        failures: list = []
+        d.addCallbacks(listening, failures.append)
+        if failures:
+            # endpoints fail at once for a port in use: one line, exit 1 (_Daemon)
+            failures[0].raiseException()
+        d.addErrback(lambda f: log.failure("cannot listen on {text}", f, text=self.text))
 
     def stopService(self):
         super().stopService()

@@ -32,6 +32,7 @@ transport. :class:`Tunnels` keeps the live tunnels and the figures
 
 from __future__ import annotations
 
+import math
 import random as _random
 from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
@@ -86,6 +87,8 @@ class TunnelEnd(Protocol):
     :ivar info: the swarm's ``PeerInfo`` of a swarm end, once known.
     :ivar client: whether we dialled this connection (swarm ends).
     """
+
+    transport: Any  # TCP transport or UTPConnection (IConsumer, IPushProducer, half-close)
 
     def __init__(self, side: str, on_made: Optional[Callable[["TunnelEnd"], Any]] = None,
                  client: bool = False) -> None:
@@ -394,7 +397,7 @@ class Tunnels:
 
     def _track_swarm_end(self, end: TunnelEnd) -> TunnelEnd:
         self.swarm_ends.add(end)
-        end.on_lost = self.swarm_ends.discard
+        end.on_lost = self._swarm_end_lost
         return end
 
     def swarm_connection(self, protocol: Any, info: Any) -> None:
@@ -404,6 +407,15 @@ class Tunnels:
         kind, host, port = _address(protocol.transport) if protocol.transport is not None else ("tcp", "?", 0)
         log.info("swarm connection opened: {kind} {side} {host}:{port}", kind=kind,
                  side="outbound" if info.client else "inbound", host=host, port=port)
+
+    def _swarm_end_lost(self, end: TunnelEnd) -> None:
+        self.swarm_ends.discard(end)
+        if end.transport is not None:
+            kind, host, port = _address(end.transport)
+            why = end.lost.getErrorMessage() if end.lost is not None and not end.lost.check(error.ConnectionDone) else ""
+            log.info("swarm connection closed: {kind} {side} {host}:{port}{why}", kind=kind,
+                     side="outbound" if end.client else "inbound", host=host, port=port,
+                     why=f" ({why})" if why else "")
 
     def peer_found(self, peer: Any) -> None:
         """The swarm's ``"peer"`` handler: remember the peer per topic."""
@@ -456,19 +468,27 @@ class Tunnels:
         return _EndFactory(build)
 
     def listen_factories(self, connect: Callable[[Any], defer.Deferred], topics: List[bytes],
-                         target: str = "") -> Tuple[Factory, Factory]:
+                         target: str = "", max_connections: float = math.inf) -> Tuple[Factory, Factory]:
         """
         ``(swarm_factory, local_factory)`` for ``--listen``: every local
         connection is piped over a swarm connection of its own, dialled
         with ``connect(peer) -> Deferred[(protocol, info)]`` (the swarm's
         :meth:`~txhyperswarm.swarm.Hyperswarm.connect`) to a peer of
-        ``topics``, trying the peers found until one answers.
+        ``topics``, trying the peers found until one answers. A local
+        connection beyond ``max_connections`` tunnels (open or being
+        dialled) is closed at once.
         """
 
         def build_swarm() -> TunnelEnd:
             return self._track_swarm_end(TunnelEnd("swarm", client=True))
 
         def made(local_end: TunnelEnd) -> None:
+            if len(self.tunnels) >= max_connections:
+                self.failed["limit"] += 1
+                log.warn("refused a local connection from {who}: {n} tunnels open (--max-peers)",
+                         who=_describe(local_end), n=len(self.tunnels))
+                local_end.transport.loseConnection()
+                return
             tunnel = Tunnel(self, local_end, target)
             d = self._dial_some_peer(connect, topics)
             tunnel.pending = d
@@ -476,6 +496,8 @@ class Tunnels:
             def connected(result: Tuple[Any, Any]) -> None:
                 protocol, info = result
                 protocol.info = info
+                kind, host, port = _address(protocol.transport)
+                log.info("swarm connection opened: {kind} outbound {host}:{port}", kind=kind, host=host, port=port)
                 self.opened += 1
                 tunnel.open(protocol)
 

@@ -5,6 +5,6 @@ from twisted.application.service import ServiceMaker
 hyperswarm = ServiceMaker(
     "hyperswarm",
     "txhyperswarm.tap",
-    "Run a hyperswarm node: a DHT bootstrap node, or a swarm joining topics.",
+    "A hyperswarm 2 daemon: reach a TCP service by topic (--expose / --listen), or run a DHT bootstrap node.",
     "hyperswarm",
 )
