@@ -1,13 +1,14 @@
 """
 ``hyperswarm``: one-shot jobs on the command line (interfaces.md, "hyperswarm").
 
-Each command prints JSON lines on stdout (nothing else); stderr carries
-the hex topic used (``lookup``/``announce``), warnings, and errors (bad
+``ping``, ``lookup`` and ``announce`` print JSON lines on stdout (nothing
+else); ``pipe`` (netcat over a topic, :class:`PipeJob`) puts only the peer's
+bytes there. stderr carries the hex topic used, warnings, and errors (bad
 input: one line). Exit status: 0 success, 1 the job failed (ping timeout,
 no bootstrap node answered with mDNS off, first announce failed), 2 bad
 input. SIGINT/SIGTERM end any command cleanly: ``announce`` unannounces
 (at most 3 s) and exits 0, ``lookup`` stops as at ``--timeout``, ``ping``
-exits 1.
+and ``pipe`` exit 1.
 """
 
 from __future__ import annotations
