@@ -81,3 +81,24 @@ def test_py_typed_ships_in_the_wheel(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (wheel,) = tmp_path.glob("txhyperswarm-*.whl")
     assert "txhyperswarm/py.typed" in zipfile.ZipFile(wheel).namelist()
+
+
+# -- what users copy ------------------------------------------------------------
+
+
+def test_the_testing_pages_swarm_example_runs(tmp_path):
+    """docs/testing.rst's Hyperswarm-in-memory example, run as the user would (pytest)."""
+    text = (REPO / "docs" / "testing.rst").read_text()
+    section = text.split("A swarm on the in-memory network\n", 1)[1]
+    block = section.split("::\n\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    (tmp_path / "test_example.py").write_text("\n".join(lines) + "\n")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir",
+                             str(tmp_path), str(tmp_path / "test_example.py")],
+                            capture_output=True, text=True, timeout=120, cwd=str(REPO))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout
