@@ -9,7 +9,22 @@ The public API is what this module exports (``__all__``); everything else is
 private.
 """
 
+from typing import TYPE_CHECKING
+
 from txhyperswarm._version import __version__
+
+if TYPE_CHECKING:  # what type checkers see; at run time these load lazily (__getattr__)
+    from txhyperswarm.dht.node import DHTNode
+    from txhyperswarm.discovery import Discovery
+    from txhyperswarm.mdns import MulticastDiscovery
+    from txhyperswarm.network import BindError, DialFailed, DialTimeout, FirewallRefused
+    from txhyperswarm.peer_record import PeerRecord
+    from txhyperswarm.peerinfo import PeerInfo
+    from txhyperswarm.queue import QueueOptions
+    from txhyperswarm.stream import Stream
+    from txhyperswarm.swarm import Hyperswarm, SwarmClosed
+    from txhyperswarm.udp import UDPSocket
+    from txhyperswarm.utp.socket import UTPSocket
 
 __all__ = [
     "__version__", "BindError", "DHTNode", "DialFailed", "DialTimeout", "Discovery", "FirewallRefused",

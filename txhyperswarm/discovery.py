@@ -25,7 +25,7 @@ Neither service is started or stopped here: their owner does that.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -64,8 +64,8 @@ class DiscoveryTopic:
         *,
         announcing: bool,
         lookup: bool,
-        dht: Optional[IDiscoveryTopic] = None,
-        mdns: Optional[IDiscoveryTopic] = None,
+        dht: Any = None,  # an IDiscoveryTopic or None
+        mdns: Any = None,  # an IDiscoveryTopic or None
         on_stop: Optional[Callable[["DiscoveryTopic"], object]] = None,
     ) -> None:
         if dht is None and mdns is None:
@@ -109,7 +109,8 @@ class DiscoveryTopic:
         """
         if self._stopped is not None:
             return self._stopped.when_fired()
-        self._stopped = stopped = OneShotObserver()
+        stopped: OneShotObserver[None] = OneShotObserver()
+        self._stopped = stopped
         if self._on_stop is not None:
             self._on_stop(self)
         if self.mdns is not None:

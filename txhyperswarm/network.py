@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import random as _random
 from collections import Counter
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet import defer, error
 from twisted.internet.protocol import Factory
@@ -296,11 +296,11 @@ class Network:
         self.monotonic = monotonic or default_monotonic(self.reactor)
         self.random = random if random is not None else _random.Random()
 
-        self.dht = None
-        self.utp = None
-        self.udp = None
-        self.mdns = None
-        self.discovery: Optional[Discovery] = None
+        self.dht: Any = None  # a DHTNode once bound
+        self.utp: Any = None  # a UTPSocket once bound
+        self.udp: Any = None  # a UDPSocket once bound
+        self.mdns: Any = None  # a MulticastDiscovery once bound (multicast on)
+        self.discovery: Any = None  # a Discovery once bound
         self.adaptive: Optional[AdaptiveEphemerality] = None
         self.connections: Dict[Connection, None] = {}
         self._tcp_port = None

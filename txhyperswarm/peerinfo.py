@@ -87,10 +87,10 @@ ZERO_ID = bytes(32)
 class IPeerConnection(Interface):
     """The two things an info does to its connection (a transport fits)."""
 
-    def loseConnection():
+    def loseConnection():  # type: ignore[misc]  # a zope Interface method: no self
         """Close gracefully (FIN after pending data): Node's ``end()``."""
 
-    def abortConnection():
+    def abortConnection():  # type: ignore[misc]
         """Close at once: Node's ``destroy()``."""
 
 
@@ -100,7 +100,7 @@ class IPeerOwner(Interface):
     :class:`txhyperswarm.queue.PeerQueue`.
     """
 
-    def seconds():
+    def seconds():  # type: ignore[misc]
         """The current time (the queue's ``IReactorTime``)."""
 
     def info_banned(info):

@@ -132,7 +132,7 @@ class QueueOptions:
 class IQueueListener(Interface):
     """What the queue tells its owner."""
 
-    def readable():
+    def readable():  # type: ignore[misc]  # a zope Interface method: no self
         """The queue went from empty to non-empty: time to ``shift()``."""
 
 

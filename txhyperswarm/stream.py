@@ -60,6 +60,7 @@ class Stream(Protocol):
     """
 
     log = Logger()
+    transport: Any  # the swarm connection's transport (TCP or uTP)
 
     def __init__(self) -> None:
         self._on_data: Optional[Callable[[bytes], Any]] = None

@@ -275,7 +275,7 @@ class Hyperswarm(service.Service, EventEmitter):
         self.queue_options = queue if queue is not None else QueueOptions()
         if network_factory is None:
             from txhyperswarm.network import Network as network_factory  # noqa: N813
-        self.network = network_factory(
+        self.network: Any = network_factory(  # type: ignore[misc]  # bound just above when None
             self.reactor, bootstrap=bootstrap, ephemeral=ephemeral, id=id, port=port,
             preferred_port=preferred_port, announce_port=announce_port,
             announce_local_address=announce_local_address, host=host, multicast=multicast,
@@ -330,7 +330,8 @@ class Hyperswarm(service.Service, EventEmitter):
         """
         if self._stopped is not None:
             return self._stopped.when_fired()
-        self._stopped = stopped = OneShotObserver()
+        stopped: OneShotObserver[None] = OneShotObserver()
+        self._stopped = stopped
         service.Service.stopService(self)
         reason = SwarmClosed("the swarm is stopped")
         self.loop.stop(reason)
@@ -419,7 +420,7 @@ class Hyperswarm(service.Service, EventEmitter):
     @defer.inlineCallbacks
     def _join(
         self, topic: bytes, flags: Dict[str, bool], tail: OneShotObserver, previous: Any
-    ) -> Generator:
+    ) -> Generator[Any, Any, Any]:
         joined: Optional[_Topic] = None
         try:
             yield self._guard(self._when_bound())
@@ -470,7 +471,7 @@ class Hyperswarm(service.Service, EventEmitter):
     @defer.inlineCallbacks
     def _leave(
         self, topic: bytes, close_connections: bool, tail: OneShotObserver, previous: Any
-    ) -> Generator:
+    ) -> Generator[Any, Any, Any]:
         try:
             yield self._previous(previous)
             joined = self._topics.pop(topic, None)
@@ -502,7 +503,7 @@ class Hyperswarm(service.Service, EventEmitter):
         return self._flush()
 
     @defer.inlineCallbacks
-    def _flush(self) -> Generator:
+    def _flush(self) -> Generator[Any, Any, Any]:
         yield self._guard(self._when_bound())
         waits = [t.handle.when_ready() for t in self._topics.values()]
         yield self._guard(defer.DeferredList(waits, consumeErrors=True))
@@ -526,7 +527,7 @@ class Hyperswarm(service.Service, EventEmitter):
         return self._connect(peer)
 
     @defer.inlineCallbacks
-    def _connect(self, peer: PeerRecord) -> Generator:
+    def _connect(self, peer: PeerRecord) -> Generator[Any, Any, Any]:
         yield self._guard(self._when_bound())
         d = self.network.connect(peer)
         self._track_dial(d)
@@ -744,7 +745,8 @@ class Hyperswarm(service.Service, EventEmitter):
     def _bind(self) -> defer.Deferred:
         """Bind the network once; ``listening`` when bound."""
         if self._bound is None:
-            self._bound = bound = OneShotObserver()
+            bound: OneShotObserver[Tuple[str, int]] = OneShotObserver()
+            self._bound = bound
 
             def ok(address: Tuple[str, int]) -> Tuple[str, int]:
                 self._emit("listening")

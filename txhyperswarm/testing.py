@@ -36,7 +36,7 @@ import math
 import random as _random
 import socket
 from collections import Counter, deque
-from typing import Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
 from twisted.internet import defer, error
 from twisted.internet.abstract import isIPAddress
@@ -223,7 +223,7 @@ class UDPNetwork:
         """
         end = self.clock.seconds() + seconds
         for _ in range(10_000_000):
-            calls = self.clock.getDelayedCalls()
+            calls: Any = self.clock.getDelayedCalls()
             nxt = min((c.getTime() for c in calls), default=end)
             if nxt >= end:
                 break
@@ -737,7 +737,7 @@ class _MemoryTCPPort:
 
     def accept(self, client: "_MemoryTCPTransport") -> None:
         """A SYN from ``client`` arrived: build the protocol and answer."""
-        server = _MemoryTCPTransport(self._reactor, self._addr, client.local)
+        server = _MemoryTCPTransport(self._reactor, self._addr, client.local)  # type: ignore[arg-type]  # listening
         try:
             protocol = self.factory.buildProtocol(server.getPeer())
         except Exception:
@@ -773,7 +773,7 @@ class _Wire:
         self._network = network
         self._receiver = receiver
         self._queue: Deque[List] = deque()
-        self._timer = None
+        self._timer: Any = None
         self._retry = 0.0
 
     def push(self, kind: str, data) -> None:
@@ -825,7 +825,7 @@ class _SocketOptions:
 
     def __init__(self, transport: "_MemoryTCPTransport") -> None:
         self._transport = transport
-        self._options: Dict[Tuple[int, int], object] = {}
+        self._options: Dict[Tuple[int, int], Any] = {}
 
     def setsockopt(self, level: int, option: int, value) -> None:
         self._options[(level, option)] = value
@@ -866,7 +866,7 @@ class _MemoryTCPTransport:
         self.client = connector is not None
         self._peer: Optional["_MemoryTCPTransport"] = None
         self.wire = _Wire(self._network, self)
-        self.protocol = None
+        self.protocol: Any = None
         self.connected = False
         self.disconnecting = False
         self.disconnected = False
@@ -883,14 +883,14 @@ class _MemoryTCPTransport:
         self._delivering = False
         self._reading_paused = False
         self._read_closed = False
-        self._resume_call = None
+        self._resume_call: Any = None
         # producer
         self.producer = None
         self.streamingProducer = False
         self._producer_paused = False
         # options
         self._handle = _SocketOptions(self)
-        self._keepalive_call = None
+        self._keepalive_call: Any = None
         self._last_heard = self._network.clock.seconds()
         self._probes = 0
 
@@ -1113,7 +1113,7 @@ class _MemoryTCPTransport:
         # A probe: answered at once if the other end's host is reachable,
         # with a reset if that end is gone.
         reachable = self._peer is not None and not self._network.is_down(self.remote)
-        if reachable and not self._peer.connected:
+        if reachable and not self._peer.connected:  # type: ignore[union-attr]  # reachable: not None
             self._lost(error.ConnectionLost("Connection reset by peer."))
             return
         if reachable:
@@ -1172,7 +1172,7 @@ class _MemoryTCPTransport:
                 elif self._write_closing and not self._write_closed:
                     self._write_closed = True
                     self._send("fin", None)
-                    half = IHalfCloseableProtocol(self.protocol, None)
+                    half: Any = IHalfCloseableProtocol(self.protocol, None)
                     if half is not None:
                         try:
                             half.writeConnectionLost()
@@ -1212,7 +1212,7 @@ class _MemoryTCPTransport:
             self._delivering = False
 
     def _read_ended(self) -> None:
-        half = IHalfCloseableProtocol(self.protocol, None)
+        half: Any = IHalfCloseableProtocol(self.protocol, None)
         if half is None:
             self._close(None)
             return
@@ -1271,13 +1271,13 @@ class _MemoryConnector(BaseConnector):
     """What ``connectTCP`` returns: Twisted's connector on a memory transport."""
 
     def __init__(self, reactor: MemoryHostReactor, host: str, port: int, factory, timeout, bind) -> None:
-        super().__init__(factory, timeout, reactor)
+        super().__init__(factory, timeout, reactor)  # type: ignore[arg-type]  # a host reactor
         self.host = host
         self.port = port
         self.bindAddress = bind
         self.host_reactor = reactor
 
-    def _makeTransport(self) -> _MemoryTCPTransport:
+    def _makeTransport(self) -> _MemoryTCPTransport:  # type: ignore[override]
         r = self.host_reactor
         net = r.network
         clock = net.clock
@@ -1302,5 +1302,5 @@ class _MemoryConnector(BaseConnector):
             clock.callLater(net.latency, net.tcp_syn, t)
         return t
 
-    def getDestination(self) -> IPv4Address:
+    def getDestination(self) -> IPv4Address:  # type: ignore[override]
         return IPv4Address("TCP", self.host, self.port)

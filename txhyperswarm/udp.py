@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from twisted.internet import defer, error
 from twisted.internet.protocol import DatagramProtocol
@@ -68,7 +68,7 @@ class UDPSocket(DatagramProtocol):
         self._host = host
         self._want_port = port
         self._buffer_size = buffer_size
-        self._port = None
+        self._port: Any = None
         self._sendto = None
         self._dht: Receiver = self._no_dht
         self._utp: Receiver = self._no_utp
@@ -189,7 +189,7 @@ class UDPSocket(DatagramProtocol):
 
         :returns: whether the kernel took it.
         """
-        transport = self.transport
+        transport: Any = self.transport
         if transport is None:
             self.dropped["send_closed"] += 1
             return False

@@ -131,7 +131,7 @@ class DHTNode(DHTClient, service.Service):
         rpc = RPC(
             reactor,
             self._send,
-            self,
+            self,  # type: ignore[arg-type]  # DHTNode implements IRPCController (zope)
             None if self._ephemeral else self._id,
             self.dropped,
             random_bytes,
@@ -455,7 +455,7 @@ class DHTNode(DHTClient, service.Service):
 
     def nodes(self) -> List[Tuple[bytes, str, int]]:
         """Routing-table nodes, oldest seen first, as ``(id, host, port)``."""
-        return [(p.id, p.host, p.port) for p in self._table.nodes.values()]
+        return [(p.id, p.host, p.port) for p in self._table.nodes.values()]  # type: ignore[misc]  # table contacts have ids
 
     def add_nodes(self, nodes: Iterable[Tuple[bytes, str, int]]) -> None:
         """
@@ -470,7 +470,7 @@ class DHTNode(DHTClient, service.Service):
 
     def closest_nodes(self, target: bytes, n: int = K) -> List[Tuple[bytes, str, int]]:
         """The ``n`` routing-table nodes closest to ``target``."""
-        return [(p.id, p.host, p.port) for p in self._table.closest(norm_target(target), n)]
+        return [(p.id, p.host, p.port) for p in self._table.closest(norm_target(target), n)]  # type: ignore[misc]
 
     # -- our address ------------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import Counter
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet import defer, error, interfaces
 from twisted.internet.address import IPv4Address
@@ -151,14 +151,14 @@ class UTPSocket:
         self._wall_offset = self._wall() - self._mono()
         self._recv_buffer = recv_buffer
         self.connections: Dict[Tuple[str, int, int], UTPConnection] = {}
-        self._factory: Optional[IProtocolFactory] = None
-        self._ack_queue = []
+        self._factory: Optional[Any] = None  # an IProtocolFactory
+        self._ack_queue: List[Any] = []
         self._ack_call = None
         self._resets: Dict[tuple, float] = {}
         self._quiet: Dict[tuple, float] = {}
         self._idle_close = False
         self._closing = False
-        self._when_closed = OneShotObserver()
+        self._when_closed: OneShotObserver[None] = OneShotObserver()
         self._window_cap: Optional[int] = None
         self._send_fast = getattr(udp, "send_to_address", None) or udp.send
         # payload bytes of connections already forgotten
