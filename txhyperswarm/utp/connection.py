@@ -1600,6 +1600,20 @@ class UTPConnection:
     def bytes_in_flight(self) -> int:
         return self._cur_window
 
+    @property
+    def read_buffered(self) -> int:
+        """Payload bytes received in order and not delivered yet (a paused
+        reader): at most twice the receive buffer plus what the out-of-order
+        buffer releases."""
+        return self._readbuf_bytes
+
+    @property
+    def reorder_buffered(self) -> int:
+        """Payload bytes held out of order: at most twice the receive buffer
+        (plus one packet), and never for a number ``REORDER_LIMIT`` or more
+        beyond the next expected one."""
+        return self._reorder_bytes
+
     def __repr__(self) -> str:
         return (
             f"<UTPConnection {self.state.name} {self._addr[0]}:{self._addr[1]}"
