@@ -360,3 +360,13 @@ def test_real_utp_syn_flood_from_many_addresses(reactor):
             yield client_udp.close()
         yield server.close()
         yield udp.close()
+
+
+def test_hyperswarm_passes_network_options_through():
+    from txhyperswarm import Hyperswarm
+
+    net = UDPNetwork()
+    swarm = Hyperswarm(net.reactor("10.0.0.1"), bootstrap=[], multicast=False,
+                       network_options={"max_tcp_per_address": 3, "max_half_open": 40})
+    assert swarm.network.max_tcp_per_address == 3
+    assert swarm.network.utp_limits["max_half_open"] == 40
