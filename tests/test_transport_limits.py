@@ -370,3 +370,93 @@ def test_hyperswarm_passes_network_options_through():
                        network_options={"max_tcp_per_address": 3, "max_half_open": 40})
     assert swarm.network.max_tcp_per_address == 3
     assert swarm.network.utp_limits["max_half_open"] == 40
+
+
+def test_libutps_3000_connections_in_all_is_the_default_and_holds():
+    """3,000 established connections from 3,000 addresses of 127.0.0.0/8 fill
+    the table at the default limit; the next SYN is dropped and counted."""
+    from tests.utp.test_connection import utp_socket
+
+    clock = Clock()
+    net = UDPNetwork(clock)
+    server = utp_socket(net, ("10.0.0.1", 7000))
+    server._initial_seq = lambda: 100  # so the spoofed DATA acks the reply
+    built = []
+
+    class F(protocol.Factory):
+        def buildProtocol(self, addr):
+            built.append(addr)
+            return UTPRecorder()
+
+    server.listen(F())
+    hosts = [f"127.2.{i // 250}.{i % 250 + 1}" for i in range(3001)]
+    for host in hosts:
+        server.datagram_received(syn(1000), (host, 9))
+        server.datagram_received(HEADER.pack(0x01, 0, 1001, 1, 0, 1048576, 2, 99) + b"hi", (host, 9))
+    assert len(server.connections) == 3000 and server.stats()["half_open"] == 0
+    assert server.dropped["syn_too_many"] == 1
+    assert len(built) == 3000
+    server.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_real_tcp_peer_sending_to_an_unattached_connection_is_held_at_the_pause_mark(reactor):
+    accepted = []
+    limit = 256 * 1024
+    n = Network(reactor, bootstrap=[], multicast=False, ephemeral=True, host="127.0.0.1",
+                connection_buffer=limit, on_connection=accepted.append)
+    s = None
+    try:
+        _, port = yield n.bind()
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setblocking(False)
+        blob = os.urandom(32 * 1024 * 1024)
+        sent = 0
+        for _ in range(50):  # write what the kernel takes for about a second
+            try:
+                sent += s.send(blob[sent:sent + 1024 * 1024])
+            except BlockingIOError:
+                pass
+            yield deferLater(reactor, 0.02, lambda: None)
+        [conn] = accepted
+        assert limit < conn.buffered <= limit + 64 * 1024  # one read past the mark
+        assert sent < len(blob)  # the sender is held back by TCP
+        sink = Sink()
+        conn.attach(sink)
+        while sent < len(blob):
+            try:
+                sent += s.send(blob[sent:sent + 1024 * 1024])
+            except BlockingIOError:
+                yield deferLater(reactor, 0.005, lambda: None)
+        for _ in range(500):
+            if len(sink.data) == len(blob):
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        assert bytes(sink.data) == blob
+    finally:
+        if s is not None:
+            s.close()
+        yield n.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_real_mdns_query_flood_is_answered_at_the_rate(private_netns, reactor):
+    d = MulticastDiscovery(reactor, max_answers_per_second=10)
+    d.startService()
+    flooder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        d.announce(TOPIC, 4000)
+        yield deferLater(reactor, 0.05, lambda: None)
+        base = d.sent["response"]
+        query = wire.encode_query([wire.domain_name(TOPIC)])
+        for _ in range(10):  # 1,000 queries in 0.5 s
+            for _ in range(100):
+                flooder.sendto(query, ("224.0.0.251", 5353))
+            yield deferLater(reactor, 0.05, lambda: None)
+        yield deferLater(reactor, 0.2, lambda: None)
+        answered = d.sent["response"] - base
+        assert answered <= 10 + 10 * 1.0  # a burst of 10, then 10/s for under a second
+        assert answered + d.dropped["answer_rate_limited"] == 1000
+    finally:
+        flooder.close()
+        yield d.stopService()
