@@ -96,7 +96,7 @@ class World:
 
 
 def test_tcp_default_per_address_limit_is_generous():
-    assert MAX_TCP_PER_ADDRESS >= 128
+    assert MAX_TCP_PER_ADDRESS >= 256  # the daemon's default --max-peers
 
 
 def test_inbound_tcp_per_address_is_capped_at_accept_and_others_still_get_in():
@@ -460,3 +460,15 @@ def test_real_mdns_query_flood_is_answered_at_the_rate(private_netns, reactor):
     finally:
         flooder.close()
         yield d.stopService()
+
+
+def test_the_default_tcp_limit_takes_a_daemons_worth_of_connections_from_one_address():
+    w = World()
+    n = w.network("10.0.0.1")
+    port = n.address()[1]
+    clients = [w.tcp_client("10.0.0.2", port) for _ in range(MAX_TCP_PER_ADDRESS + 1)]
+    w.net.run(0.5)
+    assert len(w.accepted) == MAX_TCP_PER_ADDRESS
+    assert n.stats()["refused"]["tcp_per_address"] == 1
+    assert sum(1 for c in clients if c.lost is None) == MAX_TCP_PER_ADDRESS
+    w.close_all()

@@ -99,8 +99,9 @@ ADAPTIVE_MIN = 20 * 60.0
 ADAPTIVE_SPREAD = 10 * 60.0
 #: A timer that fires later than this (a suspended host) is re-armed.
 ADAPTIVE_LATE = 60.0
-#: Default limit of inbound TCP connections from one IP address.
-MAX_TCP_PER_ADDRESS = 128
+#: Default limit of inbound TCP connections from one IP address (as uTP's;
+#: at least the daemon's default --max-peers: one peer may tunnel that many).
+MAX_TCP_PER_ADDRESS = 256
 
 
 class BindError(Exception):

@@ -69,7 +69,7 @@ def real_peer_is_served(net, server, host: str = "10.0.0.1", port: int = 1111, p
 
 def test_defaults_are_documented_and_generous():
     assert MAX_CONNECTIONS == 3000  # libutp's
-    assert MAX_CONNECTIONS_PER_ADDRESS >= 128
+    assert MAX_CONNECTIONS_PER_ADDRESS >= 256  # the daemon's default --max-peers
     assert MAX_HALF_OPEN_PER_ADDRESS >= 32 and MAX_HALF_OPEN >= 8 * MAX_HALF_OPEN_PER_ADDRESS
     assert SYN_RECV_TIMEOUT == 60.0
 

@@ -62,7 +62,8 @@ Address = Tuple[str, int]
 #: libutp refuses SYNs beyond this many sockets per context (every
 #: connection in the table counts, outbound and lingering ones too).
 MAX_CONNECTIONS = 3000
-#: Default limit of inbound connections (any state) from one IP address.
+#: Default limit of inbound connections (any state) from one IP address (at
+#: least the daemon's default --max-peers: one peer may tunnel that many).
 MAX_CONNECTIONS_PER_ADDRESS = 256
 #: Default limit of half-open inbound connections (``SYN_RECV``: SYN
 #: answered, no DATA/FIN yet) in all; beyond it the oldest is evicted.
