@@ -472,3 +472,48 @@ def test_the_default_tcp_limit_takes_a_daemons_worth_of_connections_from_one_add
     assert n.stats()["refused"]["tcp_per_address"] == 1
     assert sum(1 for c in clients if c.lost is None) == MAX_TCP_PER_ADDRESS
     w.close_all()
+
+
+def test_what_a_paused_transport_hands_over_at_attach_comes_after_the_buffer_and_its_end_is_told():
+    """uTP hands its read buffer over synchronously on resumeProducing (and,
+    when the peer has gone, its end): the protocol gets it after what the
+    connection held, then connectionLost."""
+    from twisted.internet import error
+    from twisted.python.failure import Failure
+
+    from txhyperswarm.connection import Connection
+
+    class SyncTransport:
+        def __init__(self):
+            self.conn = None
+
+        def pauseProducing(self):
+            pass
+
+        def resumeProducing(self):
+            self.conn.dataReceived(b"late")
+            self.conn.readConnectionLost()
+            self.conn.connectionLost(Failure(error.ConnectionDone()))
+
+        def loseConnection(self):
+            pass
+
+    class Rec(protocol.Protocol):
+        def __init__(self):
+            self.data, self.lost = b"", None
+
+        def dataReceived(self, data):
+            self.data += data
+
+        def connectionLost(self, reason):
+            self.lost = reason
+
+    c = Connection("utp", False, ("1.2.3.4", 5), buffer_pause=4)
+    t = SyncTransport()
+    t.conn = c
+    c.makeConnection(t)
+    c.dataReceived(b"early")  # past the mark: paused
+    p = Rec()
+    c.attach(p)
+    assert p.data == b"earlylate"
+    assert p.lost is not None and p.lost.check(error.ConnectionDone)

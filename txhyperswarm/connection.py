@@ -190,7 +190,6 @@ class Connection(Protocol):
             raise RuntimeError(f"{self!r} already has a protocol")
         if self.transport is None:
             raise RuntimeError(f"{self!r} is not connected yet")
-        lost_before = self.closed  # else connectionLost tells the protocol itself
         if self._paused and not self.closed:
             # A transport may hand over what it held at once (uTP's read
             # buffer): it joins the events, after what came first.
@@ -200,6 +199,7 @@ class Connection(Protocol):
                 self.transport.resumeProducing()
             finally:
                 self._attaching = False
+        lost_before = self.closed  # else connectionLost tells the protocol itself
         self.protocol = protocol
         protocol.makeConnection(self.transport)
         events, self._events = self._events, []
