@@ -15,13 +15,11 @@ import hashlib
 import os
 import socket
 
-import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol
+from twisted.internet import protocol
 from twisted.internet.task import Clock, deferLater
 
 from tests.utp.streams import OneFactory, Recorder as UTPRecorder, Source
-from txhyperswarm.connection import BUFFER_PAUSE
 from txhyperswarm.mdns import MulticastDiscovery
 from txhyperswarm.mdns import wire
 from txhyperswarm.mdns.service import MAX_ANSWERS_PER_SECOND
