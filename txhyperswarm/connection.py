@@ -79,7 +79,10 @@ TCP_USER_TIMEOUT = 60
 #: 29 s of its own silence) after which the connection is aborted.
 UTP_IDLE_TIMEOUT = 90.0
 #: Bytes held for a protocol not attached yet beyond which the transport
-#: is paused (resumed at :meth:`Connection.attach`).
+#: is paused (resumed at :meth:`Connection.attach`). The transport then stops
+#: reading (TCP: the kernel's window closes; uTP: the advertised window
+#: shrinks, and data beyond twice the receive buffer is refused unacked), so
+#: a connection holds at most this plus one read.
 BUFFER_PAUSE = 1 << 20
 
 _DATA, _READ_LOST, _WRITE_LOST = "data", "read_lost", "write_lost"
@@ -123,6 +126,8 @@ class Connection(Protocol):
     :param clock: ``IReactorTime`` for the uTP idle check (``None``: no check).
     :param monotonic: the clock uTP stamps ``last_received`` with
         (``None``: ``clock.seconds``).
+    :param buffer_pause: bytes held before a protocol is attached beyond
+        which the transport is paused (:data:`BUFFER_PAUSE`).
 
     :ivar transport: the real transport, once connected.
     :ivar protocol: the attached application protocol, or ``None``.
@@ -141,6 +146,7 @@ class Connection(Protocol):
         on_made: Optional[Callable[["Connection"], object]] = None,
         clock=None,
         monotonic: Optional[Callable[[], float]] = None,
+        buffer_pause: int = BUFFER_PAUSE,
     ) -> None:
         if type not in ("tcp", "utp"):
             raise ValueError(f"a connection is tcp or utp, not {type!r}")
@@ -155,6 +161,8 @@ class Connection(Protocol):
         self._mono = monotonic or (clock.seconds if clock is not None else None)
         self._events: List[tuple] = []
         self._buffered = 0
+        self._buffer_pause = buffer_pause
+        self._attaching = False
         self._paused = False
         self._reason: Optional[Failure] = None
         self._read_ended = False
@@ -164,6 +172,11 @@ class Connection(Protocol):
     def __repr__(self) -> str:
         side = "out" if self.client else "in"
         return f"<Connection {self.type} {side} {self.remote[0]}:{self.remote[1]}>"
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held until a protocol is attached (``0`` once attached)."""
+        return self._buffered
 
     # -- the swarm's side ----------------------------------------------------
 
@@ -177,11 +190,17 @@ class Connection(Protocol):
             raise RuntimeError(f"{self!r} already has a protocol")
         if self.transport is None:
             raise RuntimeError(f"{self!r} is not connected yet")
+        if self._paused and not self.closed:
+            # A transport may hand over what it held at once (uTP's read
+            # buffer): it joins the events, after what came first.
+            self._attaching = True
+            self._paused = False
+            try:
+                self.transport.resumeProducing()
+            finally:
+                self._attaching = False
         lost_before = self.closed  # else connectionLost tells the protocol itself
         self.protocol = protocol
-        if self._paused and not self.closed:
-            self._paused = False
-            self.transport.resumeProducing()
         protocol.makeConnection(self.transport)
         events, self._events = self._events, []
         self._buffered = 0
@@ -235,7 +254,7 @@ class Connection(Protocol):
             return
         self._events.append((_DATA, data))
         self._buffered += len(data)
-        if self._buffered > BUFFER_PAUSE and not self._paused:
+        if self._buffered > self._buffer_pause and not self._paused and not self._attaching:
             self._paused = True
             self.transport.pauseProducing()
 

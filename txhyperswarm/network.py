@@ -53,7 +53,7 @@ from zope.interface import implementer
 from txhyperswarm import netif
 from txhyperswarm._observer import OneShotObserver
 from txhyperswarm._reactor import default_reactor
-from txhyperswarm.connection import Connection
+from txhyperswarm.connection import BUFFER_PAUSE, Connection
 from txhyperswarm.dht import peers
 from txhyperswarm.dht.node import DHTNode
 from txhyperswarm.dial import CONNECTION_TIMEOUT, Dial, DialFailed, DialTimeout, FirewallRefused
@@ -61,7 +61,16 @@ from txhyperswarm.discovery import Discovery, DiscoveryTopic
 from txhyperswarm.interfaces import IStatsSource
 from txhyperswarm.mdns import MulticastDiscovery
 from txhyperswarm.udp import UDPSocket
-from txhyperswarm.utp.socket import UTPSocket, default_monotonic
+from txhyperswarm.mdns.service import MAX_ANSWERS_PER_SECOND
+from txhyperswarm.utp.connection import SYN_RECV_TIMEOUT
+from txhyperswarm.utp.socket import (
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_ADDRESS,
+    MAX_HALF_OPEN,
+    MAX_HALF_OPEN_PER_ADDRESS,
+    UTPSocket,
+    default_monotonic,
+)
 
 __all__ = [
     "Network",
@@ -75,6 +84,7 @@ __all__ = [
     "CONNECTION_TIMEOUT",
     "port_candidates",
     "local_address",
+    "MAX_TCP_PER_ADDRESS",
 ]
 
 log = Logger(namespace="txhyperswarm.network")
@@ -89,6 +99,9 @@ ADAPTIVE_MIN = 20 * 60.0
 ADAPTIVE_SPREAD = 10 * 60.0
 #: A timer that fires later than this (a suspended host) is re-armed.
 ADAPTIVE_LATE = 60.0
+#: Default limit of inbound TCP connections from one IP address (as uTP's;
+#: at least the daemon's default --max-peers: one peer may tunnel that many).
+MAX_TCP_PER_ADDRESS = 256
 
 
 class BindError(Exception):
@@ -250,6 +263,24 @@ class Network:
     :param random: a ``random.Random``-like object (adaptive ephemerality,
         the mDNS query schedule).
 
+    Limits against abuse (inbound; per remote IP address or in all; what
+    they refuse is counted: ``stats()["refused"]`` for TCP, the uTP
+    socket's and the mDNS service's ``stats()["dropped"]``):
+
+    :param max_tcp_per_address: inbound TCP connections from one IP
+        address beyond this are closed at accept, before anyone sees them
+        (``refused["tcp_per_address"]``).
+    :param max_utp_connections: as ``UTPSocket(max_connections=)``.
+    :param max_utp_per_address: as ``UTPSocket(max_connections_per_address=)``.
+    :param max_half_open: as ``UTPSocket(max_half_open=)``.
+    :param max_half_open_per_address: as ``UTPSocket(max_half_open_per_address=)``.
+    :param half_open_timeout: as ``UTPSocket(half_open_timeout=)``.
+    :param connection_buffer: bytes a connection holds before the swarm
+        attaches a protocol; beyond it its transport is paused
+        (``Connection(buffer_pause=)``).
+    :param mdns_answers_per_second: as
+        ``MulticastDiscovery(max_answers_per_second=)``.
+
     :ivar dht: the :class:`~txhyperswarm.dht.node.DHTNode` (after bind).
     :ivar utp: the :class:`~txhyperswarm.utp.socket.UTPSocket` (after bind).
     :ivar udp: the shared :class:`~txhyperswarm.udp.UDPSocket` (after bind).
@@ -277,6 +308,14 @@ class Network:
         on_connection: Optional[Callable[[Connection], object]] = None,
         monotonic: Optional[Callable[[], float]] = None,
         random=None,
+        max_tcp_per_address: int = MAX_TCP_PER_ADDRESS,
+        max_utp_connections: int = MAX_CONNECTIONS,
+        max_utp_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
+        max_half_open: int = MAX_HALF_OPEN,
+        max_half_open_per_address: int = MAX_HALF_OPEN_PER_ADDRESS,
+        half_open_timeout: float = SYN_RECV_TIMEOUT,
+        mdns_answers_per_second: float = MAX_ANSWERS_PER_SECOND,
+        connection_buffer: int = BUFFER_PAUSE,
     ) -> None:
         self.reactor = default_reactor(reactor)
         self.bootstrap = bootstrap
@@ -295,6 +334,17 @@ class Network:
         self.on_connection = on_connection
         self.monotonic = monotonic or default_monotonic(self.reactor)
         self.random = random if random is not None else _random.Random()
+        self.max_tcp_per_address = max_tcp_per_address
+        self.utp_limits = dict(
+            max_connections=max_utp_connections,
+            max_connections_per_address=max_utp_per_address,
+            max_half_open=max_half_open,
+            max_half_open_per_address=max_half_open_per_address,
+            half_open_timeout=half_open_timeout,
+        )
+        self.mdns_answers_per_second = mdns_answers_per_second
+        self.connection_buffer = connection_buffer
+        self._tcp_inbound: Counter = Counter()
 
         self.dht: Any = None  # a DHTNode once bound
         self.utp: Any = None  # a UTPSocket once bound
@@ -386,7 +436,9 @@ class Network:
         return self._address
 
     def _start_services(self) -> None:
-        self.utp = UTPSocket(self.reactor, self.udp, close_udp=False, monotonic=self.monotonic)
+        self.utp = UTPSocket(
+            self.reactor, self.udp, close_udp=False, monotonic=self.monotonic, **self.utp_limits
+        )
         self.utp.listen(_InboundFactory(self._accept_utp))
         self.utp.firewall = self._utp_firewall
         self.dht = DHTNode(
@@ -398,7 +450,10 @@ class Network:
             self.adaptive = AdaptiveEphemerality(self.reactor, self.dht, self.random)
             self.dht.bootstrapped().addCallbacks(lambda _: self.adaptive.start(), lambda f: None)
         if self.multicast:
-            mdns = MulticastDiscovery(self.reactor, interfaces=self.interfaces, random=self.random)
+            mdns = MulticastDiscovery(
+                self.reactor, interfaces=self.interfaces, random=self.random,
+                max_answers_per_second=self.mdns_answers_per_second,
+            )
             try:
                 mdns.startService()
             except error.CannotListenError as e:
@@ -410,7 +465,22 @@ class Network:
     # -- inbound -----------------------------------------------------------------
 
     def _accept_tcp(self, addr) -> Optional[Connection]:
-        return self._accept("tcp", addr)
+        host = addr.host
+        if self._tcp_inbound[host] >= self.max_tcp_per_address:
+            self._refused["tcp_per_address"] += 1
+            return None  # closed at once, as a firewalled one
+        conn = self._accept("tcp", addr)
+        if conn is not None:
+            self._tcp_inbound[host] += 1
+            conn.when_closed().addCallback(self._tcp_closed, host)
+        return conn
+
+    def _tcp_closed(self, _, host: str) -> None:
+        n = self._tcp_inbound[host] - 1
+        if n > 0:
+            self._tcp_inbound[host] = n
+        else:
+            self._tcp_inbound.pop(host, None)
 
     def _accept_utp(self, addr) -> Optional[Connection]:
         return self._connection("utp", False, (addr.host, addr.port), None, self._accepted)
@@ -441,7 +511,7 @@ class Network:
     def _connection(self, type: str, client: bool, remote: Address, peer, on_made) -> Connection:
         return Connection(
             type, client, remote, peer, on_made=on_made, clock=self.reactor,
-            monotonic=self.monotonic,
+            monotonic=self.monotonic, buffer_pause=self.connection_buffer,
         )
 
     def _track(self, conn: Connection) -> None:
@@ -611,7 +681,7 @@ class Network:
         (``Counter`` of outcomes: ``tcp``, ``utp``, ``failed``,
         ``timeout``, ``cancelled``, ``aborted``, ``firewall``) and
         ``refused`` inbound connections by reason (``firewall``,
-        ``closing``).
+        ``closing``, ``tcp_per_address``).
         """
         host, port = self._address if self._address is not None else (None, None)
         by_type = Counter(c.type for c in self.connections)

@@ -228,6 +228,10 @@ class Hyperswarm(service.Service, EventEmitter):
         dialled (``client=True``).
     :param network_factory: builds the network (``Network``'s signature);
         a seam for tests.
+    :param network_options: more keyword arguments for the network, e.g.
+        its limits against abuse (``max_tcp_per_address``,
+        ``max_utp_per_address``, ``max_half_open``, ... of
+        :class:`~txhyperswarm.network.Network`).
     :param rng: the ``random.Random`` of the queue's shuffling.
 
     :ivar connections: the protocols of every live connection (inbound,
@@ -259,6 +263,7 @@ class Hyperswarm(service.Service, EventEmitter):
         firewall: Optional[Callable[[str, int, bool], bool]] = None,
         network_factory: Optional[Callable[..., Any]] = None,
         rng: Any = None,
+        network_options: Optional[Dict[str, Any]] = None,
     ) -> None:
         EventEmitter.__init__(self)
         self.reactor = default_reactor(reactor)
@@ -280,6 +285,7 @@ class Hyperswarm(service.Service, EventEmitter):
             preferred_port=preferred_port, announce_port=announce_port,
             announce_local_address=announce_local_address, host=host, multicast=multicast,
             firewall=self._network_firewall, on_connection=self._accepted,
+            **(network_options or {}),
         )
         self.queue = PeerQueue(self.reactor, self.queue_options, rng=rng)
         self.loop = DialLoop(

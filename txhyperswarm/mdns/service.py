@@ -76,7 +76,12 @@ from txhyperswarm.mdns.wire import (
 )
 from txhyperswarm.peer_record import PeerRecord
 
-__all__ = ["MDNSTopic", "MalformedPacket", "MulticastDiscovery"]
+__all__ = ["MDNSTopic", "MalformedPacket", "MulticastDiscovery", "MAX_ANSWERS_PER_SECOND"]
+
+#: Default limit of responses sent to queries per second (a token bucket
+#: holding one second's worth): a flood of queries, from any number of
+#: sources, cannot make us flood the group.
+MAX_ANSWERS_PER_SECOND = 50.0
 
 #: Node's re-query delay: floor(30000 + random * 30000) ms.
 QUERY_INTERVAL = 30.0
@@ -145,8 +150,15 @@ class MulticastDiscovery(service.Service):
     and stop it with ``stopService()``. Topics may be joined before it
     starts: their first datagrams are sent once it listens.
 
+    :param max_answers_per_second: responses to queries sent per second at
+        most, in all (a token bucket of one second's worth, so a burst of
+        that many goes at once); the ones beyond are not sent and counted
+        (``dropped["answer_rate_limited"]``). Our own announcements are not
+        limited. ``math.inf``: no limit.
+
     :ivar dropped: a ``collections.Counter`` of refused datagrams by reason
-        (``"short"``, ``"undecodable"``, ``"bad_record"``, ``"bad_txt"``) and
+        (``"short"``, ``"undecodable"``, ``"bad_record"``, ``"bad_txt"``), of
+        answers suppressed by the rate limit (``"answer_rate_limited"``) and
         of sends that failed (``"send_error"``).
     :ivar sent: a ``Counter`` of datagrams sent: ``"query"``, ``"response"``.
 
@@ -170,8 +182,14 @@ class MulticastDiscovery(service.Service):
         loopback: bool = True,
         random=None,
         interfaces: Optional[Callable[[], List[Tuple[str, bool]]]] = None,
+        max_answers_per_second: float = MAX_ANSWERS_PER_SECOND,
     ) -> None:
         self._reactor = default_reactor(reactor)
+        if not max_answers_per_second > 0:
+            raise ValueError("max_answers_per_second must be positive")
+        self.max_answers_per_second = max_answers_per_second
+        self._answer_tokens = max(max_answers_per_second, 1.0)
+        self._answer_tokens_at = self._reactor.seconds()
         self._interfaces = interfaces
         if interface in ("", "0.0.0.0"):
             interface = None
@@ -521,8 +539,25 @@ class MulticastDiscovery(service.Service):
         for i in range(0, len(answers), _PAIRS_PER_RESPONSE):
             records = [r for pair in answers[i : i + _PAIRS_PER_RESPONSE] for r in pair]
             if source is not None:
+                if not self._answer_allowed():
+                    self.dropped["answer_rate_limited"] += 1
+                    continue
                 records.append(referrer_record(self.domain, source))
             self.send(encode_response(records), sent)
+
+    def _answer_allowed(self) -> bool:
+        """Take a token from the answers' bucket (refilled at the rate)."""
+        rate = self.max_answers_per_second
+        if rate == math.inf:
+            return True
+        now = self._reactor.seconds()
+        tokens = min(max(rate, 1.0), self._answer_tokens + (now - self._answer_tokens_at) * rate)
+        self._answer_tokens_at = now
+        if tokens < 1:
+            self._answer_tokens = tokens
+            return False
+        self._answer_tokens = tokens - 1
+        return True
 
     def _on_response(self, packet: Packet, source: str) -> None:
         """Node's ``_onmdnsresponse``."""

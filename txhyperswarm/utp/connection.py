@@ -261,6 +261,9 @@ class IConnectionOwner(Interface):
     def forget(conn):
         """``conn`` is done: drop it from the connection table."""
 
+    def established(conn):
+        """``conn``, accepted, left ``SYN_RECV``: the initiator's first DATA/FIN came."""
+
     def reset_sent(conn):
         """``conn`` sent a RESET: do not answer its peer's late packets with another."""
 
@@ -395,6 +398,7 @@ class UTPConnection:
         self._ooo_at = -1e9  # last out-of-order arrival
         self._ack_clean = True
         self._syn_seq = 0
+        self._half_open_timeout = SYN_RECV_TIMEOUT
         # timers (seconds / milliseconds as libutp)
         self._rtt = 0
         self._rtt_var = 800
@@ -515,7 +519,7 @@ class UTPConnection:
                     Failure(
                         UTPTimeoutError(
                             f"uTP connection from {self._addr[0]}:{self._addr[1]} sent no data"
-                            f" within {SYN_RECV_TIMEOUT:g}s of its SYN"
+                            f" within {self._half_open_timeout:g}s of its SYN"
                         )
                     )
                 )
@@ -907,6 +911,7 @@ class UTPConnection:
             self.state = CONNECTED
             self._close_wait_at = None
             self._arm(now + KEEPALIVE)
+            self._owner.established(self)
             acks = acks or -1  # flush what the application parked
         # data
         if t == ST_DATA or t == ST_FIN:
@@ -1255,14 +1260,37 @@ class UTPConnection:
         if d is not None:
             d.callback(proto)
 
-    def accept(self, syn) -> None:
-        """(Socket side) Set up from the initiator's SYN and answer it (acceptor side)."""
+    def accept(self, syn, timeout: float = SYN_RECV_TIMEOUT) -> None:
+        """
+        (Socket side) Set up from the initiator's SYN and answer it (acceptor
+        side); without the initiator's first DATA/FIN within ``timeout``
+        seconds the connection ends with :class:`UTPTimeoutError`.
+        """
         self._ack_nr = syn.seq_nr
         self._syn_seq = syn.seq_nr
         self._peer_wnd = syn.wnd_size
+        self._half_open_timeout = timeout
         self._send_state(syn_reply=True)
-        self._close_wait_at = self._mono() + SYN_RECV_TIMEOUT
+        self._close_wait_at = self._mono() + timeout
         self._arm(self._close_wait_at)
+
+    def evict(self) -> None:
+        """
+        (Socket side) End a half-open (``SYN_RECV``) connection now, sending
+        nothing (the socket makes room for newer handshakes): its protocol
+        gets ``connectionLost`` with :class:`UTPTimeoutError`. Does nothing
+        in any other state.
+        """
+        if self.state != SYN_RECV:
+            return
+        self._finish(
+            Failure(
+                UTPTimeoutError(
+                    f"uTP connection from {self._addr[0]}:{self._addr[1]} evicted: too many"
+                    " half-open connections"
+                )
+            )
+        )
 
     def attach(self, proto) -> None:
         """(Socket side) Run ``proto`` on this connection (``makeConnection``)."""
@@ -1571,6 +1599,20 @@ class UTPConnection:
     @property
     def bytes_in_flight(self) -> int:
         return self._cur_window
+
+    @property
+    def read_buffered(self) -> int:
+        """Payload bytes received in order and not delivered yet (a paused
+        reader): at most twice the receive buffer plus what the out-of-order
+        buffer releases."""
+        return self._readbuf_bytes
+
+    @property
+    def reorder_buffered(self) -> int:
+        """Payload bytes held out of order: at most twice the receive buffer
+        (plus one packet), and never for a number ``REORDER_LIMIT`` or more
+        beyond the next expected one."""
+        return self._reorder_bytes
 
     def __repr__(self) -> str:
         return (

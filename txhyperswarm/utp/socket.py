@@ -36,6 +36,7 @@ from txhyperswarm.utp.connection import (
     CONNECT_TIMEOUT,
     PACKET_SIZE,
     RECV_BUFFER,
+    SYN_RECV_TIMEOUT,
     IConnectionOwner,
     UTPConnection,
 )
@@ -58,8 +59,18 @@ __all__ = [
 
 Address = Tuple[str, int]
 
-#: libutp refuses SYNs beyond this many sockets per context.
+#: libutp refuses SYNs beyond this many sockets per context (every
+#: connection in the table counts, outbound and lingering ones too).
 MAX_CONNECTIONS = 3000
+#: Default limit of inbound connections (any state) from one IP address (at
+#: least the daemon's default --max-peers: one peer may tunnel that many).
+MAX_CONNECTIONS_PER_ADDRESS = 256
+#: Default limit of half-open inbound connections (``SYN_RECV``: SYN
+#: answered, no DATA/FIN yet) in all; beyond it the oldest is evicted.
+MAX_HALF_OPEN = 512
+#: Default limit of half-open inbound connections from one IP address;
+#: beyond it that address's SYNs are dropped.
+MAX_HALF_OPEN_PER_ADDRESS = 64
 RESET_MEMORY = 10.0
 RESET_MEMORY_SIZE = 1000
 #: Kernel memory one full uTP datagram takes in a UDP receive queue on Linux
@@ -116,6 +127,23 @@ class UTPSocket:
         nothing is unread.
     :param close_udp: whether :meth:`close` closes the UDP socket (default:
         only when this object made it).
+    :param max_connections: SYNs for new connections are dropped while the
+        table holds this many connections (``dropped["syn_too_many"]``);
+        libutp's 3000 by default.
+    :param max_connections_per_address: SYNs from an IP address that has
+        this many inbound connections (any state) are dropped
+        (``dropped["syn_per_address"]``).
+    :param max_half_open: at most this many inbound connections in
+        ``SYN_RECV`` (SYN answered, the initiator's first DATA/FIN not come
+        yet: a SYN flood from spoofed or silent sources); a SYN beyond it
+        evicts the oldest one (``dropped["half_open_evicted"]``), so a
+        flood cannot lock out real peers, whose handshake completes within
+        one round trip.
+    :param max_half_open_per_address: SYNs from an IP address with this
+        many half-open connections are dropped
+        (``dropped["syn_half_open_per_address"]``).
+    :param half_open_timeout: seconds a half-open connection waits for the
+        initiator's first DATA/FIN before it ends (``UTPTimeoutError``).
     :param monotonic: the clock for packet timestamps, RTT samples and
         timer deadlines, a callable returning seconds that never jumps;
         ``None`` for :func:`time.monotonic` on a real reactor, and for the
@@ -140,8 +168,22 @@ class UTPSocket:
         recv_buffer: int = RECV_BUFFER,
         close_udp: Optional[bool] = None,
         monotonic: Optional[Callable[[], float]] = None,
+        max_connections: int = MAX_CONNECTIONS,
+        max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
+        max_half_open: int = MAX_HALF_OPEN,
+        max_half_open_per_address: int = MAX_HALF_OPEN_PER_ADDRESS,
+        half_open_timeout: float = SYN_RECV_TIMEOUT,
     ) -> None:
         self._reactor = default_reactor(reactor)
+        self.max_connections = max_connections
+        self.max_connections_per_address = max_connections_per_address
+        self.max_half_open = max_half_open
+        self.max_half_open_per_address = max_half_open_per_address
+        self.half_open_timeout = half_open_timeout
+        # inbound connections by remote host; half-open ones, oldest first
+        self._inbound: Counter = Counter()
+        self._half_open: Dict[UTPConnection, None] = {}
+        self._half_open_by_host: Counter = Counter()
         self._owns_udp = udp is None if close_udp is None else close_udp
         if udp is None:
             udp = UDPSocket(self._reactor, host=host, port=port)
@@ -297,6 +339,9 @@ class UTPSocket:
             for conn in list(self.connections.values()):
                 conn.shutdown()
             self.connections.clear()
+            self._inbound.clear()
+            self._half_open.clear()
+            self._half_open_by_host.clear()
             if self._ack_call is not None and self._ack_call.active():
                 self._ack_call.cancel()
             self._ack_call = None
@@ -312,12 +357,16 @@ class UTPSocket:
 
         - ``connections``: connections in the table (connecting, open, or
           lingering to ack the peer's last packets);
+        - ``half_open``: inbound connections in ``SYN_RECV``;
         - ``bytes_sent``, ``bytes_received``: application payload bytes,
           over every connection this socket has had (retransmissions and
           headers not counted);
         - ``dropped``: :class:`~collections.Counter` of uTP packets dropped,
           by reason (``bad_ack``, ``unknown_connection``, a decode error's
-          reason, ``syn_not_listening``, ``connection_error``, ...).
+          reason, ``syn_not_listening``, ``connection_error``, the limits'
+          ``syn_too_many``, ``syn_per_address``,
+          ``syn_half_open_per_address``, ``half_open_evicted``,
+          ``window_overrun``, ...).
         """
         sent, received = self._retired_sent, self._retired_received
         for conn in self.connections.values():
@@ -325,6 +374,7 @@ class UTPSocket:
             received += conn.bytes_received
         return {
             "connections": len(self.connections),
+            "half_open": len(self._half_open),
             "bytes_sent": sent,
             "bytes_received": received,
             "dropped": Counter(self.dropped),
@@ -373,8 +423,25 @@ class UTPSocket:
             del self.connections[key]
             self._retired_sent += conn.bytes_sent
             self._retired_received += conn.bytes_received
+            if not conn.initiator:
+                self._uncount(self._inbound, host)
+                self.established(conn)
         if not self.connections and self._idle_close and not self._closing:
             self.close()
+
+    def established(self, conn: UTPConnection) -> None:
+        """(Connection side) ``conn`` is no longer half-open."""
+        if conn in self._half_open:
+            del self._half_open[conn]
+            self._uncount(self._half_open_by_host, conn.remote[0])
+
+    @staticmethod
+    def _uncount(counter: Counter, host: str) -> None:
+        n = counter[host] - 1
+        if n > 0:
+            counter[host] = n
+        else:
+            del counter[host]
 
     # ------------------------------------------------------------------ receiving
 
@@ -446,15 +513,35 @@ class UTPSocket:
         if factory is None or self._closing:
             self.dropped["syn_not_listening"] += 1
             return
-        if len(self.connections) >= MAX_CONNECTIONS:
+        if self._inbound[host] >= self.max_connections_per_address:
+            self.dropped["syn_per_address"] += 1
+            return
+        if self._half_open_by_host[host] >= self.max_half_open_per_address:
+            self.dropped["syn_half_open_per_address"] += 1
+            return
+        if len(self.connections) >= self.max_connections:
             self.dropped["syn_too_many"] += 1
             return
         if self.firewall is not None and self.firewall(host, port):
             self.dropped["syn_firewalled"] += 1
             return
+        if self.max_half_open <= 0:
+            self.dropped["syn_half_open"] += 1
+            return
+        while len(self._half_open) >= self.max_half_open:
+            # the oldest half-open one makes room: a flood of SYNs that never
+            # complete cannot keep out a real peer, which completes in one
+            # round trip
+            oldest = next(iter(self._half_open))
+            self.established(oldest)
+            self.dropped["half_open_evicted"] += 1
+            oldest.evict()
         conn = self._new_connection(addr, recv_id, p.connection_id, self._initial_seq(), initiator=False)
         self.connections[(host, port, recv_id)] = conn
-        conn.accept(p)
+        self._inbound[host] += 1
+        self._half_open[conn] = None
+        self._half_open_by_host[host] += 1
+        conn.accept(p, self.half_open_timeout)
         try:
             proto = factory.buildProtocol(IPv4Address("UDP", host, port))
         except Exception:
