@@ -335,7 +335,7 @@ class Network:
         self.monotonic = monotonic or default_monotonic(self.reactor)
         self.random = random if random is not None else _random.Random()
         self.max_tcp_per_address = max_tcp_per_address
-        self.utp_limits = dict(
+        self.utp_limits: Dict[str, Any] = dict(
             max_connections=max_utp_connections,
             max_connections_per_address=max_utp_per_address,
             max_half_open=max_half_open,
