@@ -72,6 +72,7 @@ def test_status_and_metrics_follow_live_traffic():
     assert after[("hyperswarm_bytes_total", (("direction", "in"), ("transport", "utp")))] == len(payload)
     assert after[("hyperswarm_bytes_total", (("direction", "out"), ("transport", "utp")))] == 0
     assert after[("hyperswarm_utp_connections", ())] == 1
+    assert after[("hyperswarm_utp_half_open", ())] == 0  # the connection completed its handshake
     assert after[("hyperswarm_dht_rpc_requests_total", (("command", "_find_node"), ("direction", "in")))] >= 1
     assert sum(v for (name, _), v in after.items() if name == "hyperswarm_dropped_datagrams_total") >= 1
     assert after[("hyperswarm_connections", ())] == 0
@@ -88,6 +89,11 @@ class _FakeNetwork:
         self.udp = dht.udp
         self.utp = None
         self.mdns = None
+
+    def stats(self):
+        from collections import Counter
+
+        return {"refused": Counter({"tcp_per_address": 4, "firewall": 1})}
 
 
 class _FakeSwarm:
@@ -119,7 +125,9 @@ def test_status_and_metrics_of_a_swarm_with_tunnels():
     early = yield (yield stub.get("http://node/status")).json()
     assert early["node"]["id"] is None and early["topics"] == [] and early["connections"] == []
 
-    swarm = _FakeSwarm(_FakeNetwork(node), [{"topic": topic.hex(), "lookup": True, "announce": False}], 3)
+    network = _FakeNetwork(node)
+    directlyProvides(network, IStatsSource)
+    swarm = _FakeSwarm(network, [{"topic": topic.hex(), "lookup": True, "announce": False}], 3)
     directlyProvides(swarm, IStatsSource)
     tunnels = Tunnels(net.reactor("127.0.0.1"))
     for port in (1, 2, 2):  # a repeat is one distinct peer
@@ -136,5 +144,7 @@ def test_status_and_metrics_of_a_swarm_with_tunnels():
     assert samples[("hyperswarm_peers_discovered_total", ())] == 2
     assert samples[("hyperswarm_bytes_total", (("direction", "out"), ("transport", "tcp")))] == 1234
     assert samples[("hyperswarm_bytes_total", (("direction", "in"), ("transport", "utp")))] == 99
+    assert samples[("hyperswarm_refused_connections_total", (("reason", "tcp_per_address"),))] == 4
+    assert samples[("hyperswarm_refused_connections_total", (("reason", "firewall"),))] == 1
     yield node.stopService()
     net.run(1)

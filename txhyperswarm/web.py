@@ -43,6 +43,12 @@ class SwarmParts:
         return getattr(network, name, None) if network is not None else None
 
     @property
+    def network(self):
+        """The swarm's network, when it reports figures (``IStatsSource``)."""
+        network = getattr(self.swarm, "network", None)
+        return network if IStatsSource.providedBy(network) else None
+
+    @property
     def node(self):
         return self._network_part("dht")
 
@@ -116,6 +122,7 @@ class NodeMetrics:
         mdns = _stats(parts.mdns if parts is not None else self._mdns)
         swarm = _stats(self._swarm)
         tunnels = _stats(self._tunnels)
+        network = _stats(parts.network) if parts is not None else {}
         yield GaugeMetricFamily("hyperswarm_connections", "Open swarm connections.",
                                 value=swarm.get("connections", 0))
         yield CounterMetricFamily("hyperswarm_peers_discovered", "Distinct peers discovered per topic (DHT and mDNS).",
@@ -153,6 +160,16 @@ class NodeMetrics:
         if utp:
             yield GaugeMetricFamily("hyperswarm_utp_connections", "uTP connections in the table.",
                                     value=utp["connections"])
+            yield GaugeMetricFamily("hyperswarm_utp_half_open", "Inbound uTP connections still in their handshake.",
+                                    value=utp.get("half_open", 0))
+        if network:
+            refused = CounterMetricFamily(
+                "hyperswarm_refused_connections", "Inbound connections refused before the application saw them, "
+                "by reason (firewall, closing, tcp_per_address).", labels=["reason"]
+            )
+            for reason, n in sorted(network.get("refused", {}).items()):
+                refused.add_metric([reason], n)
+            yield refused
         dropped = CounterMetricFamily(
             "hyperswarm_dropped_datagrams", "Datagrams and requests dropped, by reason.", labels=["reason"]
         )
