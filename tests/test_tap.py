@@ -33,6 +33,8 @@ def _twist(*args, timeout=30):
         (["--topic", "x", "--expose", "nonsense:endpoint:::"], "endpoint"),
         (["--topic", "x", "--status-http", "tcp:notaport"], "endpoint"),
         ([], "--topic"),
+        (["--topic", "x", "--expose", "tcp:host=127.0.0.1:port=8000", "--max-conn-per-address", "0"],
+         "--max-conn-per-address"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, says):
@@ -179,3 +181,20 @@ def test_a_port_in_use_is_one_line_and_exit_1():
     assert result.returncode == 1, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0], result.stderr
+
+
+def test_max_conn_per_address_reaches_the_network_limits():
+    from twisted.internet.task import Clock
+
+    from txhyperswarm.tap import Options, build_service
+
+    def network(*args):
+        config = Options()
+        config.parseOptions(["--topic", "x", "--expose", "tcp:host=127.0.0.1:port=8000", "--bootstrap", "none",
+                             "--no-mdns", *args])
+        return build_service(Clock(), config).swarm.network
+
+    n = network("--max-conn-per-address", "7")
+    assert n.max_tcp_per_address == 7 and n.utp_limits["max_connections_per_address"] == 7
+    assert network("--max-peers", "400").max_tcp_per_address == 400
+    assert network().max_tcp_per_address == 256

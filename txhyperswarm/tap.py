@@ -70,6 +70,8 @@ class Options(usage.Options):
          "endpoint over a swarm connection to a peer. Example: --listen tcp:port=8080:interface=127.0.0.1"],
         ["max-peers", None, 256, "Connection limit of the swarm (every tunnel is a swarm connection). "
          "Example: --max-peers 64", int],
+        ["max-conn-per-address", None, None, "Inbound TCP and uTP connections one remote IP address may "
+         "hold, each (default: the larger of 256 and --max-peers). Example: --max-conn-per-address 32", int],
         ["status-http", None, None, "Serve GET /status and GET /metrics on this server endpoint. "
          "Example: --status-http tcp:port=9100:interface=127.0.0.1"],
         ["state-dir", None, None, "Keep the node id and a routing-table snapshot here. "
@@ -114,6 +116,11 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["max-peers"] < 1:
             raise usage.UsageError(f"--max-peers must be at least 1, got {self['max-peers']}")
+        if self["max-conn-per-address"] is None:
+            self["max-conn-per-address"] = max(256, self["max-peers"])
+        elif self["max-conn-per-address"] < 1:
+            raise usage.UsageError(
+                f"--max-conn-per-address must be at least 1, got {self['max-conn-per-address']}")
         if self["ephemeral"] and self["persistent"]:
             raise usage.UsageError("--ephemeral and --persistent exclude each other")
         try:
@@ -316,6 +323,10 @@ def _build_swarm(reactor, config: Options, top: _Daemon) -> service.MultiService
         id=state.node_id() if state is not None else None,
         factory=swarm_factory,
         firewall=allow_firewall(config["allow"]) if config["allow"] else None,
+        network_options={
+            "max_tcp_per_address": config["max-conn-per-address"],
+            "max_utp_per_address": config["max-conn-per-address"],
+        },
     )
     swarm_holder.append(swarm)
     swarm.on("connection", tunnels.swarm_connection)
