@@ -50,7 +50,7 @@ from txhyperswarm.dht.errors import (
 from txhyperswarm.dht.handlers import FIND_NODE, Responder, norm_target
 from txhyperswarm.dht.messages import Message, is_ipv4_literal
 from txhyperswarm.dht.query import Reply, Walk, WalkContext
-from txhyperswarm.dht.routing import K, Contact, RoutingTable
+from txhyperswarm.dht.routing import PING_BURST, PING_RATE, K, Contact, RoutingTable
 from txhyperswarm.dht.rpc import RPC, IRPCController
 from txhyperswarm.interfaces import IStatsSource
 
@@ -93,6 +93,17 @@ class DHTNode(DHTClient, service.Service):
         ``set_dht_receiver`` and does not close it.
     :param id: our 32-byte id (default random).
     :param random_bytes: randomness for ids and token secrets.
+    :param ping_rate: liveness pings (full-bucket evictions and the 40 s
+        sweep) the node may start per second on average
+        (:data:`~txhyperswarm.dht.routing.PING_RATE`, 20); ``0``: no limit.
+    :param ping_burst: ... and at once after a quiet spell
+        (:data:`~txhyperswarm.dht.routing.PING_BURST`, 100).
+
+    Limits against abuse (see ``docs/reliability.rst``): besides the ping
+    budget, a full bucket runs at most one eviction ping at a time
+    (newcomers meanwhile are dropped), and nodes known only from their own
+    requests are never pinged by the sweep and are forgotten after 5 minutes
+    of silence.
     """
 
     log = Logger()
@@ -108,6 +119,8 @@ class DHTNode(DHTClient, service.Service):
         udp=None,
         id: Optional[bytes] = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        ping_rate: Optional[float] = PING_RATE,
+        ping_burst: int = PING_BURST,
     ) -> None:
         reactor = default_reactor(reactor)
         if id is not None and len(id) != 32:
@@ -141,6 +154,9 @@ class DHTNode(DHTClient, service.Service):
             ping=self._reping,
             check=self._check,
             is_bootstrapped=lambda: self.is_bootstrapped,
+            seconds=reactor.seconds,
+            ping_rate=ping_rate,
+            ping_burst=ping_burst,
         )
         self._commands = CommandRegistry()
         self._responder = Responder(rpc, self._table, self._id, self._commands, self.dropped)
@@ -412,7 +428,7 @@ class DHTNode(DHTClient, service.Service):
     def request_received(self, msg: Message, host: str, port: int, is_update: bool) -> None:
         """A request came (``IRPCController``): note the sender, answer it."""
         if msg.HasField("id"):
-            self._table.add_node(msg.id, host, port, None, msg.to if msg.HasField("to") else None)
+            self._table.add_node(msg.id, host, port, None, msg.to if msg.HasField("to") else None, False)
         self._responder.request_received(msg, host, port, is_update)
 
     def response_received(self, msg: Message, host: str, port: int) -> None:
