@@ -1,0 +1,161 @@
+"""
+The DHT node under abuse, in memory on a Clock (issue 12, the DHT side).
+
+* the re-ping storm: a 10 s burst of 40,000 ``_find_node`` requests at
+  4,000/s, each from a fresh node id and a fresh source address, at a
+  persistent node;
+* the per-source inbound rate limit, the pending-work limits, and a flood
+  from 1,000 addresses, each while a legitimate client keeps pinging.
+
+The figures are in docs/reliability.rst; bench/dht_flood.py is the
+real-socket form.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Dict, List, Optional, Tuple
+
+from twisted.internet import defer
+
+from txhyperswarm.dht import messages as m
+from txhyperswarm.dht.node import DHTNode
+from txhyperswarm.testing import UDPNetwork
+
+Address = Tuple[str, int]
+
+NODE = ("127.0.0.1", 10001)
+CLIENT = ("127.0.0.2", 10002)
+
+
+def source(i: int) -> Address:
+    """The ``i``-th flood source: spread over 127.1.0.0 - 127.255.255.255."""
+    return f"127.{1 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}", 1024 + (i * 7919) % 60000
+
+
+def find_node(rng: random.Random, rid: int) -> bytes:
+    msg = m.Message()
+    msg.version = 1
+    msg.type = m.QUERY
+    msg.rid = rid & 0xFFFF
+    msg.id = rng.randbytes(32)
+    msg.command = b"_find_node"
+    msg.target = rng.randbytes(32)
+    return msg.SerializeToString()
+
+
+class Probe:
+    """A network with the node under test and an ephemeral client that pings it."""
+
+    def __init__(self, **node_kw) -> None:
+        self.net = UDPNetwork(latency=0.001)
+        self.node = DHTNode(self.net.reactor(NODE[0]), bootstrap=[], host=NODE[0], port=NODE[1], **node_kw)
+        self.node.startService()
+        self.client = DHTNode(
+            self.net.reactor(CLIENT[0]), bootstrap=[], ephemeral=True, host=CLIENT[0], port=CLIENT[1]
+        )
+        self.client.startService()
+        #: (time, destination) of every _ping the node sent.
+        self.pings: List[Tuple[float, Address]] = []
+        self.answered = 0
+        self.lost = 0
+        self.latencies: List[float] = []
+        self.net.drop = self._watch
+        self.net.run(1)
+
+    def _watch(self, data: bytes, src: Address, dst: Address) -> bool:
+        if src == NODE and b"_ping" in data:
+            try:
+                msg = m.decode_message(data)
+            except m.DecodeError:
+                return False
+            if msg.type == m.QUERY and msg.command == b"_ping":
+                self.pings.append((self.net.clock.seconds(), dst))
+        return False
+
+    def ping(self) -> None:
+        """One client ping of the node; counted answered or lost."""
+        t0 = self.net.clock.seconds()
+        d = self.client.ping(*NODE)
+
+        def ok(_):
+            self.answered += 1
+            self.latencies.append(self.net.clock.seconds() - t0)
+
+        def lost(f):
+            self.lost += 1
+
+        d.addCallbacks(ok, lost)
+
+    def inject(self, data: bytes, src: Address) -> None:
+        self.net.transmit(data, src, NODE)
+
+    def sizes(self) -> Dict[str, int]:
+        table = self.node.routing_table
+        rpc = self.node.rpc
+        return {
+            "table": len(table),
+            "evictions": getattr(table, "evictions_pending", 0),
+            "inflight": rpc.inflight_count,
+            "queued": rpc.pending_count(),
+        }
+
+
+def storm(seconds: int = 10, rate: int = 4000, after: float = 330.0, seed: int = 1) -> dict:
+    """
+    The re-ping burst; returns its figures: ``pings`` (all the node sent),
+    ``late_pings`` (15 s or more after the burst), ``answered``/``lost`` of
+    the client's 50 pings, and the sizes before, right after and at the end.
+    """
+    p = Probe()
+    rng = random.Random(seed)
+    before = p.sizes()
+    per_step = rate // 100
+    i = 0
+    client_pings = 0
+    for step in range(seconds * 100):
+        for _ in range(per_step):
+            p.inject(find_node(rng, i), source(i))
+            i += 1
+        if step % 40 == 0 and client_pings < 25:  # every 0.4 s
+            p.ping()
+            client_pings += 1
+        p.net.clock.advance(0.01)
+    burst_end = p.net.clock.seconds()
+    during = p.sizes()
+    t = 0.0
+    while t < after:
+        if client_pings < 50:
+            p.ping()
+            client_pings += 1
+        p.net.run(1.0, step=0.05)
+        t += 1.0
+    end = p.sizes()
+    late = [x for x in p.pings if x[0] >= burst_end + 15]
+    p.node.stopService()
+    p.client.stopService()
+    return {
+        "requests": i,
+        "pings": len(p.pings),
+        "late_pings": len(late),
+        "pinged_sources": len({d for _, d in p.pings}),
+        "answered": p.answered,
+        "lost": p.lost,
+        "before": before,
+        "during": during,
+        "end": end,
+        "refused": dict(getattr(p.node.routing_table, "refused", {})),
+        "dropped": dict(p.node.dropped),
+    }
+
+
+def test_reping_storm_is_bounded():
+    r = storm()
+    assert r["requests"] == 40_000
+    assert r["pings"] < 1000, r
+    assert r["late_pings"] == 0, r
+    assert (r["answered"], r["lost"]) == (50, 0), r
+    # what the burst left behind is gone again (the table forgets quiet
+    # unverified nodes after 5 min; nothing is pending)
+    assert r["end"] == r["before"], r
