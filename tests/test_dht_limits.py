@@ -159,3 +159,116 @@ def test_reping_storm_is_bounded():
     # what the burst left behind is gone again (the table forgets quiet
     # unverified nodes after 5 min; nothing is pending)
     assert r["end"] == r["before"], r
+
+
+def ping_datagram(rid: int, node_id: Optional[bytes] = None) -> bytes:
+    msg = m.Message()
+    msg.version = 1
+    msg.type = m.QUERY
+    msg.rid = rid & 0xFFFF
+    if node_id is not None:
+        msg.id = node_id
+    msg.command = b"_ping"
+    return msg.SerializeToString()
+
+
+def median(xs: List[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def test_rate_limit_per_source_ip_sheds_a_flood_and_serves_others():
+    p = Probe(rate_limit_per_ip=100)
+    flooder = ("127.9.9.9", 4000)
+    for step in range(500):  # 5 s, 2,000 datagrams a second from one IP
+        for k in range(20):
+            p.inject(ping_datagram(step * 20 + k), flooder)
+        if step % 10 == 0:
+            p.ping()
+        p.net.clock.advance(0.01)
+    p.net.run(2)
+    answered_flood = p.node.rpc_requests[("_ping", "in")] - p.answered
+    assert (p.answered, p.lost) == (50, 0)
+    # at most 100 a second got through (a window may straddle)
+    assert 400 <= answered_flood <= 600, answered_flood
+    assert p.node.dropped["rate_ip"] == 10_000 - answered_flood
+    assert median(p.latencies) < 0.05
+
+
+def test_rate_limit_default_spares_the_machine_itself():
+    p = Probe()
+    assert p.node.rpc.rate_limit_per_ip == 2000
+    for k in range(5000):
+        p.inject(ping_datagram(k), ("127.0.0.1", 5000))
+    p.net.run(1)
+    assert p.node.dropped["rate_ip"] == 0
+    assert p.node.rpc_requests[("_ping", "in")] == 5000
+
+
+def test_flood_from_1000_addresses_is_shed_and_the_client_served():
+    # the client (10 pings a second) stays under the limit, each of the
+    # flood's addresses (40 a second) does not
+    p = Probe(rate_limit_per_ip=20)
+    rng = random.Random(2)
+    payloads = [find_node(rng, k) for k in range(1000)]
+    sent = 0
+    for step in range(500):  # 5 s; 1,000 addresses, 40 a second each
+        for k in range(400):
+            i = (step * 400 + k) % 1000
+            p.inject(payloads[i], source(i))
+            sent += 1
+        if step % 10 == 0:
+            p.ping()
+        p.net.clock.advance(0.01)
+    p.net.run(2)
+    assert (p.answered, p.lost) == (50, 0)
+    assert median(p.latencies) < 0.05
+    taken = p.node.rpc_requests[("_find_node", "in")]
+    assert p.node.dropped["rate_ip"] == sent - taken
+    assert sent == 200_000
+    assert taken <= 1000 * 20 * 6  # 20 a second each, 5-6 windows
+    assert p.node.dropped["rate_ip"] >= sent * 0.4
+
+
+def test_pending_requests_per_source_and_in_total():
+    p = Probe(max_pending_per_ip=10, max_pending=25)
+    waiting: List[defer.Deferred] = []
+
+    def slow(request):
+        d = defer.Deferred()
+        waiting.append(d)
+        return d
+
+    p.node.add_command("slow", query=slow)
+
+    def slow_query(rid: int) -> bytes:
+        msg = m.Message()
+        msg.version = 1
+        msg.type = m.QUERY
+        msg.rid = rid
+        msg.command = b"slow"
+        msg.target = bytes(32)
+        return msg.SerializeToString()
+
+    for k in range(30):
+        p.inject(slow_query(k), ("127.3.0.1", 3000))
+    p.net.run(0.1)
+    assert len(waiting) == 10
+    assert p.node.dropped["pending_ip"] == 20
+    for a in range(2, 6):  # four more sources: 15 more fit in the total
+        for k in range(10):
+            p.inject(slow_query(k), (f"127.3.0.{a}", 3000))
+    p.net.run(0.1)
+    assert len(waiting) == 25
+    assert p.node.dropped["pending_total"] == 25
+    for _ in range(50):  # the node still answers others
+        p.ping()
+        p.net.run(0.05)
+    assert (p.answered, p.lost) == (50, 0)
+    for d in waiting:
+        d.callback(b"ok")
+    p.net.run(0.1)
+    for k in range(5):
+        p.inject(slow_query(k), ("127.3.0.1", 3000))
+    p.net.run(0.1)
+    assert len(waiting) == 30  # room again
