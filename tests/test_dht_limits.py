@@ -272,3 +272,35 @@ def test_pending_requests_per_source_and_in_total():
         p.inject(slow_query(k), ("127.3.0.1", 3000))
     p.net.run(0.1)
     assert len(waiting) == 30  # room again
+
+
+def test_ping_budget_bounds_the_liveness_pings():
+    from txhyperswarm.dht.routing import PING_BURST, PING_RATE, RoutingTable
+
+    assert (PING_RATE, PING_BURST) == (20.0, 100)
+    now = [0.0]
+    sent = []
+    table = RoutingTable(
+        bytes(32), ping=lambda c, cb: sent.append(c), seconds=lambda: now[0], ping_rate=1.0, ping_burst=2
+    )
+    for i in range(10):
+        table.add_node(bytes([1 + i]) + bytes(31), "10.0.0.1", 1000 + i)
+    table.tick = 1
+    table.ping_some(0)
+    assert len(sent) == 2 and table.refused["ping_budget"] == 1
+    now[0] = 1.0  # one token back
+    table.ping_some(0)
+    assert len(sent) == 3 and table.refused["ping_budget"] == 2
+
+
+def test_unverified_nodes_are_not_swept_and_forgotten_when_quiet():
+    from txhyperswarm.dht.routing import UNVERIFIED_TTL, RoutingTable
+
+    sent = []
+    table = RoutingTable(bytes(32), ping=lambda c, cb: sent.append(c))
+    table.add_node(b"\x01" + bytes(31), "10.0.0.1", 1000, verified=False)
+    table.add_node(b"\x02" + bytes(31), "10.0.0.2", 1000)
+    for _ in range(UNVERIFIED_TTL):
+        table.on_tick(0)
+    assert {c.host for c in sent} == {"10.0.0.2"}  # the sweeps skipped the unverified one
+    assert len(table) == 1 and table.refused["unverified"] == 1
