@@ -242,7 +242,7 @@ class DHTClient:
     # -- liveness pings for the routing table -----------------------------
 
     # A ping cancelled because we stop says nothing about the peer: unlike
-    # dht-rpc, which evicts on ECANCELLED too, give no verdict (the table
+    # dht-rpc, which evicts on ECANCELLED too, the verdict is None (the table
     # survives a stop/start as it was, as walks already treat cancels).
 
     def _reping(self, contact: Contact, callback: Callable[[bool], None]) -> None:
@@ -250,8 +250,7 @@ class DHTClient:
         only a transport error counts)."""
 
         def cb(err, msg, addr, req):
-            if not isinstance(err, RequestCancelled):
-                callback(err is None)
+            callback(None if isinstance(err, RequestCancelled) else err is None)
 
         self._rpc.query(PING, None, contact.id, contact, cb, immediately=True)
 
@@ -260,7 +259,9 @@ class DHTClient:
         error response or a bad pong fails too)."""
 
         def cb(err, msg, addr, req):
-            if not isinstance(err, RequestCancelled):
+            if isinstance(err, RequestCancelled):
+                callback(None)
+            else:
                 callback(err is None and not msg.error and pong_address(msg) is not None)
 
         self._rpc.query(PING, None, contact.id, contact, cb)

@@ -43,6 +43,13 @@ def norm_target(target: bytes) -> bytes:
     return target[:32].ljust(32, b"\0")
 
 
+#: Requests from one source IP a node works on at once (handlers that
+#: answer later, e.g. through a Deferred).
+MAX_PENDING_PER_IP = 64
+#: ... and from all sources together.
+MAX_PENDING = 4096
+
+
 class Responder:
     """
     Answers the requests a node receives.
@@ -52,11 +59,30 @@ class Responder:
     :param own_id: our id (a ``_ping`` naming another id is not answered).
     :param commands: the registered commands.
     :param dropped: the node's counter of dropped requests by reason.
+    :param max_pending_per_ip: requests from one source IP whose handler
+        has not answered yet (a Deferred); more are dropped unanswered
+        (``dropped["pending_ip"]``).
+    :param max_pending: the same for all sources together
+        (``dropped["pending_total"]``).
     """
 
     log = Logger()
 
-    def __init__(self, rpc, table, own_id: bytes, commands: CommandRegistry, dropped: Counter) -> None:
+    def __init__(
+        self,
+        rpc,
+        table,
+        own_id: bytes,
+        commands: CommandRegistry,
+        dropped: Counter,
+        max_pending_per_ip: int = MAX_PENDING_PER_IP,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self.max_pending_per_ip = max_pending_per_ip
+        self.max_pending = max_pending
+        #: Requests whose handler has not answered yet, by source IP.
+        self.pending: Counter = Counter()
+        self.pending_total = 0
         self._rpc = rpc
         self._table = table
         self._id = own_id
@@ -160,12 +186,38 @@ class Responder:
             is_update,
             msg.to if msg.HasField("to") else None,
         )
+        if self.pending_total >= self.max_pending:
+            self.dropped["pending_total"] += 1
+            return
+        if self.pending[host] >= self.max_pending_per_ip:
+            self.dropped["pending_ip"] += 1
+            return
         try:
             result = handler(request)
         except Exception:
             self._answer(Failure(), rid, host, port, target, command.name)
             return
-        if isinstance(result, defer.Deferred):
+        if isinstance(result, defer.Deferred) and not result.called:
+            self.pending[host] += 1
+            self.pending_total += 1
+
+            def settled(r, host=host):
+                self.pending_total -= 1
+                left = self.pending[host] - 1
+                if left:
+                    self.pending[host] = left
+                else:
+                    del self.pending[host]
+                return r
+
+            result.addBoth(settled)
+            result.addCallbacks(
+                self._answer,
+                self._answer,
+                callbackArgs=(rid, host, port, target, command.name),
+                errbackArgs=(rid, host, port, target, command.name),
+            )
+        elif isinstance(result, defer.Deferred):
             result.addCallbacks(
                 self._answer,
                 self._answer,

@@ -47,11 +47,11 @@ from txhyperswarm.dht.errors import (
     RequestCancelled,
     RequestTimeout,
 )
-from txhyperswarm.dht.handlers import FIND_NODE, Responder, norm_target
+from txhyperswarm.dht.handlers import FIND_NODE, MAX_PENDING, MAX_PENDING_PER_IP, Responder, norm_target
 from txhyperswarm.dht.messages import Message, is_ipv4_literal
 from txhyperswarm.dht.query import Reply, Walk, WalkContext
-from txhyperswarm.dht.routing import K, Contact, RoutingTable
-from txhyperswarm.dht.rpc import RPC, IRPCController
+from txhyperswarm.dht.routing import PING_BURST, PING_RATE, K, Contact, RoutingTable
+from txhyperswarm.dht.rpc import RATE_LIMIT_EXEMPT, RATE_LIMIT_PER_IP, RPC, IRPCController
 from txhyperswarm.interfaces import IStatsSource
 
 __all__ = [
@@ -93,6 +93,28 @@ class DHTNode(DHTClient, service.Service):
         ``set_dht_receiver`` and does not close it.
     :param id: our 32-byte id (default random).
     :param random_bytes: randomness for ids and token secrets.
+    :param ping_rate: liveness pings (full-bucket evictions and the 40 s
+        sweep) the node may start per second on average
+        (:data:`~txhyperswarm.dht.routing.PING_RATE`, 20); ``0``: no limit.
+    :param ping_burst: ... and at once after a quiet spell
+        (:data:`~txhyperswarm.dht.routing.PING_BURST`, 100).
+
+    :param rate_limit_per_ip: datagrams a source IP may send per second;
+        the rest of that second is dropped before decoding
+        (``dropped["rate_ip"]``; :data:`~txhyperswarm.dht.rpc.RATE_LIMIT_PER_IP`,
+        2000); ``0``: no limit.
+    :param rate_limit_exempt: source IPs not limited (default
+        ``{"127.0.0.1"}``: the machine itself).
+    :param max_pending_per_ip: requests from one IP whose handler has not
+        answered yet; more are dropped (``dropped["pending_ip"]``; 64).
+    :param max_pending: the same for all sources (``dropped["pending_total"]``;
+        4096).
+
+    Limits against abuse (see ``docs/reliability.rst``): besides the ping
+    budget, a full bucket runs at most one eviction ping at a time
+    (newcomers meanwhile are dropped), and nodes known only from their own
+    requests are never pinged by the sweep and are forgotten after 5 minutes
+    of silence.
     """
 
     log = Logger()
@@ -108,6 +130,12 @@ class DHTNode(DHTClient, service.Service):
         udp=None,
         id: Optional[bytes] = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        ping_rate: Optional[float] = PING_RATE,
+        ping_burst: int = PING_BURST,
+        rate_limit_per_ip: Optional[int] = RATE_LIMIT_PER_IP,
+        rate_limit_exempt: Iterable[str] = RATE_LIMIT_EXEMPT,
+        max_pending_per_ip: int = MAX_PENDING_PER_IP,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         reactor = default_reactor(reactor)
         if id is not None and len(id) != 32:
@@ -135,15 +163,22 @@ class DHTNode(DHTClient, service.Service):
             None if self._ephemeral else self._id,
             self.dropped,
             random_bytes,
+            rate_limit_per_ip,
+            rate_limit_exempt,
         )
         self._table = RoutingTable(
             self._id,
             ping=self._reping,
             check=self._check,
             is_bootstrapped=lambda: self.is_bootstrapped,
+            seconds=reactor.seconds,
+            ping_rate=ping_rate,
+            ping_burst=ping_burst,
         )
         self._commands = CommandRegistry()
-        self._responder = Responder(rpc, self._table, self._id, self._commands, self.dropped)
+        self._responder = Responder(
+            rpc, self._table, self._id, self._commands, self.dropped, max_pending_per_ip, max_pending
+        )
         DHTClient.__init__(self, reactor, WalkContext(self._id, rpc, self._table, self._bootstrap))
         self._stop_hooks: Dict[Callable[[], None], None] = {}
         self._ready: OneShotObserver = OneShotObserver()
@@ -412,7 +447,7 @@ class DHTNode(DHTClient, service.Service):
     def request_received(self, msg: Message, host: str, port: int, is_update: bool) -> None:
         """A request came (``IRPCController``): note the sender, answer it."""
         if msg.HasField("id"):
-            self._table.add_node(msg.id, host, port, None, msg.to if msg.HasField("to") else None)
+            self._table.add_node(msg.id, host, port, None, msg.to if msg.HasField("to") else None, False)
         self._responder.request_received(msg, host, port, is_update)
 
     def response_received(self, msg: Message, host: str, port: int) -> None:

@@ -16,19 +16,38 @@ callables it was given.
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from twisted.logger import Logger
 
 from txhyperswarm.dht.messages import encode_node
 
-__all__ = ["Contact", "KBucket", "RoutingTable", "K"]
+__all__ = [
+    "Contact",
+    "KBucket",
+    "RoutingTable",
+    "K",
+    "PING_RATE",
+    "PING_BURST",
+    "UNVERIFIED_TTL",
+]
 
 #: Contacts per bucket and nodes per lookup.
 K = 20
 #: Oldest contacts a full bucket asks to ping.
 NODES_TO_PING = 3
 _BITS = 256
+#: Liveness pings (eviction and sweep) the table may start per second, on
+#: average (a token bucket; see :class:`RoutingTable`).
+PING_RATE = 20.0
+#: ... and at most this many at once after a quiet spell.
+PING_BURST = 100
+#: Ticks (5 s each) after which a node that was never seen answering us
+#: (learned only from its own requests) and was not heard from since is
+#: forgotten, without a ping.
+UNVERIFIED_TTL = 60
 
 
 class Contact:
@@ -53,6 +72,7 @@ class Contact:
         "queried",
         "distance",
         "seen",
+        "verified",
         "_compact",
     )
 
@@ -69,6 +89,8 @@ class Contact:
         self.queried = False
         self.distance = 0
         self.seen = 0
+        #: Whether it ever answered us (a response came from it).
+        self.verified = True
         self._compact: Optional[bytes] = None
 
     def compact(self) -> bytes:
@@ -177,6 +199,11 @@ class KBucket:
                 return False
             self._split(node, bit)
 
+    def leaf(self, int_id: int) -> object:
+        """The bucket that holds (or would hold) ``int_id``: an opaque,
+        hashable key, the same object for as long as the bucket exists."""
+        return self._leaf(int_id)[0]
+
     def touch(self, contact: Contact) -> None:
         """
         Mark a contact already in the table as the newest of its bucket.
@@ -251,16 +278,38 @@ class KBucket:
 
 class RoutingTable:
     """
-    dht-rpc's node bookkeeping over a :class:`KBucket`.
+    dht-rpc's node bookkeeping over a :class:`KBucket`, with bounds on the
+    liveness pings it starts (the re-ping storm of issue 12):
+
+    * a full bucket offered a newcomer pings its oldest contacts (dht-rpc
+      ``_onnodeping``), but at most one such eviction runs per bucket:
+      newcomers offered while it runs are dropped (counted in
+      ``refused["newcomer"]``); a newcomer let in by an eviction never
+      starts another one;
+    * every liveness ping (eviction and the 40 s sweep) takes a token from a
+      bucket of ``ping_burst`` tokens refilled at ``ping_rate`` per second;
+      without a token the ping is not sent (``refused["ping_budget"]``);
+    * nodes learned only from their own requests (``verified=False``) are
+      never pinged by the sweep, and are forgotten once not heard from for
+      ``unverified_ttl`` ticks: a burst of requests from fresh ids leaves
+      no work and no memory behind.
 
     :param local_id: our node id.
     :param ping: ``ping(peer, callback)`` sends a ``_ping`` right away
         (bypassing the request queue, as ``queryImmediately``);
-        ``callback(ok: bool)`` is called once with the outcome.
+        ``callback(ok)`` is called once with ``True``/``False``, or ``None``
+        when the ping was cancelled (no verdict).
     :param check: ``check(peer, callback)`` pings through the normal queue,
         for the periodic sweep; same callback.
     :param is_bootstrapped: whether the first bootstrap has ended (before
         it, a full bucket drops newcomers without pinging).
+    :param seconds: the clock of the ping budget (the reactor's
+        ``seconds``).
+    :param ping_rate: liveness pings per second, on average
+        (:data:`PING_RATE`); ``0`` or ``None``: no budget.
+    :param ping_burst: tokens of the ping budget (:data:`PING_BURST`).
+    :param unverified_ttl: ticks after which a quiet unverified node is
+        forgotten (:data:`UNVERIFIED_TTL`).
     """
 
     log = Logger()
@@ -268,9 +317,14 @@ class RoutingTable:
     def __init__(
         self,
         local_id: bytes,
-        ping: Callable[[Contact, Callable[[bool], None]], None],
-        check: Optional[Callable[[Contact, Callable[[bool], None]], None]] = None,
+        ping: Callable[[Contact, Callable[[Optional[bool]], None]], None],
+        check: Optional[Callable[[Contact, Callable[[Optional[bool]], None]], None]] = None,
         is_bootstrapped: Callable[[], bool] = lambda: True,
+        *,
+        seconds: Callable[[], float] = time.monotonic,
+        ping_rate: Optional[float] = PING_RATE,
+        ping_burst: int = PING_BURST,
+        unverified_ttl: int = UNVERIFIED_TTL,
     ) -> None:
         self.id = local_id
         self.bucket = KBucket(local_id, on_ping=self._on_bucket_ping)
@@ -280,9 +334,28 @@ class RoutingTable:
         self._ping = ping
         self._check = check or ping
         self._is_bootstrapped = is_bootstrapped
+        self._seconds = seconds
+        self.ping_rate = ping_rate
+        self.ping_burst = ping_burst
+        self.unverified_ttl = unverified_ttl
+        self._tokens = float(ping_burst)
+        self._tokens_at = seconds()
+        #: Evictions running, by bucket: the newcomer waiting for room.
+        self._evicting: Dict[object, Contact] = {}
+        #: What the bounds refused, by reason: ``newcomer`` (a full bucket
+        #: was already evicting), ``ping_budget`` (no token),
+        #: ``unverified`` (a quiet unverified node forgotten).
+        self.refused: Counter = Counter()
+        #: Liveness pings started (eviction and sweep).
+        self.pings_sent = 0
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+    @property
+    def evictions_pending(self) -> int:
+        """Buckets with an eviction ping in flight (at most one each)."""
+        return len(self._evicting)
 
     def get(self, node_id: bytes) -> Optional[Contact]:
         return self.bucket.get(node_id)
@@ -301,8 +374,12 @@ class RoutingTable:
         port: int,
         token: Optional[bytes] = None,
         to: Optional[bytes] = None,
+        verified: bool = True,
     ) -> None:
-        """A message bearing a valid id came from ``host:port`` (``_addNode``)."""
+        """
+        A message bearing a valid id came from ``host:port`` (``_addNode``).
+        ``verified``: it was a response (the node answers us), not a request.
+        """
         if node_id == self.id:
             return
         nodes = self.nodes
@@ -312,6 +389,7 @@ class RoutingTable:
             node.token = token or None
             node.to = to or None
             node.tick = self.tick
+            node.verified = verified
             if not self.bucket.add(node):
                 return  # full bucket: the old contacts are being pinged
             nodes[node_id] = node
@@ -322,6 +400,8 @@ class RoutingTable:
             node.token = token
         if to:
             node.to = to
+        if verified:
+            node.verified = True
         node.tick = self.tick
         del nodes[node_id]
         nodes[node_id] = node
@@ -347,9 +427,30 @@ class RoutingTable:
 
     # -- liveness ---------------------------------------------------------
 
+    def _take_ping_token(self) -> bool:
+        """One token of the ping budget, if there is one."""
+        self.pings_sent += 1
+        rate = self.ping_rate
+        if not rate:
+            return True
+        now = self._seconds()
+        tokens = min(float(self.ping_burst), self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            self.pings_sent -= 1
+            self.refused["ping_budget"] += 1
+            return False
+        self._tokens = tokens - 1.0
+        return True
+
     def _on_bucket_ping(self, old_contacts: List[Contact], new_contact: Contact) -> None:
         # dht-rpc _onnodeping: while bootstrapping we pinged everyone anyway.
         if not self._is_bootstrapped():
+            return
+        leaf = self.bucket.leaf(new_contact.int_id)
+        if leaf in self._evicting:
+            self.refused["newcomer"] += 1
             return
         reping = []
         for old in old_contacts:
@@ -358,24 +459,40 @@ class RoutingTable:
                 continue
             reping.append(old)
         if reping:
-            self._reping(reping, new_contact)
+            self._reping(leaf, reping, new_contact)
 
-    def _reping(self, old_contacts: List[Contact], new_contact: Contact) -> None:
+    def _reping(self, leaf: object, old_contacts: List[Contact], new_contact: Contact) -> None:
         """Ping the old contacts one by one; the first that fails makes room."""
         pending = list(old_contacts)
+        self._evicting[leaf] = new_contact
+
+        def done() -> None:
+            if self._evicting.get(leaf) is new_contact:
+                del self._evicting[leaf]
 
         def next_ping() -> None:
-            if not pending:
+            if not pending or not self._take_ping_token():
+                done()
                 return
             node = pending.pop(0)
 
-            def after(ok: bool) -> None:
+            def after(ok: Optional[bool]) -> None:
                 if ok:
                     next_ping()
                     return
+                done()
+                if ok is None:  # cancelled: no verdict
+                    return
                 self.remove_node(node)
+                if new_contact.id in self.nodes or len(leaf.contacts or ()) >= self.bucket.k:
+                    return  # no room after all: never a second eviction
                 self.add_node(
-                    new_contact.id, new_contact.host, new_contact.port, new_contact.token, new_contact.to
+                    new_contact.id,
+                    new_contact.host,
+                    new_contact.port,
+                    new_contact.token,
+                    new_contact.to,
+                    new_contact.verified,
                 )
 
             self._ping(node, after)
@@ -390,6 +507,7 @@ class RoutingTable:
             else ``""``.
         """
         self.tick += 1
+        self.forget_quiet_unverified()
         action = ""
         if (self.tick & 7) == 0:
             action = self.ping_some(inflight_queries)
@@ -397,10 +515,28 @@ class RoutingTable:
             action = "bootstrap"
         return action
 
+    def forget_quiet_unverified(self) -> int:
+        """
+        Forget the unverified nodes not heard from for ``unverified_ttl``
+        ticks (no ping: they never answered one). :returns: how many.
+        """
+        horizon = self.tick - self.unverified_ttl
+        gone = []
+        for node in self.nodes.values():  # oldest seen first
+            if node.tick > horizon:
+                break
+            if not node.verified:
+                gone.append(node)
+        for node in gone:
+            self.remove_node(node)
+        self.refused["unverified"] += len(gone)
+        return len(gone)
+
     def ping_some(self, inflight_queries: int) -> str:
         """
-        Ping up to 5 (3 when busy) of the least recently seen nodes not seen
-        this tick; failures are removed. With an empty table: ``"bootstrap"``.
+        Ping up to 5 (3 when busy) of the least recently seen verified nodes
+        not seen this tick; failures are removed. With an empty table:
+        ``"bootstrap"``.
         """
         if not self.nodes:
             return "bootstrap"
@@ -408,8 +544,12 @@ class RoutingTable:
         for node in self.oldest():
             if cnt <= 0:
                 break
+            if not node.verified:
+                continue
             cnt -= 1
             if node.tick == self.tick:
                 continue
-            self._check(node, lambda ok, node=node: ok or self.remove_node(node))
+            if not self._take_ping_token():
+                break
+            self._check(node, lambda ok, node=node: ok is False and self.remove_node(node))
         return ""

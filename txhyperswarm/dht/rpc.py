@@ -53,6 +53,8 @@ __all__ = [
     "TRIES",
     "CONCURRENCY",
     "CONCURRENCY_RPS",
+    "RATE_LIMIT_PER_IP",
+    "RATE_LIMIT_EXEMPT",
 ]
 
 #: Seconds between IO ticks (dht-rpc: 750 ms).
@@ -67,6 +69,16 @@ CONCURRENCY_RPS = 50
 FAST_HOLEPUNCH_DELAY = 0.5
 
 _HOLEPUNCH = b"_holepunch"
+#: Datagrams a source IP may send us per second before the rest of that
+#: second is dropped undecoded (``dropped["rate_ip"]``). A Node peer sends
+#: a few a second; 0 or ``None``: no limit.
+RATE_LIMIT_PER_IP = 2000
+#: Sources the limit does not apply to: the machine itself (Linux drops a
+#: 127/8 source arriving from outside, so it cannot be spoofed), where the
+#: benchmarks and a local stack run thousands of RPCs a second.
+RATE_LIMIT_EXEMPT = frozenset({"127.0.0.1"})
+#: Source IPs counted in one second at most (beyond: the count restarts).
+_RATE_TRACKED = 65536
 
 Callback = Callable[[Optional[Exception], Optional[Message], Optional[Tuple[str, int]], "_Request"], None]
 
@@ -179,8 +191,17 @@ class RPC:
         node_id: Optional[bytes],
         dropped: Optional[Counter] = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        rate_limit_per_ip: Optional[int] = RATE_LIMIT_PER_IP,
+        rate_limit_exempt=RATE_LIMIT_EXEMPT,
     ) -> None:
         self._reactor = reactor
+        #: Datagrams per source IP per second (:data:`RATE_LIMIT_PER_IP`).
+        self.rate_limit_per_ip = rate_limit_per_ip
+        #: Source IPs exempt from it (:data:`RATE_LIMIT_EXEMPT`).
+        self.rate_limit_exempt = frozenset(rate_limit_exempt or ())
+        self._window: Dict[str, int] = {}
+        self._window_loop = LoopingCall(self._window.clear)
+        self._window_loop.clock = reactor
         self._send = send
         self._controller = controller
         #: In-flight requests that, with :attr:`concurrency_rps`, mean
@@ -228,13 +249,14 @@ class RPC:
         if not self._tick_loop.running:
             self._tick_loop.start(TICK_INTERVAL, now=False)
             self._rotate_loop.start(ROTATE_INTERVAL, now=False)
+            self._window_loop.start(1.0, now=False)
 
     def destroy(self) -> None:
         """Stop timers; queued and in-flight requests fail with RequestCancelled."""
         if self.destroyed:
             return
         self.destroyed = True
-        for loop in (self._tick_loop, self._rotate_loop):
+        for loop in (self._tick_loop, self._rotate_loop, self._window_loop):
             if loop.running:
                 loop.stop()
         pending, self._pending = self._pending, deque()
@@ -258,6 +280,18 @@ class RPC:
         if not port:
             self.dropped["port0"] += 1
             return
+        limit = self.rate_limit_per_ip
+        if limit and host not in self.rate_limit_exempt:
+            # before decoding: a flood from one address is shed for the
+            # price of a dict update
+            window = self._window
+            n = window.get(host, 0) + 1
+            if n > limit:
+                self.dropped["rate_ip"] += 1
+                return
+            if n == 1 and len(window) >= _RATE_TRACKED:
+                window.clear()
+            window[host] = n
         try:
             msg = decode_message(data)
         except DecodeError as e:
