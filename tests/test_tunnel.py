@@ -60,16 +60,7 @@ class Collect:
 
 def setup(**net_options):
     net = UDPNetwork(**net_options)
-    service = []
-
-    def build():
-        p = Recorder()
-        service.append(p)
-        return p
-
-    f = Factory()
-    f.buildProtocol = lambda addr: build()
-    net.reactor(SERVICE).listenTCP(8000, f)
+    service = _recording_service(net.reactor(SERVICE), 8000)
     daemon = net.reactor(DAEMON)
     tunnels = Tunnels(daemon)
     endpoint = TCP4ClientEndpoint(daemon, SERVICE, 8000)
@@ -81,6 +72,20 @@ def setup(**net_options):
     net.run(0.1)
     return net, tunnels, client, service
 
+
+
+def _recording_service(reactor, port):
+    """A TCP service on ``reactor``'s host: the list of the :class:`Recorder` s it built."""
+    built = []
+
+    def build(addr):
+        built.append(Recorder())
+        return built[-1]
+
+    f = Factory()
+    f.buildProtocol = build
+    reactor.listenTCP(port, f)
+    return built
 
 def test_bytes_both_ways_counted_and_logged():
     log = Collect()
@@ -151,16 +156,7 @@ class Flood(Recorder):
 
 def test_a_slow_reader_pauses_the_writer_on_the_far_side():
     net = UDPNetwork()
-    service = []
-
-    def build():
-        p = Recorder()
-        service.append(p)
-        return p
-
-    f = Factory()
-    f.buildProtocol = lambda addr: build()
-    net.reactor(SERVICE).listenTCP(8000, f)
+    service = _recording_service(net.reactor(SERVICE), 8000)
     daemon = net.reactor(DAEMON)
     tunnels = Tunnels(daemon)
     daemon.listenTCP(5000, tunnels.expose_factory(TCP4ClientEndpoint(daemon, SERVICE, 8000), "svc"))
@@ -323,16 +319,7 @@ def test_close_all_closes_every_tunnel():
 
 def test_a_local_connection_waiting_for_a_peer_is_paused_not_buffered():
     net = UDPNetwork()
-    service = []
-
-    def build():
-        p = Recorder()
-        service.append(p)
-        return p
-
-    f = Factory()
-    f.buildProtocol = lambda addr: build()
-    net.reactor(PEER).listenTCP(7000, f)
+    service = _recording_service(net.reactor(PEER), 7000)
     daemon = net.reactor(DAEMON)
     tunnels = Tunnels(daemon)
     topic = b"t" * 32
@@ -357,16 +344,7 @@ def test_over_utp_backpressure_and_half_close():
     from txhyperswarm.utp.socket import UTPSocket
 
     net = UDPNetwork(latency=0.002)
-    service = []
-
-    def build():
-        p = Recorder()
-        service.append(p)
-        return p
-
-    f = Factory()
-    f.buildProtocol = lambda addr: build()
-    net.reactor(SERVICE).listenTCP(8000, f)
+    service = _recording_service(net.reactor(SERVICE), 8000)
     daemon = net.reactor(DAEMON)
     tunnels = Tunnels(daemon)
     udp = UDPSocket(daemon, host=DAEMON, port=5000)
