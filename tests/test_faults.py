@@ -1,0 +1,136 @@
+"""
+Faults a swarm node meets on the open internet (issue 12, "Faults"), on
+txhyperswarm.testing's in-memory network and one Clock: a bootstrap node
+that dies and comes back, a peer that vanishes mid-transfer, a socket
+error on send, a port that is taken. Each is handled with a log line,
+nothing is left pending and no timer outlives stopService.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+from txhyperswarm.dht import peers as dht_peers
+from txhyperswarm.dht.node import DHTNode, TICK_INTERVAL
+from txhyperswarm.swarm import BindError, Hyperswarm
+from txhyperswarm.testing import UDPNetwork
+
+BOOT = ("10.0.0.1", 49737)
+T1 = b"\x12" * 32
+EVENTS = ("connection", "disconnection", "peer", "close")
+#: One DHT refresh: the re-bootstrap check runs every 64th tick.
+REFRESH = 64 * TICK_INTERVAL
+
+
+class Logs:
+    """Every log event while the test runs, as (level, text)."""
+
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, event):
+        self.events.append((event.get("log_level"), formatEvent(event)))
+
+    def having(self, text, level=None):
+        return [t for lvl, t in self.events if text in t and (level is None or lvl == level)]
+
+
+@pytest.fixture
+def logs():
+    obs = Logs()
+    globalLogPublisher.addObserver(obs)
+    yield obs
+    globalLogPublisher.removeObserver(obs)
+
+
+class World:
+    def __init__(self, **net):
+        self.clock = Clock()
+        self.clock.advance(1000.0)
+        self.net = UDPNetwork(self.clock, latency=0.001, **net)
+        self.boot = DHTNode(self.net.reactor(BOOT[0]), bootstrap=[], port=BOOT[1], ephemeral=False)
+        dht_peers.register(self.boot)
+        self.boot.startService()
+        self.swarms = []
+        self.events = []
+
+    def swarm(self, name, host, **options):
+        options.setdefault("bootstrap", [BOOT])
+        options.setdefault("multicast", False)
+        options.setdefault("ephemeral", True)
+        options.setdefault("rng", random.Random(1))
+        s = Hyperswarm(self.net.reactor(host), **options)
+        for e in EVENTS:
+            s.on(e, self._recorder(name, e))
+        self.swarms.append(s)
+        s.startService()
+        return s
+
+    def _recorder(self, name, event):
+        def record(*args):
+            self.events.append((self.clock.seconds(), name, event, args))
+        return record
+
+    def now(self):
+        return self.clock.seconds()
+
+    def run(self, seconds, step=0.005):
+        self.net.run(seconds, step=step)
+
+    def run_until(self, predicate, limit, step=0.05):
+        return self.net.run_until(predicate, limit, step=step)
+
+    def of(self, name, event):
+        return [e for e in self.events if e[1] == name and e[2] == event]
+
+    def stop_all(self, pending=()):
+        done = []
+        for s in self.swarms:
+            s.stopService().addBoth(done.append)
+        self.run(10, step=0.05)
+        assert done == [None] * len(self.swarms)
+        self.boot.stopService()
+        self.run(1)
+        assert self.clock.getDelayedCalls() == []
+        for d in pending:  # nothing stuck: every Deferred the test made has fired
+            assert d.called
+
+
+def fired(d):
+    out = []
+    d.addBoth(out.append)
+    return out, d
+
+
+def test_bootstrap_node_dies_and_comes_back(logs):
+    """The bootstrap node is down while two swarms start and join a topic:
+    the first bootstrap fails with a warning, the joins fire False. Once it
+    is back the swarms re-bootstrap within one refresh (320 s) and the
+    topic's next cycle finds the announcer: the looker connects."""
+    w = World()
+    w.net.down.add((BOOT[0], None))
+    a = w.swarm("a", "10.0.0.2")
+    b = w.swarm("b", "10.0.0.3")
+    ja, da = fired(a.join(T1, announce=True, lookup=False))
+    jb, db = fired(b.join(T1))
+    w.run(30, step=0.05)
+    assert ja == [False] and jb == [False]
+    assert logs.having("DHT bootstrap failed", LogLevel.warn)
+    assert logs.having("lookup of " + T1.hex() + " failed", LogLevel.warn)
+    assert a.network.dht.routing_table_size == 0
+    w.run(200, step=0.1)
+    back = w.now()
+    w.net.down.discard((BOOT[0], None))
+    dht_a, dht_b = a.network.dht, b.network.dht
+    assert w.run_until(lambda: dht_a.routing_table_size and dht_b.routing_table_size, REFRESH + 5, step=0.1)
+    assert w.now() - back <= REFRESH + 1
+    assert len(logs.having("DHT node re-bootstrapped", LogLevel.info)) >= 2
+    # the topic's next cycle (300-600 s after the last) finds a
+    assert w.run_until(lambda: w.of("b", "connection"), 600, step=0.1)
+    (_, _, _, (peer,)), *_ = w.of("b", "peer")
+    assert (peer.host, peer.port) == ("10.0.0.2", a.address()[1])
+    w.stop_all(pending=[da, db])
