@@ -16,6 +16,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from txhyperswarm.dht import peers as dht_peers
 from txhyperswarm.dht.node import DHTNode, TICK_INTERVAL
+from txhyperswarm.network import CONNECTION_TIMEOUT, DialTimeout
 from txhyperswarm.swarm import BindError, Hyperswarm
 from txhyperswarm.testing import UDPNetwork
 
@@ -134,3 +135,63 @@ def test_bootstrap_node_dies_and_comes_back(logs):
     (_, _, _, (peer,)), *_ = w.of("b", "peer")
     assert (peer.host, peer.port) == ("10.0.0.2", a.address()[1])
     w.stop_all(pending=[da, db])
+
+
+@pytest.mark.parametrize("transport", ["tcp", "utp"])
+def test_peer_vanishes_mid_transfer(logs, transport):
+    """a streams to b when a's host drops off the network: b's connection
+    ends within the documented bound (TCP keepalive: 30 s idle + 3 probes
+    10 s apart; uTP: 90 s heard nothing) with a 'disconnection' event and a
+    log line; when a's host is back, b redials it on the requeue schedule."""
+    w = World()
+    a = w.swarm("a", "10.0.0.2")
+    b = w.swarm("b", "10.0.0.3")
+    a.join(T1, announce=True, lookup=False)
+    w.run(1)
+    if transport == "utp":
+        w.net.tcp_unlisten(("10.0.0.2", a.address()[1]))
+    b.join(T1)
+    w.run(3)
+    (_, _, _, (sa, ia)), = w.of("a", "connection")
+    (_, _, _, (sb, ib)), = w.of("b", "connection")
+    assert ib.type == transport
+    got, heard = [], []
+    sb.on_data = lambda data: (got.append(data), heard.append(w.now()))
+    sa.write(b"x" * 4_000_000)  # far more than one window: mid-transfer below
+    w.run(0.01)
+    assert 0 < len(b"".join(got)) < 4_000_000
+    dials = []
+    real_connect = b.network.connect
+
+    def connect(peer):
+        dials.append([w.now(), None])
+        return real_connect(peer).addBoth(lambda r: (dials[-1].__setitem__(1, (w.now(), r)), r)[1])
+
+    b.network.connect = connect
+    gone = w.now()
+    w.net.down.add(("10.0.0.2", None))
+    bound = 60.0 if transport == "tcp" else 90.0
+    assert w.run_until(lambda: w.of("b", "disconnection"), bound + 5, step=0.01)
+    ended = w.of("b", "disconnection")[0][0]
+    # (a's host still sends what was in flight, a window's worth: b hears it)
+    assert ended - heard[-1] <= bound + 0.1  # + clock steps
+    assert len(b"".join(got)) < 4_000_000
+    if transport == "tcp":
+        assert logs.having("tcp connection to 10.0.0.2:%d lost: " % a.address()[1],
+                           LogLevel.info)[0].endswith("Connection timed out (keepalive).")
+    else:
+        assert logs.having("heard nothing for 90 s: aborting it", LogLevel.info)
+    # b redials at once (~1 s: the first requeue slot); a is still gone:
+    # that dial times out and b requeues a in the ~5 s slot
+    w.run(14, step=0.05)
+    back = w.now()
+    w.net.down.discard(("10.0.0.2", None))
+    assert w.run_until(lambda: len(w.of("b", "connection")) == 2, 30, step=0.05)
+    (first, (failed, why)), (second, (made, conn)) = dials
+    assert 1.0 <= first - ended <= 2.05
+    assert why.check(DialTimeout) and failed - first == pytest.approx(CONNECTION_TIMEOUT, abs=0.1)
+    assert logs.having("failed: " + str(why.value), LogLevel.debug)
+    assert 5.0 <= second - failed <= 10.05 and second > back
+    (at, _, _, (proto, info)) = w.of("b", "connection")[1]
+    assert at == made and info.client and conn.remote == ("10.0.0.2", a.address()[1])
+    w.stop_all()
