@@ -439,7 +439,7 @@ class DHTNode(DHTClient, service.Service):
     def _on_tick(self) -> None:
         if self._table.on_tick(self._walks.inflight_queries) == "bootstrap":
             self.bootstrap().addCallbacks(
-                lambda _: self.log.info(
+                lambda _: self.bootstrap_nodes and self.log.info(
                     "DHT node re-bootstrapped with {n} nodes in its table", n=len(self._table)
                 ),
                 lambda f: self.log.debug("re-bootstrap failed: {err}", err=f.getErrorMessage()),
