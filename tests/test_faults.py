@@ -204,3 +204,43 @@ def test_peer_vanishes_mid_transfer(logs, transport):
     (at, _, _, (proto, info)) = w.of("b", "connection")[1]
     assert at == made and info.client and conn.remote == ("10.0.0.2", a.address()[1])
     w.stop_all()
+
+
+def test_socket_error_on_send(logs):
+    """a's UDP socket refuses every datagram for a while (ENOBUFS): each is
+    counted in dropped["send_error"], one warning says so (not one per
+    datagram), a join made meanwhile fails; once the socket sends again a
+    keeps working: a new join announces and b finds and connects to a."""
+    import errno
+
+    w = World()
+    a = w.swarm("a", "10.0.0.2")
+    b = w.swarm("b", "10.0.0.3")
+    w.run(1)
+    udp = a.network.udp
+    assert udp.dropped["send_error"] == 0
+
+    def refuse(data, src, dst):
+        if src[0] == "10.0.0.2":
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        return False
+
+    w.net.drop = refuse
+    j1, d1 = fired(a.join(T1, announce=True, lookup=False))
+    w.run(30, step=0.05)
+    assert j1 == [False]
+    refused = udp.dropped["send_error"]
+    assert refused >= 3
+    warned = logs.having("cannot send a UDP datagram to ", LogLevel.warn)
+    assert len(warned) == 1 and "No buffer space available" in warned[0]
+    assert logs.having("announce of " + T1.hex() + " failed", LogLevel.warn)
+    w.net.drop = None
+    T2 = b"\x13" * 32
+    j2, d2 = fired(a.join(T2, announce=True, lookup=False))
+    w.run(2)
+    assert j2 == [True] and udp.dropped["send_error"] == refused
+    jb, db = fired(b.join(T2))
+    w.run(3)
+    assert jb == [True] and len(w.of("b", "connection")) == 1
+    assert udp.stats()["dropped"]["send_error"] == refused
+    w.stop_all(pending=[d1, d2, db])
