@@ -244,3 +244,42 @@ def test_socket_error_on_send(logs):
     assert jb == [True] and len(w.of("b", "connection")) == 1
     assert udp.stats()["dropped"]["send_error"] == refused
     w.stop_all(pending=[d1, d2, db])
+
+
+def test_port_taken(logs, logged_errors):
+    """port=P with P taken (TCP or UDP): join errbacks with BindError and
+    one line is logged; preferred_port=P with P taken binds P+1."""
+    w = World()
+    blocker = w.swarm("x", "10.0.0.2", port=40000)
+    w.run(0.1)
+    assert blocker.address() == ("0.0.0.0", 40000)
+    a = w.swarm("a", "10.0.0.2", port=40000)
+    ja, da = fired(a.join(T1))
+    w.run(0.1)
+    assert len(ja) == 1 and ja[0].check(BindError)
+    lines = logs.having("could not bind")
+    assert len(lines) == 1 and "40000" in lines[0] and "Address already in use" in lines[0]
+    assert logged_errors.take(BindError)
+    assert a.address() is None
+    # preferred_port: the next one
+    c = w.swarm("c", "10.0.0.2", preferred_port=40000)
+    jc, dc = fired(c.join(T1))
+    w.run(1)
+    assert jc == [False] or jc == [True]
+    assert c.address() == ("0.0.0.0", 40001)
+    assert len(logs.having("could not bind")) == 1
+    # only the UDP port taken: TCP listens, UDP fails, the listener closes again
+    from twisted.internet.protocol import DatagramProtocol
+
+    held = w.net.reactor("10.0.0.4").listenUDP(40010, DatagramProtocol())
+    d = w.swarm("d", "10.0.0.4", port=40010)
+    jd, dd = fired(d.join(T1))
+    w.run(0.1)
+    assert jd[0].check(BindError) and logged_errors.take(BindError)
+    assert ("10.0.0.4", 40010) not in w.net.listening()
+    assert len(logs.having("could not bind")) == 2
+    e = w.swarm("e", "10.0.0.4", preferred_port=40010)
+    w.run(0.1)
+    assert e.address() == ("0.0.0.0", 40011)
+    held.stopListening()
+    w.stop_all(pending=[da, dc, dd])
