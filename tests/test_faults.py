@@ -182,6 +182,7 @@ def test_peer_vanishes_mid_transfer(logs, transport):
     assert w.run_until(lambda: w.of("b", "disconnection"), bound + 5, step=0.01)
     ended = w.of("b", "disconnection")[0][0]
     # (a's host still sends what was in flight, a window's worth: b hears it)
+    assert heard[-1] - gone < 1.0
     assert ended - heard[-1] <= bound + 0.1  # + clock steps
     assert len(b"".join(got)) < 4_000_000
     if transport == "tcp":
