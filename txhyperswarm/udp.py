@@ -188,8 +188,8 @@ class UDPSocket(DatagramProtocol):
         """
         Send one datagram; a full kernel buffer, an unreachable host, an
         oversized datagram or a host name that is not an address drops it
-        (counted in :attr:`dropped`; UDP is lossy: both upper layers
-        retransmit).
+        (counted in :attr:`dropped` and logged, see :meth:`_send_failed`;
+        UDP is lossy: both upper layers retransmit).
 
         :returns: whether the kernel took it.
         """
