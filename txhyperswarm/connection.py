@@ -280,6 +280,13 @@ class Connection(Protocol):
         if not isinstance(reason, Failure):
             reason = Failure(reason())
         self._reason = reason
+        if not reason.check(error.ConnectionDone, error.ConnectionAborted):
+            # a peer that vanished (keepalive or retransmission timeout) or reset
+            self.log.info(
+                "{type} connection {dir} {host}:{port} lost: {err}", type=self.type,
+                dir="to" if self.client else "from", host=self.remote[0], port=self.remote[1],
+                err=reason.getErrorMessage(),
+            )
         if self.protocol is not None:
             self._tell_lost()
         self._lost_obs.fire(reason.value)

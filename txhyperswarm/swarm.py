@@ -323,7 +323,7 @@ class Hyperswarm(service.Service, EventEmitter):
 
         def failed(f: Failure) -> None:
             if not f.check(SwarmClosed):
-                self.log.failure("the swarm could not bind", f)
+                self.log.failure("the swarm could not bind: {err}", f, err=f.getErrorMessage())
 
         d.addErrback(failed)
 

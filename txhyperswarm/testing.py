@@ -776,6 +776,13 @@ class _Wire:
         self._timer: Any = None
         self._retry = 0.0
 
+    def drop(self) -> None:
+        """Forget the segments in flight (both ends are closed: none can matter)."""
+        self._queue.clear()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
     def push(self, kind: str, data) -> None:
         clock = self._network.clock
         when = clock.seconds() + self._network.latency
@@ -1247,6 +1254,13 @@ class _MemoryTCPTransport:
             self._resume_call.cancel()
         self._keepalive_call = self._resume_call = None
         self._inbox.clear()
+        peer = self._peer
+        if peer is None or peer.disconnected:
+            # both ends closed: what is still in flight (retried towards a
+            # host that is down, say) would only meet a closed socket
+            self.wire.drop()
+            if peer is not None:
+                peer.wire.drop()
         self._network.tcp_release(self.local, self)
         if not isinstance(reason, Failure):
             reason = Failure(reason)

@@ -12,6 +12,7 @@ datagram first and keeps the ones that look like uTP; the rest go to the DHT.
 from __future__ import annotations
 
 import socket
+import sys
 from collections import Counter
 from typing import Any, Callable, Optional, Tuple
 
@@ -31,6 +32,8 @@ Receiver = Callable[[bytes, Address], None]
 #: Socket buffer asked of the kernel. At Linux's default (~208 KiB) a burst of
 #: uTP data overflows it and the kernel drops datagrams (utp.md 7.2).
 DEFAULT_BUFFER_SIZE = 4 * 1024 * 1024
+#: Seconds between two log lines of the same send error (each is counted).
+SEND_ERROR_LOG_INTERVAL = 60.0
 
 
 def is_utp_datagram(data: bytes) -> bool:
@@ -77,6 +80,7 @@ class UDPSocket(DatagramProtocol):
         #: Bytes of UDP payload received and sent (uTP and DHT together).
         self.bytes_received = 0
         self.bytes_sent = 0
+        self._send_error_logged: Any = None  # (errno, time) of the last send error logged
 
     # -- wiring ---------------------------------------------------------------
 
@@ -184,8 +188,8 @@ class UDPSocket(DatagramProtocol):
         """
         Send one datagram; a full kernel buffer, an unreachable host, an
         oversized datagram or a host name that is not an address drops it
-        (counted in :attr:`dropped`; UDP is lossy: both upper layers
-        retransmit).
+        (counted in :attr:`dropped` and logged, see :meth:`_send_failed`;
+        UDP is lossy: both upper layers retransmit).
 
         :returns: whether the kernel took it.
         """
@@ -198,7 +202,7 @@ class UDPSocket(DatagramProtocol):
         except (OSError, error.MessageLengthError, error.InvalidAddressError):
             # a full kernel buffer, an unreachable host, a datagram over
             # 64 KiB, or a host name instead of an address
-            self.dropped["send_error"] += 1
+            self._send_failed(addr)
             return False
         self.bytes_sent += len(data)
         return True
@@ -221,10 +225,29 @@ class UDPSocket(DatagramProtocol):
         except OSError:
             # EAGAIN/ENOBUFS (a full kernel queue), ECONNREFUSED (ICMP from
             # an earlier datagram): UDP is lossy
-            self.dropped["send_error"] += 1
+            self._send_failed(addr)
             return False
         self.bytes_sent += len(data)
         return True
+
+    def _send_failed(self, addr: Address) -> None:
+        """
+        Count a datagram the socket refused (``dropped["send_error"]``) and
+        log it: the first of a kind, then at most one line a minute (a full
+        kernel queue refuses thousands a second).
+        """
+        err = sys.exc_info()[1]
+        self.dropped["send_error"] += 1
+        kind = getattr(err, "errno", None) or type(err).__name__
+        seconds = getattr(self._reactor, "seconds", None)
+        now = seconds() if seconds is not None else 0.0
+        last = self._send_error_logged
+        if last is None or last[0] != kind or now - last[1] >= SEND_ERROR_LOG_INTERVAL:
+            self._send_error_logged = (kind, now)
+            self.log.warn(
+                "cannot send a UDP datagram to {addr}: {err} ({n} send errors so far)",
+                addr=addr, err=err, n=self.dropped["send_error"],
+            )
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         self.bytes_received += len(data)

@@ -438,8 +438,11 @@ class DHTNode(DHTClient, service.Service):
 
     def _on_tick(self) -> None:
         if self._table.on_tick(self._walks.inflight_queries) == "bootstrap":
-            self.bootstrap().addErrback(
-                lambda f: self.log.debug("re-bootstrap failed: {err}", err=f.getErrorMessage())
+            self.bootstrap().addCallbacks(
+                lambda _: self.bootstrap_nodes and self.log.info(
+                    "DHT node re-bootstrapped with {n} nodes in its table", n=len(self._table)
+                ),
+                lambda f: self.log.debug("re-bootstrap failed: {err}", err=f.getErrorMessage()),
             )
 
     # -- IRPCController ---------------------------------------------------
