@@ -439,11 +439,13 @@ class DHTNode(DHTClient, service.Service):
     def _on_tick(self) -> None:
         if self._table.on_tick(self._walks.inflight_queries) == "bootstrap":
             self.bootstrap().addCallbacks(
-                lambda _: self.bootstrap_nodes and self.log.info(
-                    "DHT node re-bootstrapped with {n} nodes in its table", n=len(self._table)
-                ),
+                self._rebootstrapped,
                 lambda f: self.log.debug("re-bootstrap failed: {err}", err=f.getErrorMessage()),
             )
+
+    def _rebootstrapped(self, _) -> None:
+        if self.bootstrap_nodes:
+            self.log.info("DHT node re-bootstrapped with {n} nodes in its table", n=len(self._table))
 
     # -- IRPCController ---------------------------------------------------
 
