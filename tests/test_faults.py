@@ -11,18 +11,16 @@ from __future__ import annotations
 import random
 
 import pytest
-from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from txhyperswarm.dht import peers as dht_peers
-from txhyperswarm.dht.node import DHTNode, TICK_INTERVAL
+from txhyperswarm.dht.node import TICK_INTERVAL
 from txhyperswarm.network import CONNECTION_TIMEOUT, DialTimeout
-from txhyperswarm.swarm import BindError, Hyperswarm
-from txhyperswarm.testing import UDPNetwork
+from txhyperswarm.swarm import BindError
 
-BOOT = ("10.0.0.1", 49737)
+from tests.swarm_world import BOOT, World as SwarmWorld
+
 T1 = b"\x12" * 32
-EVENTS = ("connection", "disconnection", "peer", "close")
 #: One DHT refresh: the re-bootstrap check runs every 64th tick.
 REFRESH = 64 * TICK_INTERVAL
 
@@ -48,58 +46,9 @@ def logs():
     globalLogPublisher.removeObserver(obs)
 
 
-class World:
-    def __init__(self, **net):
-        self.clock = Clock()
-        self.clock.advance(1000.0)
-        self.net = UDPNetwork(self.clock, latency=0.001, **net)
-        self.boot = DHTNode(self.net.reactor(BOOT[0]), bootstrap=[], port=BOOT[1], ephemeral=False)
-        dht_peers.register(self.boot)
-        self.boot.startService()
-        self.swarms = []
-        self.events = []
-
-    def swarm(self, name, host, **options):
-        options.setdefault("bootstrap", [BOOT])
-        options.setdefault("multicast", False)
-        options.setdefault("ephemeral", True)
-        options.setdefault("rng", random.Random(1))
-        s = Hyperswarm(self.net.reactor(host), **options)
-        for e in EVENTS:
-            s.on(e, self._recorder(name, e))
-        self.swarms.append(s)
-        s.startService()
-        return s
-
-    def _recorder(self, name, event):
-        def record(*args):
-            self.events.append((self.clock.seconds(), name, event, args))
-        return record
-
-    def now(self):
-        return self.clock.seconds()
-
-    def run(self, seconds, step=0.005):
-        self.net.run(seconds, step=step)
-
-    def run_until(self, predicate, limit, step=0.05):
-        return self.net.run_until(predicate, limit, step=step)
-
-    def of(self, name, event):
-        return [e for e in self.events if e[1] == name and e[2] == event]
-
-    def stop_all(self, pending=()):
-        done = []
-        for s in self.swarms:
-            s.stopService().addBoth(done.append)
-        self.run(10, step=0.05)
-        assert done == [None] * len(self.swarms)
-        self.boot.stopService()
-        self.run(1)
-        assert self.clock.getDelayedCalls() == []
-        for d in pending:  # nothing stuck: every Deferred the test made has fired
-            assert d.called
-
+class World(SwarmWorld):
+    EVENTS = ("connection", "disconnection", "peer", "close")
+    STOP_STEP = 0.05
 
 def fired(d):
     out = []

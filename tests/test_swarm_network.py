@@ -6,70 +6,17 @@ more swarms as in production, without sockets.
 
 from __future__ import annotations
 
-import random
-
 import pytest
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
 
 from txhyperswarm.dht import peers as dht_peers
 from txhyperswarm.dht.node import DHTNode
 from txhyperswarm.stream import Stream
-from txhyperswarm.swarm import BindError, Hyperswarm
-from txhyperswarm.testing import UDPNetwork
+from txhyperswarm.swarm import BindError
 
-BOOT = ("10.0.0.1", 49737)
+from tests.swarm_world import BOOT, World
+
 T1 = b"\x11" * 32
-EVENTS = ("listening", "join", "leave", "peer", "peer-rejected", "updated", "connection",
-          "disconnection", "close")
-
-
-class World:
-    def __init__(self, **net):
-        self.clock = Clock()
-        self.clock.advance(1000.0)
-        self.net = UDPNetwork(self.clock, latency=0.001, **net)
-        self.boot = DHTNode(self.net.reactor(BOOT[0]), bootstrap=[], port=BOOT[1], ephemeral=False)
-        dht_peers.register(self.boot)
-        self.boot.startService()
-        self.swarms = []
-        self.events = []
-
-    def swarm(self, name, host, **options):
-        options.setdefault("bootstrap", [BOOT])
-        options.setdefault("multicast", False)
-        options.setdefault("ephemeral", True)
-        options.setdefault("rng", random.Random(1))
-        s = Hyperswarm(self.net.reactor(host), **options)
-        for e in EVENTS:
-            s.on(e, self._recorder(name, e))
-        self.swarms.append(s)
-        s.startService()
-        return s
-
-    def _recorder(self, name, event):
-        def record(*args):
-            self.events.append((round(self.clock.seconds() - 1000, 3), name, event, args))
-        return record
-
-    def run(self, seconds):
-        self.net.run(seconds, step=0.005)
-
-    def of(self, name, event):
-        return [e for e in self.events if e[1] == name and e[2] == event]
-
-    def seq(self, name, skip=("updated", "peer")):
-        return [e[2] for e in self.events if e[1] == name and e[2] not in skip]
-
-    def stop_all(self):
-        done = []
-        for s in self.swarms:
-            s.stopService().addBoth(done.append)
-        self.run(10)
-        assert done == [None] * len(self.swarms)
-        self.boot.stopService()
-        self.run(1)
-        assert self.clock.getDelayedCalls() == []
 
 
 def fired(d):
