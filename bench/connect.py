@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import selectors
 import socket
 import statistics
 import subprocess
@@ -45,6 +44,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench._peer import Peer  # noqa: E402
 
 NODE_MODULES = REPO / "tests" / "node" / "node_modules"
 
@@ -154,52 +155,6 @@ def _python_peer(cfg: dict) -> None:
 # ---------------------------------------------------------------- the driver
 
 
-class Peer:
-    """A child speaking JSON lines; every wait is bounded."""
-
-    def __init__(self, argv, env=None, name="") -> None:
-        self.name = name or " ".join(argv[:3])
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL if not os.environ.get("BENCH_VERBOSE") else None,
-                                     text=True, env=env, cwd=str(REPO))
-
-    def read(self, event: str, timeout: float) -> dict:
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        end = time.monotonic() + timeout
-        try:
-            while True:
-                left = end - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    raise TimeoutError(f"no {event!r} from the {self.name} in {timeout}s")
-                line = self.proc.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"{self.name} exited before {event!r}")
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    continue
-                if obj.get("event") == event:
-                    return obj
-                if obj.get("event") == "error":
-                    raise RuntimeError(f"{self.name}: {obj}")
-        finally:
-            sel.close()
-
-    def send_line(self, text: str) -> None:
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def free_port() -> int:
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
@@ -259,12 +214,12 @@ def measure(announcer: str, dialler: str, transport: str, size: int, boot: Boots
     env = dict(os.environ, NODE_PATH=str(NODE_MODULES))
     base = {"topic": os.urandom(32).hex(), "bootstrap": boot.address, "utp": transport == "utp", "size": size}
     ann = Peer(argv_for(announcer, dict(base, role="announce")), env,
-               f"{NAMES[announcer]} announcer ({NAMES[dialler]} dialler, {transport})")
+               f"{NAMES[announcer]} announcer ({NAMES[dialler]} dialler, {transport})", quiet=True)
     dial = None
     try:
         ann.read("announced", 30)
         dial = Peer(argv_for(dialler, dict(base, role="dial")), env,
-                    f"{NAMES[dialler]} dialler ({NAMES[announcer]} announcer, {transport})")
+                    f"{NAMES[dialler]} dialler ({NAMES[announcer]} announcer, {transport})", quiet=True)
         dial.read("ready", 30)
         dial.send_line("go")
         conn = dial.read("connected", 20)

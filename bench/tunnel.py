@@ -224,7 +224,6 @@ def run(args) -> dict:
     procs = Procs()
     backend_port, boot_port = free_port(), free_port()
     topic_text = f"bench-tunnel-{os.getpid()}"
-    topic = hashlib.sha256(topic_text.encode()).hexdigest()
     try:
         procs.start("backend", [sys.executable, __file__, "--backend", str(backend_port), "--size", str(args.size)],
                     "listening")

@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench._peer import Peer  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
@@ -135,44 +136,6 @@ def emit(**obj) -> None:
 
 
 # ---------------------------------------------------------------- the driver
-
-
-class Peer:
-    def __init__(self, argv, env=None) -> None:
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=str(REPO)
-        )
-
-    def read(self, event: str, timeout: float) -> dict:
-        import selectors
-
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        end = time.monotonic() + timeout
-        try:
-            while True:
-                left = end - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    raise TimeoutError(f"no {event!r} from {self.proc.args[:3]} in {timeout}s")
-                line = self.proc.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"{self.proc.args[:3]} exited before {event!r}")
-                obj = json.loads(line)
-                if obj.get("event") == event:
-                    return obj
-                if obj.get("event") == "error":
-                    raise RuntimeError(f"{self.proc.args[:3]}: {obj}")
-        finally:
-            sel.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def argv_for(impl: str, role: str, *args) -> list:
