@@ -53,10 +53,15 @@ class Peer:
         self.proc.stdin.flush()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc)
+
+
+def end_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 5 s: the child is gone when this returns."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

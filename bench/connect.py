@@ -45,7 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._peer import Peer  # noqa: E402
+from bench._peer import Peer, end_process  # noqa: E402
 
 NODE_MODULES = REPO / "tests" / "node" / "node_modules"
 
@@ -195,12 +195,7 @@ class Bootstrap:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        end_process(self.proc)
         self.log.close()
 
 
