@@ -64,9 +64,11 @@ MAX_PENDING = 4096
 #: ``_holepunch`` requests from one source IP the node relays per second
 #: (``dropped["holepunch_ip"]`` beyond). A relayed holepunch goes to any
 #: address the request names, so a spoofed source makes the node a
-#: reflector. A Node peer sends one per dial through a referrer (and one
-#: per retry, at most 3): a peer dialling its whole swarm at once through
-#: one referrer stays under this (256 = the daemon's default --max-peers).
+#: reflector. A Node peer (dht-rpc 4.9.6) sends one per dial through a
+#: referrer and one with each retry of a request to a node it learned
+#: through a referrer: a few to a few tens a second. A peer dialling its
+#: whole swarm at once through one referrer stays under this (256 = the
+#: daemon's default --max-peers).
 HOLEPUNCH_RELAY_PER_IP = 256
 #: ... and from all sources together per second (``dropped["holepunch_total"]``).
 HOLEPUNCH_RELAY_TOTAL = 2048
