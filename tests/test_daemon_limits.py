@@ -215,7 +215,8 @@ def test_holepunch_relay_holds_a_flood_from_one_address_and_relays_another():
             w.net.run(0.01, step=0.01)
         w.net.run(2)
         flood_seconds = 3 + 1  # windows the flood touched, at most
-        assert 0 < w.relayed[FLOODER[0]] <= 10 * flood_seconds
+        # 10 a window: the budget renews each second, never more
+        assert 10 * (flood_seconds - 1) <= w.relayed[FLOODER[0]] <= 10 * flood_seconds
         assert w.relay.dropped["holepunch_ip"] == 1500 - w.relayed[FLOODER[0]]
         # every holepunch of the other address reached the target through the
         # relay (the direct path is cut) and the target answered it
@@ -236,7 +237,7 @@ def test_holepunch_relay_total_budget_holds_a_flood_from_many_addresses():
                 w.net.run(0.05, step=0.05)
         w.net.run(1)
         relayed = sum(w.relayed.values())
-        assert 50 <= relayed <= 100  # one or two one-second windows
+        assert 50 < relayed <= 100  # the 1 s of requests spans two one-second windows
         assert w.relay.dropped["holepunch_total"] == 2000 - relayed
         assert w.relay.dropped["holepunch_ip"] == 0
     finally:
