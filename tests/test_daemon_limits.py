@@ -244,6 +244,17 @@ def test_holepunch_relay_total_budget_holds_a_flood_from_many_addresses():
         w.stop()
 
 
+def test_holepunch_relay_budgets_spare_the_exempt_sources():
+    w = RelayWorld(holepunch_relay_per_ip=1, holepunch_relay_total=1, rate_limit_exempt={FLOODER[0]})
+    try:
+        for i in range(20):
+            w.net.transmit(holepunch_to(i, TARGET), FLOODER, RELAY)
+        w.net.run(0.5)
+        assert w.relayed[FLOODER[0]] == 20 and not w.relay.dropped
+    finally:
+        w.stop()
+
+
 def test_holepunch_relay_defaults_spare_a_peer_dialling_its_whole_swarm_at_once():
     w = RelayWorld()
     try:
