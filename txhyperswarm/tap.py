@@ -319,7 +319,7 @@ def build_service(reactor, config: Options) -> service.MultiService:
         host=config["host"],
         port=config["port"],
         id=state.node_id() if state is not None else None,
-        **config["dht-options"],
+        **(config.get("dht-options") or {}),
     )
     node.setServiceParent(top)
     top.dht = node
@@ -412,8 +412,8 @@ def _build_swarm(reactor, config: Options, top: _Daemon) -> service.MultiService
         network_options={
             "max_tcp_per_address": config["max-conn-per-address"],
             "max_utp_per_address": config["max-conn-per-address"],
-            **config["network-options"],
-            "dht_options": config["dht-options"],
+            **(config.get("network-options") or {}),
+            "dht_options": config.get("dht-options") or {},
         },
     )
     swarm_holder.append(swarm)
