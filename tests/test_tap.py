@@ -35,6 +35,9 @@ def _twist(*args, timeout=30):
         ([], "--topic"),
         (["--topic", "x", "--expose", "tcp:host=127.0.0.1:port=8000", "--max-conn-per-address", "0"],
          "--max-conn-per-address"),
+        (["--bootstrap-node", "--dht-rate-limit", "0"], "--dht-rate-limit must be a whole number, at least 1"),
+        (["--bootstrap-node", "--dht-ping-rate", "fast"], "--dht-ping-rate must be a number greater than 0"),
+        (["--bootstrap-node", "--max-half-open", "5"], "--max-half-open limits the swarm's transports"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, says):

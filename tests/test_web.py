@@ -148,3 +148,45 @@ def test_status_and_metrics_of_a_swarm_with_tunnels():
     assert samples[("hyperswarm_refused_connections_total", (("reason", "firewall"),))] == 1
     yield node.stopService()
     net.run(1)
+
+
+#: every reason a limit against abuse refuses with, by the object counting it
+#: (docs/reliability.rst "Limits of the daemon")
+LIMIT_REASONS = {
+    "dht": ("rate_ip", "pending_ip", "pending_total", "holepunch_ip", "holepunch_total"),
+    "routing": ("ping_budget", "newcomer", "unverified"),
+    "utp": ("syn_too_many", "syn_per_address", "syn_half_open_per_address", "half_open_evicted"),
+    "mdns": ("answer_rate_limited",),
+}
+
+
+@pytest_twisted.inlineCallbacks
+def test_every_refusal_of_the_limits_appears_in_metrics():
+    from txhyperswarm.dht import messages as m
+    from txhyperswarm.mdns.service import MulticastDiscovery
+
+    net = UDPNetwork(latency=0.001)
+    node = DHTNode(net.reactor("10.0.0.1"), bootstrap=[], port=4000, host="10.0.0.1", holepunch_relay_per_ip=1)
+    node.startService()
+    utp = UTPSocket(net.reactor("10.0.0.1"), node.udp)
+    mdns = MulticastDiscovery(net.reactor("10.0.0.1"))
+    stub = StubTreq(status_site(node, utp=utp, mdns=mdns).resource)
+    # the new reason for real: two holepunches to relay from one address, budget 1
+    for rid in (1, 2):
+        msg = m.Message(version=1, type=m.QUERY, rid=rid, command=b"_holepunch",
+                        value=m.Holepunch(to=m.encode_peer("10.0.0.7", 7)).SerializeToString())
+        net.transmit(msg.SerializeToString(), ("10.0.0.2", 5), ("10.0.0.1", 4000))
+    net.run(0.1)
+    assert node.dropped["holepunch_ip"] == 1
+    counters = {"dht": node.dropped, "routing": node.routing_table.refused, "utp": utp.dropped,
+                "mdns": mdns.dropped}
+    for kind, reasons in LIMIT_REASONS.items():
+        for n, reason in enumerate(reasons, start=2):
+            counters[kind][reason] = n
+    samples = _samples((yield (yield stub.get("http://node/metrics")).text()))
+    for kind, reasons in LIMIT_REASONS.items():
+        family = "hyperswarm_dht_routing_refused_total" if kind == "routing" else "hyperswarm_dropped_datagrams_total"
+        for n, reason in enumerate(reasons, start=2):
+            assert samples[(family, (("reason", reason),))] == n, (kind, reason)
+    yield utp.close()
+    yield node.stopService()

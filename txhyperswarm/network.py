@@ -280,6 +280,9 @@ class Network:
         (``Connection(buffer_pause=)``).
     :param mdns_answers_per_second: as
         ``MulticastDiscovery(max_answers_per_second=)``.
+    :param dht_options: more keyword arguments for the
+        :class:`~txhyperswarm.dht.node.DHTNode`, e.g. its limits
+        (``rate_limit_per_ip``, ``max_pending_per_ip``, ...).
 
     :ivar dht: the :class:`~txhyperswarm.dht.node.DHTNode` (after bind).
     :ivar utp: the :class:`~txhyperswarm.utp.socket.UTPSocket` (after bind).
@@ -316,6 +319,7 @@ class Network:
         half_open_timeout: float = SYN_RECV_TIMEOUT,
         mdns_answers_per_second: float = MAX_ANSWERS_PER_SECOND,
         connection_buffer: int = BUFFER_PAUSE,
+        dht_options: Optional[Dict[str, Any]] = None,
     ) -> None:
         self.reactor = default_reactor(reactor)
         self.bootstrap = bootstrap
@@ -344,6 +348,7 @@ class Network:
         )
         self.mdns_answers_per_second = mdns_answers_per_second
         self.connection_buffer = connection_buffer
+        self.dht_options: Dict[str, Any] = dict(dht_options or {})
         self._tcp_inbound: Counter = Counter()
 
         self.dht: Any = None  # a DHTNode once bound
@@ -442,7 +447,8 @@ class Network:
         self.utp.listen(_InboundFactory(self._accept_utp))
         self.utp.firewall = self._utp_firewall
         self.dht = DHTNode(
-            self.reactor, bootstrap=self.bootstrap, ephemeral=self.ephemeral is not False, udp=self.udp, id=self.id
+            self.reactor, bootstrap=self.bootstrap, ephemeral=self.ephemeral is not False, udp=self.udp, id=self.id,
+            **self.dht_options,
         )
         peers.register(self.dht)  # every hyperswarm DHT node stores peer records
         self.dht.startService()

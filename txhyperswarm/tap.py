@@ -38,6 +38,76 @@ def _check_endpoint(kind: str, text: str) -> None:
         raise usage.UsageError(f"bad endpoint {text!r}: {e}") from None
 
 
+class _Limit:
+    """
+    One option of the daemon for a limit against abuse: its object's keyword
+    (``DHTNode`` for ``dht``, ``Network`` for ``network``), the number type
+    and the library default it documents (``tests/test_daemon_limits.py``
+    checks these against the library's constants).
+    """
+
+    def __init__(self, option: str, keyword: str, kind: str, number: type, default, text: str, example) -> None:
+        self.option = option
+        self.keyword = keyword
+        self.kind = kind
+        self.number = number
+        self.default = default
+        self.text = text
+        self.example = example
+
+    def help(self) -> str:
+        where = "" if self.kind == "dht" else " Swarm only (not with --bootstrap-node)."
+        default = f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+        return f"{self.text} (default {default}).{where} Example: --{self.option} {self.example}"
+
+    def parse(self, value: str):
+        """The number of ``value``, at least 1 (``> 0`` for a rate); UsageError otherwise."""
+        what = "a whole number, at least 1" if self.number is int else "a number greater than 0"
+        try:
+            n = self.number(value)
+        except ValueError:
+            raise usage.UsageError(f"--{self.option} must be {what}, got {value!r}") from None
+        if not (n >= 1 if self.number is int else n > 0) or n != n or n == float("inf"):
+            raise usage.UsageError(f"--{self.option} must be {what}, got {value!r}")
+        return n
+
+
+#: The daemon's options for the limits against abuse (docs/cli.rst,
+#: docs/reliability.rst "Limits of the daemon"). Not given: the library default.
+LIMITS = [
+    _Limit("dht-rate-limit", "rate_limit_per_ip", "dht", int, 2000,
+           "Datagrams one source IP address may send the DHT per second; the rest of that second is "
+           "dropped before decoding. 127.0.0.1 is exempt", 500),
+    _Limit("dht-max-pending-per-ip", "max_pending_per_ip", "dht", int, 64,
+           "DHT requests from one source IP address whose answer is still being worked on; more are "
+           "dropped", 16),
+    _Limit("dht-max-pending", "max_pending", "dht", int, 4096,
+           "DHT requests from all sources whose answer is still being worked on; more are dropped", 1024),
+    _Limit("dht-ping-rate", "ping_rate", "dht", float, 20.0,
+           "Liveness pings per second the DHT routing table may start, on average", 10),
+    _Limit("dht-ping-burst", "ping_burst", "dht", int, 100,
+           "Liveness pings the DHT routing table may start at once after a quiet spell", 50),
+    _Limit("dht-holepunch-rate", "holepunch_relay_per_ip", "dht", int, 256,
+           "Holepunch requests from one source IP address the DHT node relays per second; more are "
+           "dropped. 127.0.0.1 is exempt", 64),
+    _Limit("dht-holepunch-total", "holepunch_relay_total", "dht", int, 2048,
+           "Holepunch requests from all sources the DHT node relays per second", 512),
+    _Limit("max-utp-connections", "max_utp_connections", "network", int, 3000,
+           "uTP connections in all (any state, any direction); SYNs beyond are dropped", 1000),
+    _Limit("max-utp-per-address", "max_utp_per_address", "network", int, "--max-conn-per-address",
+           "Inbound uTP connections one remote IP address may hold, overriding --max-conn-per-address "
+           "for uTP", 32),
+    _Limit("max-half-open", "max_half_open", "network", int, 512,
+           "Inbound uTP connections still in their handshake, in all; beyond, the oldest is evicted", 128),
+    _Limit("max-half-open-per-address", "max_half_open_per_address", "network", int, 64,
+           "Inbound uTP connections still in their handshake from one IP address; more SYNs are dropped", 8),
+    _Limit("mdns-answers-per-second", "mdns_answers_per_second", "network", float, 50.0,
+           "Multicast DNS answers sent per second, whoever asks", 10),
+    _Limit("connection-buffer", "connection_buffer", "network", int, 1 << 20,
+           "Bytes a swarm connection holds before its tunnel takes it; beyond, reading pauses", 262144),
+]
+
+
 class Options(usage.Options):
     """Command line of ``twist hyperswarm``."""
 
@@ -76,7 +146,7 @@ class Options(usage.Options):
          "Example: --status-http tcp:port=9100:interface=127.0.0.1"],
         ["state-dir", None, None, "Keep the node id and a routing-table snapshot here. "
          "Example: --state-dir /var/lib/hyperswarm"],
-    ]
+    ] + [[limit.option, None, None, limit.help()] for limit in LIMITS]
 
     def __init__(self) -> None:
         super().__init__()
@@ -113,6 +183,20 @@ class Options(usage.Options):
             sys.stderr.write(f"twist hyperswarm: error: {e}\n")
             raise SystemExit(2)
 
+    def _limits(self) -> None:
+        """Parse the limit options into ``self["dht-options"]`` and ``self["network-options"]``."""
+        chosen: dict = {"dht": {}, "network": {}}
+        for limit in LIMITS:
+            value = self[limit.option]
+            if value is None:
+                continue
+            if limit.kind == "network" and self["bootstrap-node"]:
+                raise usage.UsageError(
+                    f"--{limit.option} limits the swarm's transports: a --bootstrap-node has only its DHT node")
+            self[limit.option] = chosen[limit.kind][limit.keyword] = limit.parse(value)
+        self["dht-options"] = chosen["dht"]
+        self["network-options"] = chosen["network"]
+
     def postOptions(self) -> None:
         if self["max-peers"] < 1:
             raise usage.UsageError(f"--max-peers must be at least 1, got {self['max-peers']}")
@@ -121,6 +205,7 @@ class Options(usage.Options):
         elif self["max-conn-per-address"] < 1:
             raise usage.UsageError(
                 f"--max-conn-per-address must be at least 1, got {self['max-conn-per-address']}")
+        self._limits()
         if self["ephemeral"] and self["persistent"]:
             raise usage.UsageError("--ephemeral and --persistent exclude each other")
         try:
@@ -234,6 +319,7 @@ def build_service(reactor, config: Options) -> service.MultiService:
         host=config["host"],
         port=config["port"],
         id=state.node_id() if state is not None else None,
+        **(config.get("dht-options") or {}),
     )
     node.setServiceParent(top)
     top.dht = node
@@ -326,6 +412,8 @@ def _build_swarm(reactor, config: Options, top: _Daemon) -> service.MultiService
         network_options={
             "max_tcp_per_address": config["max-conn-per-address"],
             "max_utp_per_address": config["max-conn-per-address"],
+            **(config.get("network-options") or {}),
+            "dht_options": config.get("dht-options") or {},
         },
     )
     swarm_holder.append(swarm)

@@ -170,8 +170,20 @@ class NodeMetrics:
             for reason, n in sorted(network.get("refused", {}).items()):
                 refused.add_metric([reason], n)
             yield refused
+        routing = CounterMetricFamily(
+            "hyperswarm_dht_routing_refused", "What the DHT routing table's bounds refused, by reason "
+            "(ping_budget: a liveness ping over the ping budget; newcomer: a node offered to a full bucket "
+            "already evicting; unverified: a quiet node that never answered us, forgotten).",
+            labels=["reason"],
+        )
+        for reason, n in sorted(node.get("routing_refused", {}).items()):
+            routing.add_metric([reason], n)
+        yield routing
         dropped = CounterMetricFamily(
-            "hyperswarm_dropped_datagrams", "Datagrams and requests dropped, by reason.", labels=["reason"]
+            "hyperswarm_dropped_datagrams", "Datagrams and requests dropped, by reason (the DHT's limits: "
+            "rate_ip, pending_ip, pending_total, holepunch_ip, holepunch_total; uTP's: syn_too_many, "
+            "syn_per_address, syn_half_open_per_address, half_open_evicted; mDNS: answer_rate_limited).",
+            labels=["reason"],
         )
         reasons: Counter = Counter()
         for figures in (node, udp, utp, mdns):

@@ -39,6 +39,7 @@ def test_stats_are_a_fresh_dict_of_the_live_figures():
         "routing_table_size": 1,
         "rpc_requests": a.rpc_requests,
         "dropped": Counter(),
+        "routing_refused": Counter(),
     }
     assert isinstance(s["rpc_requests"], Counter) and s["rpc_requests"][("_find_node", "in")] >= 1
     assert b.stats()["rpc_requests"][("_find_node", "out")] >= 1

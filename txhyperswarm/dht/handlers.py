@@ -6,8 +6,9 @@ commands of a :class:`~txhyperswarm.dht.commands.CommandRegistry`.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -18,7 +19,19 @@ from txhyperswarm.dht.errors import CommandError, IgnoreRequest
 from txhyperswarm.dht.messages import DecodeError, Holepunch, Message, decode_holepunch, encode_peer
 from txhyperswarm.dht.query import decode_to
 
-__all__ = ["Responder", "first_peer", "norm_target", "PING", "FIND_NODE", "HOLEPUNCH", "OTHER"]
+__all__ = [
+    "Responder",
+    "first_peer",
+    "norm_target",
+    "PING",
+    "FIND_NODE",
+    "HOLEPUNCH",
+    "OTHER",
+    "MAX_PENDING_PER_IP",
+    "MAX_PENDING",
+    "HOLEPUNCH_RELAY_PER_IP",
+    "HOLEPUNCH_RELAY_TOTAL",
+]
 
 Address = Tuple[str, int]
 
@@ -48,6 +61,19 @@ def norm_target(target: bytes) -> bytes:
 MAX_PENDING_PER_IP = 64
 #: ... and from all sources together.
 MAX_PENDING = 4096
+#: ``_holepunch`` requests from one source IP the node relays per second
+#: (``dropped["holepunch_ip"]`` beyond). A relayed holepunch goes to any
+#: address the request names, so a spoofed source makes the node a
+#: reflector. A Node peer (dht-rpc 4.9.6) sends one per dial through a
+#: referrer and one with each retry of a request to a node it learned
+#: through a referrer: a few to a few tens a second. A peer dialling its
+#: whole swarm at once through one referrer stays under this (256 = the
+#: daemon's default --max-peers).
+HOLEPUNCH_RELAY_PER_IP = 256
+#: ... and from all sources together per second (``dropped["holepunch_total"]``).
+HOLEPUNCH_RELAY_TOTAL = 2048
+#: Source IPs counted in one second at most (beyond: the count restarts).
+_RELAY_TRACKED = 65536
 
 
 class Responder:
@@ -64,6 +90,14 @@ class Responder:
         (``dropped["pending_ip"]``).
     :param max_pending: the same for all sources together
         (``dropped["pending_total"]``).
+    :param seconds: the clock of the holepunch relay's one-second windows
+        (the reactor's ``seconds``).
+    :param holepunch_relay_per_ip: ``_holepunch`` requests from one source
+        IP relayed per second; more are dropped (``dropped["holepunch_ip"]``).
+        ``0`` or ``None``: no limit.
+    :param holepunch_relay_total: the same for all sources together
+        (``dropped["holepunch_total"]``). Sources in the RPC layer's
+        ``rate_limit_exempt`` are counted in neither.
     """
 
     log = Logger()
@@ -77,9 +111,19 @@ class Responder:
         dropped: Counter,
         max_pending_per_ip: int = MAX_PENDING_PER_IP,
         max_pending: int = MAX_PENDING,
+        seconds: Optional[Callable[[], float]] = None,
+        holepunch_relay_per_ip: Optional[int] = HOLEPUNCH_RELAY_PER_IP,
+        holepunch_relay_total: Optional[int] = HOLEPUNCH_RELAY_TOTAL,
     ) -> None:
         self.max_pending_per_ip = max_pending_per_ip
         self.max_pending = max_pending
+        self.holepunch_relay_per_ip = holepunch_relay_per_ip
+        self.holepunch_relay_total = holepunch_relay_total
+        self._seconds = seconds if seconds is not None else time.monotonic
+        #: Holepunches relayed in the current second, by source IP, and in all.
+        self._relayed: Dict[str, int] = {}
+        self._relayed_total = 0
+        self._relay_second: Optional[int] = None
         #: Requests whose handler has not answered yet, by source IP.
         self.pending: Counter = Counter()
         self.pending_total = 0
@@ -130,13 +174,38 @@ class Responder:
             if to is None or to == (host, port):
                 self.dropped["value"] += 1
                 return
-            self._relay(msg, host, port, to)
+            if self._relay_allowed(host):
+                self._relay(msg, host, port, to)
             return
         if punch.HasField("from"):
             frm = first_peer(getattr(punch, "from"))
             if frm is not None:
                 host, port = frm
         self._rpc.response(msg.rid, host, port)
+
+    def _relay_allowed(self, host: str) -> bool:
+        """Whether the relay budget of this second has room for one from ``host`` (counted)."""
+        per_ip, total = self.holepunch_relay_per_ip, self.holepunch_relay_total
+        if not (per_ip or total) or host in self._rpc.rate_limit_exempt:
+            return True
+        second = int(self._seconds())
+        if second != self._relay_second:
+            self._relay_second = second
+            self._relayed.clear()
+            self._relayed_total = 0
+        if total and self._relayed_total >= total:
+            self.dropped["holepunch_total"] += 1
+            return False
+        relayed = self._relayed
+        n = relayed.get(host, 0)
+        if per_ip and n >= per_ip:
+            self.dropped["holepunch_ip"] += 1
+            return False
+        if not n and len(relayed) >= _RELAY_TRACKED:
+            relayed.clear()
+        relayed[host] = n + 1
+        self._relayed_total += 1
+        return True
 
     def _relay(self, msg: Message, host: str, port: int, to: Address) -> None:
         """Pass a ``_holepunch`` on to ``to``, saying it came from ``host:port``."""

@@ -47,7 +47,15 @@ from txhyperswarm.dht.errors import (
     RequestCancelled,
     RequestTimeout,
 )
-from txhyperswarm.dht.handlers import FIND_NODE, MAX_PENDING, MAX_PENDING_PER_IP, Responder, norm_target
+from txhyperswarm.dht.handlers import (
+    FIND_NODE,
+    HOLEPUNCH_RELAY_PER_IP,
+    HOLEPUNCH_RELAY_TOTAL,
+    MAX_PENDING,
+    MAX_PENDING_PER_IP,
+    Responder,
+    norm_target,
+)
 from txhyperswarm.dht.messages import Message, is_ipv4_literal
 from txhyperswarm.dht.query import Reply, Walk, WalkContext
 from txhyperswarm.dht.routing import PING_BURST, PING_RATE, K, Contact, RoutingTable
@@ -109,6 +117,15 @@ class DHTNode(DHTClient, service.Service):
         answered yet; more are dropped (``dropped["pending_ip"]``; 64).
     :param max_pending: the same for all sources (``dropped["pending_total"]``;
         4096).
+    :param holepunch_relay_per_ip: ``_holepunch`` requests from one source
+        IP the node relays to the address they name, per second; more are
+        dropped (``dropped["holepunch_ip"]``;
+        :data:`~txhyperswarm.dht.handlers.HOLEPUNCH_RELAY_PER_IP`, 256);
+        ``0``: no limit.
+    :param holepunch_relay_total: the same for all sources
+        (``dropped["holepunch_total"]``;
+        :data:`~txhyperswarm.dht.handlers.HOLEPUNCH_RELAY_TOTAL`, 2048).
+        Sources in ``rate_limit_exempt`` count in neither.
 
     Limits against abuse (see ``docs/reliability.rst``): besides the ping
     budget, a full bucket runs at most one eviction ping at a time
@@ -136,6 +153,8 @@ class DHTNode(DHTClient, service.Service):
         rate_limit_exempt: Iterable[str] = RATE_LIMIT_EXEMPT,
         max_pending_per_ip: int = MAX_PENDING_PER_IP,
         max_pending: int = MAX_PENDING,
+        holepunch_relay_per_ip: Optional[int] = HOLEPUNCH_RELAY_PER_IP,
+        holepunch_relay_total: Optional[int] = HOLEPUNCH_RELAY_TOTAL,
     ) -> None:
         reactor = default_reactor(reactor)
         if id is not None and len(id) != 32:
@@ -177,7 +196,16 @@ class DHTNode(DHTClient, service.Service):
         )
         self._commands = CommandRegistry()
         self._responder = Responder(
-            rpc, self._table, self._id, self._commands, self.dropped, max_pending_per_ip, max_pending
+            rpc,
+            self._table,
+            self._id,
+            self._commands,
+            self.dropped,
+            max_pending_per_ip,
+            max_pending,
+            seconds=reactor.seconds,
+            holepunch_relay_per_ip=holepunch_relay_per_ip,
+            holepunch_relay_total=holepunch_relay_total,
         )
         DHTClient.__init__(self, reactor, WalkContext(self._id, rpc, self._table, self._bootstrap))
         self._stop_hooks: Dict[Callable[[], None], None] = {}
@@ -280,7 +308,11 @@ class DHTNode(DHTClient, service.Service):
         * ``rpc_requests``: ``Counter`` by ``(command, direction)``
           (:attr:`rpc_requests`);
         * ``dropped``: ``Counter`` of dropped datagrams and requests by
-          reason (:attr:`dropped`).
+          reason (:attr:`dropped`);
+        * ``routing_refused``: ``Counter`` of what the routing table's
+          bounds refused by reason (``ping_budget``, ``newcomer``,
+          ``unverified``; :attr:`RoutingTable.refused
+          <txhyperswarm.dht.routing.RoutingTable.refused>`).
         """
         host = port = None
         if self._udp is not None and self._udp.listening:
@@ -293,6 +325,27 @@ class DHTNode(DHTClient, service.Service):
             "routing_table_size": len(self._table),
             "rpc_requests": self.rpc_requests,
             "dropped": Counter(self.dropped),
+            "routing_refused": Counter(self._table.refused),
+        }
+
+    def limits(self) -> dict:
+        """
+        The node's limits against abuse in effect (the constructor's
+        options of the same names; ``docs/reliability.rst``), a fresh dict:
+        ``rate_limit_per_ip``, ``rate_limit_exempt``, ``max_pending_per_ip``,
+        ``max_pending``, ``ping_rate``, ``ping_burst``,
+        ``holepunch_relay_per_ip``, ``holepunch_relay_total``.
+        """
+        responder = self._responder
+        return {
+            "rate_limit_per_ip": self._rpc.rate_limit_per_ip,
+            "rate_limit_exempt": self._rpc.rate_limit_exempt,
+            "max_pending_per_ip": responder.max_pending_per_ip,
+            "max_pending": responder.max_pending,
+            "ping_rate": self._table.ping_rate,
+            "ping_burst": self._table.ping_burst,
+            "holepunch_relay_per_ip": responder.holepunch_relay_per_ip,
+            "holepunch_relay_total": responder.holepunch_relay_total,
         }
 
     # -- lifecycle --------------------------------------------------------
