@@ -179,7 +179,10 @@ def rss_mib(pid: int) -> float:
 
 
 def udp_socket_figures(port: int) -> dict:
-    """``rx_queue`` (bytes) and ``drops`` of the UDP socket bound to ``port`` (this netns)."""
+    """
+    ``rx_queue`` (bytes) and ``drops`` of the UDP socket bound to ``port``
+    on 127.0.0.1 or on any address (this netns).
+    """
     rx = drops = 0
     found = False
     for name in ("/proc/net/udp", "/proc/net/udp6"):
@@ -189,7 +192,9 @@ def udp_socket_figures(port: int) -> dict:
             continue
         for line in lines:
             f = line.split()
-            if int(f[1].rsplit(":", 1)[1], 16) != port:
+            local, hexport = f[1].rsplit(":", 1)
+            # the node's socket: 127.0.0.1 or any address (not a flood source that got the same port)
+            if int(hexport, 16) != port or local.lstrip("0").upper() not in ("", "100007F", "FFFF00000100007F"):
                 continue
             found = True
             rx += int(f[4].split(":")[1], 16)
@@ -204,7 +209,10 @@ def flooder(cfg: dict) -> None:
     """
     JSON lines on stdin: ``{"cmd": "tokens"}`` (a ``_ping`` from every
     source, keeping the roundtrip token of the answer), ``{"cmd": "flood",
-    "kind", "count", "progress", "paced", "plan"}``; ``{"cmd": "exit"}``.
+    "kind", "count", "progress", "paced", "drain", "plan"}`` (``progress``:
+    a line every that many datagrams; ``paced``: let the node's receive
+    queue drain every 100; ``drain``: report the end once it drained);
+    ``{"cmd": "exit"}``.
     """
     host, port = cfg.get("host", "127.0.0.1"), cfg["port"]
     addr = (host, port)
@@ -291,6 +299,10 @@ def _flood(socks, addr, payloads, cmd) -> None:
             while udp_socket_figures(port)["rx_queue"] and time.monotonic() < end:
                 time.sleep(0.002)
     seconds = time.perf_counter() - t0
+    if cmd.get("drain"):  # report once the node has read what its socket queued
+        end = time.monotonic() + 10
+        while udp_socket_figures(port)["rx_queue"] and time.monotonic() < end:
+            time.sleep(0.005)
     # what the sources were sent back (answers, SYN-ACKs) is of no interest
     for s in socks:
         try:
@@ -571,7 +583,7 @@ def measure_target(make, kinds, count: int, workdir: Path) -> dict:
             rss0, lines0 = rss_mib(target.pid), target.log_lines()
             ping.send_line(json.dumps({"cmd": "start", "interval": 0.002}))
             time.sleep(0.1)
-            flood.send_line(json.dumps({"cmd": "flood", "kind": kind, "count": n}))
+            flood.send_line(json.dumps({"cmd": "flood", "kind": kind, "count": n, "drain": True}))
             done = flood.read("flooded", 300)
             time.sleep(0.3)
             ping.send_line(json.dumps({"cmd": "stop"}))
