@@ -183,3 +183,30 @@ def test_floods_at_a_running_daemon(private_netns, processes, reactor):
     text = daemon.raw_stdout.decode("utf-8", "replace") + daemon.stderr.decode("utf-8", "replace")
     bad = [line for line in text.splitlines() if any(b in line for b in BAD_LINES)]
     assert not bad, bad[:5]
+
+
+def test_records_held_in_stats_and_metrics():
+    """``RecordStore.stats()`` and the gauges ``/metrics`` makes of it."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from twisted.internet.task import Clock
+
+    from txhyperswarm.dht.records import RecordStore
+    from txhyperswarm.web import NodeMetrics
+
+    clock = Clock()
+    store = RecordStore(clock, max_per_topic=3, max_per_ip=2)
+    topic_a, topic_b = b"a" * 32, b"b" * 32
+    for i, ip in enumerate(["10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.3"]):
+        store.announce(topic_a, bytes([10, 0, 0, 1 + i, 0, i + 1]), ip)
+    clock.advance(store.rotate_interval)  # the first ones go stale: still held, still counted
+    store.announce(topic_b, b"\x0a\x00\x00\x02\x00\x09", "10.0.0.2")
+    assert store.stats() == {"records": 4, "largest_topic": 3, "largest_address": 2,
+                             "refused": {"ip-cap": 1, "topic-cap": 1, "evicted": 0}}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeMetrics(records=store))
+    s = samples(generate_latest(registry).decode())
+    assert s[("hyperswarm_dht_records", ())] == 4
+    assert s[("hyperswarm_dht_records_largest_topic", ())] == 3
+    assert s[("hyperswarm_dht_records_largest_address", ())] == 2
+    assert s[("hyperswarm_dht_records_refused_total", (("reason", "ip-cap"),))] == 1
+    assert s[("hyperswarm_dht_records_refused_total", (("reason", "topic-cap"),))] == 1
