@@ -7,9 +7,10 @@
 //
 // Prints {"event":"ready","port","pid"} once listening and joined.
 // stdin: {"cmd":"stats"} -> {"event":"stats","records","hot","per_address",
-//        "log_lines","rss"}: records held in the DHT's record cache (fresh and
+//        "log_lines","rss","connections","peers"}: records held in the DHT's record cache (fresh and
 //        stale), for the topic "hot", for the announcing IP with the most; lines
-//        anything wrote to the console (warnings, errors) so far.
+//        anything wrote to the console (warnings, errors) so far; the swarm's
+//        open connections and the peers it counts against maxPeers.
 // SIGTERM/SIGINT/stdin end: destroy the swarm and exit 0.
 'use strict'
 const hyperswarm = require('hyperswarm')
@@ -49,7 +50,16 @@ function stats () {
   }
   let largest = 0
   for (const n of perIp.values()) largest = Math.max(largest, n)
-  return { event: 'stats', records: cache.size, hot, per_address: largest, log_lines: logLines, rss: process.memoryUsage().rss }
+  return {
+    event: 'stats',
+    records: cache.size,
+    hot,
+    per_address: largest,
+    log_lines: logLines,
+    rss: process.memoryUsage().rss,
+    connections: swarm.connections.size,
+    peers: swarm.peers
+  }
 }
 
 swarm.listen(cfg.port || 0, (err) => {
