@@ -285,6 +285,8 @@ class Network:
         (``rate_limit_per_ip``, ``max_pending_per_ip``, ...).
 
     :ivar dht: the :class:`~txhyperswarm.dht.node.DHTNode` (after bind).
+    :ivar records: the :class:`~txhyperswarm.dht.records.RecordStore` of the
+        peer records announced to it (after bind).
     :ivar utp: the :class:`~txhyperswarm.utp.socket.UTPSocket` (after bind).
     :ivar udp: the shared :class:`~txhyperswarm.udp.UDPSocket` (after bind).
     :ivar mdns: the :class:`~txhyperswarm.mdns.MulticastDiscovery`, or ``None``.
@@ -352,6 +354,7 @@ class Network:
         self._tcp_inbound: Counter = Counter()
 
         self.dht: Any = None  # a DHTNode once bound
+        self.records: Any = None  # its RecordStore once bound
         self.utp: Any = None  # a UTPSocket once bound
         self.udp: Any = None  # a UDPSocket once bound
         self.mdns: Any = None  # a MulticastDiscovery once bound (multicast on)
@@ -450,7 +453,8 @@ class Network:
             self.reactor, bootstrap=self.bootstrap, ephemeral=self.ephemeral is not False, udp=self.udp, id=self.id,
             **self.dht_options,
         )
-        peers.register(self.dht)  # every hyperswarm DHT node stores peer records
+        # every hyperswarm DHT node stores peer records
+        self.records = peers.register(self.dht).store
         self.dht.startService()
         if self.ephemeral is None:
             self.adaptive = AdaptiveEphemerality(self.reactor, self.dht, self.random)

@@ -64,6 +64,10 @@ class SwarmParts:
     def mdns(self):
         return self._network_part("mdns")
 
+    @property
+    def records(self):
+        return self._network_part("records")
+
 
 def swarm_topics(swarm, tunnels=None) -> List[dict]:
     """``/status`` topic entries: the swarm's topics with the distinct peers found for each."""
@@ -102,8 +106,9 @@ class NodeMetrics:
     the DHT node, its UDP socket and (when given) the uTP socket and mDNS.
     """
 
-    def __init__(self, node=None, *, utp=None, mdns=None, swarm=None, tunnels=None) -> None:
+    def __init__(self, node=None, *, utp=None, mdns=None, swarm=None, tunnels=None, records=None) -> None:
         self._node = node
+        self._records = records
         self._utp = utp
         self._mdns = mdns
         self._swarm = swarm
@@ -123,6 +128,7 @@ class NodeMetrics:
         swarm = _stats(self._swarm)
         tunnels = _stats(self._tunnels)
         network = _stats(parts.network) if parts is not None else {}
+        records = _stats(parts.records if parts is not None else self._records)
         yield GaugeMetricFamily("hyperswarm_connections", "Open swarm connections.",
                                 value=swarm.get("connections", 0))
         yield CounterMetricFamily("hyperswarm_peers_discovered", "Distinct peers discovered per topic (DHT and mDNS).",
@@ -162,6 +168,22 @@ class NodeMetrics:
                                     value=utp["connections"])
             yield GaugeMetricFamily("hyperswarm_utp_half_open", "Inbound uTP connections still in their handshake.",
                                     value=utp.get("half_open", 0))
+        if records:
+            yield GaugeMetricFamily("hyperswarm_dht_records", "Peer records this DHT node holds.",
+                                    value=records["records"])
+            yield GaugeMetricFamily("hyperswarm_dht_records_largest_topic",
+                                    "Peer records held for the topic that has the most.",
+                                    value=records["largest_topic"])
+            yield GaugeMetricFamily("hyperswarm_dht_records_largest_address",
+                                    "Peer records held that the announcing IP with the most announced.",
+                                    value=records["largest_address"])
+            kept_out = CounterMetricFamily(
+                "hyperswarm_dht_records_refused", "Announced peer records refused or evicted, by reason "
+                "(ip-cap, topic-cap: a cap refused a new record; evicted: the oldest made room).",
+                labels=["reason"])
+            for reason, n in sorted(records["refused"].items()):
+                kept_out.add_metric([reason], n)
+            yield kept_out
         if network:
             refused = CounterMetricFamily(
                 "hyperswarm_refused_connections", "Inbound connections refused before the application saw them, "
@@ -194,7 +216,8 @@ class NodeMetrics:
 
 
 def status_site(node=None, *, utp: Optional[object] = None, mdns: Optional[object] = None,
-                swarm: Optional[object] = None, tunnels: Optional[object] = None):
+                swarm: Optional[object] = None, tunnels: Optional[object] = None,
+                records: Optional[object] = None):
     """
     A ``twisted.web`` site serving ``GET /status`` and ``GET /metrics``.
 
@@ -202,12 +225,14 @@ def status_site(node=None, *, utp: Optional[object] = None, mdns: Optional[objec
     :param swarm: a :class:`~txhyperswarm.swarm.Hyperswarm`: its network's
         node, sockets and mDNS are read instead of ``node``/``utp``/``mdns``.
     :param tunnels: the daemon's :class:`~txhyperswarm.tunnel.Tunnels`.
+    :param records: the :class:`~txhyperswarm.dht.records.RecordStore` of a
+        bootstrap node (a swarm's is read from its network).
     """
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from twisted.web import resource, server
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeMetrics(node, utp=utp, mdns=mdns, swarm=swarm, tunnels=tunnels))
+    registry.register(NodeMetrics(node, utp=utp, mdns=mdns, swarm=swarm, tunnels=tunnels, records=records))
     parts = SwarmParts(swarm) if swarm is not None else None
 
     def status() -> dict:

@@ -34,8 +34,10 @@ from typing import Dict, List, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from txhyperswarm._reactor import default_reactor
+from txhyperswarm.interfaces import IStatsSource
 
 __all__ = [
     "RecordStore",
@@ -159,6 +161,7 @@ def _decrement(counter: Dict[str, int], name: str) -> None:
         del counter[name]
 
 
+@implementer(IStatsSource)
 class RecordStore:
     """
     Peer records of ``peers`` announces, with record-cache's expiry and caps.
@@ -234,6 +237,29 @@ class RecordStore:
         """How many stored records ``ip`` announced."""
         self._expire()
         return self._fresh.per_ip.get(ip, 0) + self._stale.per_ip.get(ip, 0)
+
+    def stats(self) -> dict:
+        """
+        The live figures (:class:`txhyperswarm.interfaces.IStatsSource`):
+        ``records`` held in total, ``largest_topic`` and ``largest_address``
+        (the records of the topic, of the announcing IP, that hold the
+        most), and ``refused`` (a copy of :attr:`refused`).
+        """
+        self._expire()
+        fresh, stale = self._fresh, self._stale
+
+        def largest(a: Dict[str, int], b: Dict[str, int]) -> int:
+            both = dict(b)
+            for k, n in a.items():
+                both[k] = both.get(k, 0) + n
+            return max(both.values(), default=0)
+
+        return {
+            "records": len(fresh) + len(stale),
+            "largest_topic": largest(fresh.per_topic, stale.per_topic),
+            "largest_address": largest(fresh.per_ip, stale.per_ip),
+            "refused": dict(self.refused),
+        }
 
     def count_for_topic(self, topic: bytes) -> int:
         """How many records (public and LAN) are stored for ``topic``."""

@@ -1,0 +1,212 @@
+"""
+Floods at a running ``twist hyperswarm`` (issue 12, "Floods"): the fast form
+of ``bench/daemon_flood.py``, whose flooder child it uses.
+
+The daemon is a real process, persistent, serving a topic (``--expose``) on
+one port of 127.0.0.1: a DHT node that stores peer records, a uTP socket, a
+TCP listener, mDNS, and ``--status-http``. A flooder process sends, as fast
+as it can, from 1,000 UDP sockets on 1,000 addresses spread over
+127.0.0.0/8: 100,000 random datagrams, then 100,000 well-formed hostile
+ones (``peers`` announces with forged tokens; valid announces, each source
+having fetched its token with a ``_ping``, 48 sources announcing 1,000
+records each and 952 more one hot topic; uTP SYNs). A legitimate client (a
+txhyperswarm DHT node on 127.0.0.2, retrying as every dht-rpc client does:
+3 transmissions, 1.5 s apart) pings the daemon each time the flooder has
+sent another 4,000 datagrams: 50 pings spread over the flood, none lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest_twisted
+import treq
+from twisted.internet import defer, task
+
+from bench import daemon_flood as flood
+from tests.harness import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+#: datagrams per flood command: 100,000 random, then 100,000 hostile
+FLOODS = (
+    {"kind": "random", "count": 100_000},
+    {"kind": "forged", "count": 16_000},
+    {"kind": "announce", "count": 68_000,
+     "plan": {"cold_sources": 48, "per_source": 1000, "topics": 4999, "hot": 20_000}},
+    {"kind": "syn", "count": 16_000},
+)
+PING_EVERY = 4000  # 200,000 / 4,000 = 50 pings during the flood
+BAD_LINES = ("Traceback", "Unhandled", "#critical", "#error")
+
+
+def rss_mib(pid: int) -> float:
+    return flood.rss_mib(pid)
+
+
+def samples(text: str) -> dict:
+    return flood.metric_samples(text)
+
+
+def total(s: dict, name: str, **want) -> float:
+    return sum(v for (n, labels), v in s.items()
+               if n == name and all(dict(labels).get(k) == w for k, w in want.items()))
+
+
+@defer.inlineCallbacks
+def drained(reactor, port: int):
+    """Until the daemon has read every datagram queued at its socket (at most 10 s)."""
+    for _ in range(200):
+        if not flood.udp_socket_figures(port)["rx_queue"]:
+            return
+        yield task.deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError("the daemon's UDP receive queue did not drain in 10 s")
+
+
+@pytest_twisted.inlineCallbacks
+def test_floods_at_a_running_daemon(private_netns, processes, reactor):
+    from txhyperswarm.dht.node import DHTNode
+
+    port, status = free_port(), free_port()
+    daemon = processes.spawn("daemon", flood.twist_argv(port, status))
+    yield daemon.wait_for(lambda o: "swarm listening" in o.get("_text", ""), timeout=30)
+    pid = daemon.transport.pid
+    base = f"http://127.0.0.1:{status}"
+    yield (yield treq.get(f"{base}/metrics")).text()  # the first scrape loads what /metrics needs
+
+    client = DHTNode(reactor, bootstrap=[], ephemeral=True, host="127.0.0.2", port=0)
+    client.startService()
+    try:
+        reply = yield client.ping("127.0.0.1", port)
+        assert reply.node == ("127.0.0.1", port)
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        rss0 = rss_mib(pid)
+
+        flooder = processes.python(str(REPO / "bench" / "daemon_flood.py"), "--child", "flooder",
+                                   json.dumps({"port": port}))
+        yield flooder.wait_for(lambda o: o.get("event") == "ready", timeout=30)
+        flooder.send({"cmd": "tokens"})
+        tokens = yield flooder.wait_for(lambda o: o.get("event") == "tokens", timeout=30)
+        assert tokens["got"] == flood.SOURCES
+
+        pings: list = []  # (Deferred, sent at)
+
+        def ping_once() -> None:
+            t0 = time.monotonic()
+            d = client.ping("127.0.0.1", port)
+            d.addCallback(lambda _: time.monotonic() - t0)
+            pings.append(d)
+
+        def watch(until_kind):
+            """A wait_for predicate: a ping at every progress line, true at ``until_kind``'s end."""
+            def predicate(o):
+                if o.get("_seen"):
+                    return False
+                o["_seen"] = True
+                if o.get("event") == "progress":
+                    ping_once()
+                return o.get("event") == "flooded" and o.get("kind") == until_kind
+            return predicate
+
+        sent = {}
+        # the random flood, then the forged tokens: nothing stored
+        for f in FLOODS[:2]:
+            flooder.send({"cmd": "flood", "progress": PING_EVERY, "drain": True, **f})
+        for f in FLOODS[:2]:
+            done = yield flooder.wait_for(watch(f["kind"]), timeout=120)
+            sent[f["kind"]] = done
+        yield drained(reactor, port)
+        forged = samples((yield (yield treq.get(f"{base}/metrics")).text()))
+        # then the valid announces and the SYNs
+        for f in FLOODS[2:]:
+            flooder.send({"cmd": "flood", "progress": PING_EVERY, "drain": True, **f})
+        for f in FLOODS[2:]:
+            done = yield flooder.wait_for(watch(f["kind"]), timeout=120)
+            sent[f["kind"]] = done
+        assert sum(d["sent"] for d in sent.values()) == 200_000
+        rates = {k: round(d["sent"] / d["seconds"]) for k, d in sent.items()}
+
+        results = yield defer.DeferredList(pings, consumeErrors=True)
+        lost = [r for ok, r in results if not ok]
+        latencies = [r for ok, r in results if ok]
+        assert len(pings) == 50
+        assert not lost, (f"{len(lost)} of 50 pings lost (3 transmissions each): "
+                          f"{[f.getErrorMessage() for f in lost][:3]}; flood rates {rates}")
+
+        yield drained(reactor, port)
+        yield task.deferLater(reactor, 1.0, lambda: None)
+        rss1 = rss_mib(pid)
+        assert rss1 - rss0 < 50, f"RSS {rss0:.1f} -> {rss1:.1f} MiB"
+
+        # still serving: a ping, /status
+        reply = yield client.ping("127.0.0.1", port)
+        assert reply.node == ("127.0.0.1", port)
+        response = yield treq.get(f"{base}/status")
+        assert response.code == 200
+        state = yield response.json()
+        assert [t["topic"] for t in state["topics"]] == [hashlib.sha256(b"daemon flood").hexdigest()]
+
+        after = samples((yield (yield treq.get(f"{base}/metrics")).text()))
+        dropped = lambda s, reason: total(s, "hyperswarm_dropped_datagrams_total", reason=reason)  # noqa: E731
+        # random bytes: refused undecoded
+        assert dropped(after, "protobuf") > 10_000
+        # forged tokens: refused, nothing stored
+        assert dropped(forged, "bad_token") > 1_000
+        assert forged[("hyperswarm_dht_records", ())] == 0
+        assert dropped(after, "bad_token") == dropped(forged, "bad_token")
+        # valid announces: stored within the caps, the rest counted
+        records = after[("hyperswarm_dht_records", ())]
+        assert 0 < records <= 65536
+        assert 0 < after[("hyperswarm_dht_records_largest_topic", ())] <= 4096
+        assert 0 < after[("hyperswarm_dht_records_largest_address", ())] <= 256
+        assert total(after, "hyperswarm_dht_rpc_requests_total", command="peers", direction="in") > 10_000
+        # uTP SYNs: refused (the swarm's --max-peers, the half-open limits), counted
+        syn_refused = sum(v for (n, labels), v in after.items() if n == "hyperswarm_dropped_datagrams_total"
+                          and dict(labels)["reason"].startswith(("syn_", "half_open")))
+        assert syn_refused > 1_000
+        assert dropped(after, "receiver_error") == 0 and dropped(after, "error") == 0
+        assert dropped(after, "handler_error") == 0 and dropped(after, "connection_error") == 0
+        print(f"\nflood rates (datagrams/s sent): {rates}; ping max {max(latencies) * 1000:.1f} ms; "
+              f"{sum(1 for x in latencies if x > 1.0)} pings answered only after a retry; "
+              f"RSS {rss0:.1f} -> {rss1:.1f} MiB; records {records:.0f}, largest topic "
+              f"{after[('hyperswarm_dht_records_largest_topic', ())]:.0f}, largest address "
+              f"{after[('hyperswarm_dht_records_largest_address', ())]:.0f}, peers in "
+              f"{total(after, 'hyperswarm_dht_rpc_requests_total', command='peers', direction='in'):.0f}; "
+              f"bad_token {dropped(after, 'bad_token'):.0f}; SYNs refused {syn_refused:.0f}")
+    finally:
+        yield client.stopService()
+
+    code = yield daemon.stop(grace=5.0)
+    assert code == 0
+    text = daemon.raw_stdout.decode("utf-8", "replace") + daemon.stderr.decode("utf-8", "replace")
+    bad = [line for line in text.splitlines() if any(b in line for b in BAD_LINES)]
+    assert not bad, bad[:5]
+
+
+def test_records_held_in_stats_and_metrics():
+    """``RecordStore.stats()`` and the gauges ``/metrics`` makes of it."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from twisted.internet.task import Clock
+
+    from txhyperswarm.dht.records import RecordStore
+    from txhyperswarm.web import NodeMetrics
+
+    clock = Clock()
+    store = RecordStore(clock, max_per_topic=3, max_per_ip=2)
+    topic_a, topic_b = b"a" * 32, b"b" * 32
+    for i, ip in enumerate(["10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.3"]):
+        store.announce(topic_a, bytes([10, 0, 0, 1 + i, 0, i + 1]), ip)
+    clock.advance(store.rotate_interval)  # the first ones go stale: still held, still counted
+    store.announce(topic_b, b"\x0a\x00\x00\x02\x00\x09", "10.0.0.2")
+    assert store.stats() == {"records": 4, "largest_topic": 3, "largest_address": 2,
+                             "refused": {"ip-cap": 1, "topic-cap": 1, "evicted": 0}}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeMetrics(records=store))
+    s = samples(generate_latest(registry).decode())
+    assert s[("hyperswarm_dht_records", ())] == 4
+    assert s[("hyperswarm_dht_records_largest_topic", ())] == 3
+    assert s[("hyperswarm_dht_records_largest_address", ())] == 2
+    assert s[("hyperswarm_dht_records_refused_total", (("reason", "ip-cap"),))] == 1
+    assert s[("hyperswarm_dht_records_refused_total", (("reason", "topic-cap"),))] == 1
