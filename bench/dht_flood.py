@@ -195,9 +195,11 @@ class Responder:
         return rss_kib(self.pid) / 1024
 
     def stop(self) -> None:
+        """EOF on its stdin ends it; SIGTERM (then SIGKILL) if it has not within 5 s."""
         try:
             self.proc.stdin.close()
-        except OSError:
+            self.proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
             pass
         end_process(self.proc)
 
