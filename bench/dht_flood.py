@@ -233,7 +233,8 @@ def run(impl: str, limit: int | None, flood: bool, seconds: float, max_datagrams
         fl = {"sent": 0, "seconds": seconds, "blocked": 0}
     rtts = [rtt for _, rtt in pings if rtt is not None]
     answered = stats["requests"].get("_find_node", 0)
-    shed = stats.get("dropped", {}).get("rate_ip", 0)
+    dropped = stats.get("dropped", {})
+    shed = dropped.get("rate_ip", 0) + dropped.get("overload", 0)
     return {
         "impl": impl, "limit": limit, "flood": flood, "sent": fl["sent"], "flood_s": fl["seconds"],
         "send_rate": fl["sent"] / fl["seconds"],

@@ -158,3 +158,43 @@ def test_reping_burst_on_real_sockets_is_bounded(reactor):
     assert (client.answered, client.lost) == (50, 0)
     assert left == (0, 0, 0)  # evictions, requests in flight, requests queued
     assert not (set(node.dropped) & {"error", "handler_error", "send_error"}), node.dropped
+
+
+def test_overload_sheds_a_flood_from_many_addresses_each_under_the_limit():
+    # In memory, default limits. Under OVERLOAD_RATE a second in all, one
+    # address may send 1,000 a second (far over OVERLOAD_LIMIT_PER_IP).
+    # Then 500 addresses, 40 datagrams a second each (far under the per-IP
+    # limit of 2,000), 20,000 a second in all: beyond OVERLOAD_RATE a second,
+    # an address that sent OVERLOAD_LIMIT_PER_IP that second is shed
+    # undecoded; the client (10 pings a second) never is.
+    from tests.test_dht_limits import Probe, find_node, ping_datagram, source
+    from txhyperswarm.dht.rpc import OVERLOAD_LIMIT_PER_IP, OVERLOAD_RATE, RATE_LIMIT_PER_IP
+
+    assert OVERLOAD_LIMIT_PER_IP < 40 and OVERLOAD_RATE < 20_000 and RATE_LIMIT_PER_IP > 1000
+    p = Probe()
+    for step in range(100):  # 1 s, one busy address (a NAT, say)
+        for k in range(10):
+            p.inject(ping_datagram(step * 10 + k), ("127.8.0.1", 5000))
+        p.net.clock.advance(0.01)
+    assert p.node.rpc_requests[("_ping", "in")] == 1000 and not p.node.dropped
+
+    rng = random.Random(3)
+    payloads = [find_node(rng, k) for k in range(500)]
+    sent = 0
+    for step in range(150):  # 1.5 s
+        for k in range(200):
+            i = (step * 200 + k) % 500
+            p.inject(payloads[i], source(i))
+            sent += 1
+        if step % 10 == 0:
+            p.ping()
+        p.net.clock.advance(0.01)
+    for _ in range(35):
+        p.ping()
+        p.net.run(0.1)
+    assert (p.answered, p.lost) == (50, 0)
+    taken = p.node.rpc_requests[("_find_node", "in")]
+    shed = p.node.dropped["overload"]
+    assert taken + shed == sent == 30_000 and p.node.dropped["rate_ip"] == 0
+    # about OVERLOAD_RATE a second get through: half of it
+    assert shed >= sent * 0.25, (shed, taken)
