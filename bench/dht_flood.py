@@ -21,8 +21,9 @@ used.
 * Burst (issue 12, the re-ping storm): ``_find_node`` at ``--burst-rate``
   (4,000/s) for ``--burst-seconds`` (10: 40,000 requests), each with a
   fresh random node id and target, from ``--burst-sockets`` (1,000) sockets on
-  127.1.x.y that never answer; those sockets count the ``_ping`` s the node
-  sends them with their arrival time, for ``--after`` (40) seconds after the
+  127.1.x.y that never answer; those sockets count the ``_ping`` datagrams
+  the node sends them (each ping is sent up to 3 times; "started" is the
+  node's own count of pings) with their arrival time, for ``--after`` (40) seconds after the
   burst's end. A client on 127.0.0.2 pings the node every 100 ms. Reported:
   pings in all, 15 s or more after the burst, the addresses pinged, the
   node's RSS (``/proc/PID/status``) before, at its peak and 30 s after the
@@ -265,7 +266,9 @@ def print_flood(rows: list) -> None:
 
 
 def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "inf"
+    if not b:
+        return "-" if not a else "inf"
+    return f"{a / b:.2f}x"
 
 
 # -- the re-ping burst ------------------------------------------------------
@@ -389,10 +392,10 @@ def burst(impl: str, seconds: float, rate: int, n_sockets: int, after: float, se
 
 
 def print_burst(rows: list) -> None:
-    print(f"{'impl':<13} {'requests':>8} {'burst s':>7} {'pings':>7} {'>=15s':>7} {'addrs':>5} {'last +s':>7} "
+    print(f"{'impl':<13} {'requests':>8} {'burst s':>7} {'pings':>7} {'started':>7} {'>=15s':>7} {'addrs':>5} {'last +s':>7} "
           f"{'RSS0':>6} {'peak':>6} {'+30s':>6} {'MiB':<3} {'client p50':>10} {'lost':>5}")
     for r in rows:
-        print(f"{r['impl']:<13} {r['requests']:>8} {r['burst_s']:>7.1f} {r['pings']:>7} {r['late']:>7} "
+        print(f"{r['impl']:<13} {r['requests']:>8} {r['burst_s']:>7.1f} {r['pings']:>7} {r['pings_started']:>7} {r['late']:>7} "
               f"{r['addresses']:>5} {r['last']:>7.1f} {r['rss0']:>6.1f} {r['peak']:>6.1f} {r['rss30']:>6.1f} "
               f"{'':<3} {r['p50']:>8.2f}ms {r['lost']:>2}/{r['client'] + r['lost']}")
     ours = next((r for r in rows if r["impl"] == OURS), None)
