@@ -9,6 +9,10 @@ The dht-rpc 4.9.6 request/response layer (Node's ``lib/io.js``; dht.md 1.4-1.6).
   counts down and fails at 0 - 3 transmissions, failure at about tick 10.
 * Saturation: at >= 50 requests/s and >= 16 in flight, new requests queue
   FIFO and are released as others finish; retries wait too.
+* Inbound limits, before decoding: :data:`RATE_LIMIT_PER_IP` datagrams a
+  second per source IP (``dropped["rate_ip"]``), and once all limited
+  sources together sent :data:`OVERLOAD_RATE` in the current second, only
+  :data:`OVERLOAD_LIMIT_PER_IP` per source (``dropped["overload"]``).
 * Roundtrip tokens (:mod:`txhyperswarm.dht.tokens`), rotated every 5 min;
   an UPDATE with a bad token is dropped without a reply.
 * ``_holepunch`` via a referrer: 500 ms after the first request to a peer
@@ -55,6 +59,8 @@ __all__ = [
     "CONCURRENCY_RPS",
     "RATE_LIMIT_PER_IP",
     "RATE_LIMIT_EXEMPT",
+    "OVERLOAD_RATE",
+    "OVERLOAD_LIMIT_PER_IP",
 ]
 
 #: Seconds between IO ticks (dht-rpc: 750 ms).
@@ -77,6 +83,16 @@ RATE_LIMIT_PER_IP = 2000
 #: 127/8 source arriving from outside, so it cannot be spoofed), where the
 #: benchmarks and a local stack run thousands of RPCs a second.
 RATE_LIMIT_EXEMPT = frozenset({"127.0.0.1"})
+#: Datagrams a second from all limited sources together beyond which the
+#: node is overloaded: for the rest of that second a source that already
+#: sent :data:`OVERLOAD_LIMIT_PER_IP` is dropped undecoded too
+#: (``dropped["overload"]``). A flood from many addresses, each under
+#: :data:`RATE_LIMIT_PER_IP`, is then shed instead of queueing in the
+#: socket's receive buffer ahead of everyone else's requests.
+OVERLOAD_RATE = 10000
+#: Datagrams a second one source IP may send while the node is overloaded
+#: (a Node peer sends a few).
+OVERLOAD_LIMIT_PER_IP = 20
 #: Source IPs counted in one second at most (beyond: the count restarts).
 _RATE_TRACKED = 65536
 
@@ -199,8 +215,15 @@ class RPC:
         self.rate_limit_per_ip = rate_limit_per_ip
         #: Source IPs exempt from it (:data:`RATE_LIMIT_EXEMPT`).
         self.rate_limit_exempt = frozenset(rate_limit_exempt or ())
+        #: Datagrams a second from all limited sources beyond which each
+        #: may send only :attr:`overload_limit_per_ip` (:data:`OVERLOAD_RATE`;
+        #: 0 or ``None``: never).
+        self.overload_rate = OVERLOAD_RATE
+        #: ... (:data:`OVERLOAD_LIMIT_PER_IP`).
+        self.overload_limit_per_ip = OVERLOAD_LIMIT_PER_IP
         self._window: Dict[str, int] = {}
-        self._window_loop = LoopingCall(self._window.clear)
+        self._window_total = 0
+        self._window_loop = LoopingCall(self._new_window)
         self._window_loop.clock = reactor
         self._send = send
         self._controller = controller
@@ -265,6 +288,10 @@ class RPC:
         for req in list(self._requests.values()):
             self._cancel(req)
 
+    def _new_window(self) -> None:
+        self._window.clear()
+        self._window_total = 0
+
     # -- ids --------------------------------------------------------------
 
     def _free(self) -> int:
@@ -289,9 +316,13 @@ class RPC:
             if n > limit:
                 self.dropped["rate_ip"] += 1
                 return
+            if n > self.overload_limit_per_ip and self.overload_rate and self._window_total >= self.overload_rate:
+                self.dropped["overload"] += 1
+                return
             if n == 1 and len(window) >= _RATE_TRACKED:
                 window.clear()
             window[host] = n
+            self._window_total += 1
         try:
             msg = decode_message(data)
         except DecodeError as e:
