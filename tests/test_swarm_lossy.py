@@ -141,7 +141,14 @@ def lossy_swarm_transfer(reactor, *, size: int, echo: int, loss: float, seed: in
         conn = sa.transport
         monitor = StallMonitor(reactor, lambda: (receiver.count, len(echoed), conn.oldest_unacked))
         Pump(sa, blob).resumeProducing()
-        yield defer.gatherResults([sa.when_closed(), sb.when_closed()], consumeErrors=True).addTimeout(limit, reactor)
+        try:
+            yield defer.gatherResults([sa.when_closed(), sb.when_closed()], consumeErrors=True).addTimeout(
+                limit, reactor)
+        except defer.FirstError:
+            raise AssertionError(
+                f"not done within {limit} s: {receiver.count} of {size} bytes arrived,"
+                f" {len(echoed)} of {echo} echoed; {relay.stats()}"
+            ) from None
         elapsed = reactor.seconds() - start
         monitor.stop()
         print(
@@ -183,13 +190,14 @@ def lossy_swarm_transfer(reactor, *, size: int, echo: int, loss: float, seed: in
     assert set(reactor.getReaders()) <= readers and set(reactor.getWriters()) <= writers
 
 
-#: (size, echo, loss, seed, liveness bound in s). The bounds are generous
-#: (several times what was measured on a loaded machine, see
-#: docs/reliability.rst); the issue's figures (under 60 s) are asserted by
-#: bench/swarm_lossy.py.
+#: (size, echo, loss, seed, liveness bound in s). The bounds are fixed and
+#: generous: about 5x what was measured on this machine shared with other
+#: jobs (6.5-7.6 s and 3.5-4.1 s; 10.9 s for the first under cProfile), and
+#: below what a loss probe slowed tenfold takes (52 s and 32 s). The issue's
+#: figures (under 60 s, side by side with Node) are bench/swarm_lossy.py's.
 RUNS = [
-    (64 * MiB, 4 * MiB, 0.05, 5, 90.0),
-    (4 * MiB, 1 * MiB, 0.20, 20, 60.0),
+    (64 * MiB, 4 * MiB, 0.05, 5, 40.0),
+    (4 * MiB, 1 * MiB, 0.20, 20, 20.0),
 ]
 
 
