@@ -19,7 +19,11 @@ and ends once the stream ended. Checked: the sha256 of what arrived equals
 what was sent, the echo is intact, the connection is uTP, the relay carried
 it (its counters).
 
-Time is the announcer's, from its ``connection`` event to end-of-stream.
+Time is the announcer's, from its ``connection`` event to end-of-stream;
+"connect ms" is the dialler's, from its ``join`` to its ``connection`` event
+(the DHT lookup, the refused TCP attempt, the holepunch and the uTP
+handshake; the relay spares the first two datagrams each way, the handshake,
+since libutp never answers a retransmitted SYN).
 A run is capped at ``--cap`` seconds; a capped run reports the bytes that
 had arrived. Python -> Python must finish within the issue's 60 s
 (``--limit``): the script exits non-zero otherwise. The rows:
@@ -369,7 +373,7 @@ def main() -> None:
     boot = Bootstrap(30)
     try:
         print(f"{'loss':>5} {'announcer <- dialler':<22} {'MiB':>4} {'moved MiB':>9} {'seconds':>9} {'MB/s':>7}"
-              f" {'x Node':>7} {'connect s':>9}  relay up passed/dropped, down passed/dropped")
+              f" {'x Node':>7} {'connect ms':>10}  relay up passed/dropped, down passed/dropped")
         for case in [c for c in CASES if args.only in (None, c)]:
             rows = {}
             for ann, dial in pairs:
@@ -383,7 +387,7 @@ def main() -> None:
                     "-" if ref != ref else "inf")
                 when = f">{args.cap:.0f} (cut)" if r["capped"] else f"{r['seconds']:.1f}"
                 print(f"{CASES[case][0]:>5.0%} {NAMES[ann] + ' <- ' + NAMES[dial]:<22} {r['size'] // MiB:>4}"
-                      f" {r['bytes'] / MiB:>9.2f} {when:>9} {r['mbps']:>7.3f} {ratio:>7} {r['connect']:>9.2f}"
+                      f" {r['bytes'] / MiB:>9.2f} {when:>9} {r['mbps']:>7.3f} {ratio:>7} {r['connect'] * 1000:>10.1f}"
                       f"  {s['up']['passed']}/{s['up']['dropped']}, {s['down']['passed']}/{s['down']['dropped']}"
                       + (f"  ({r['note']})" if r["note"] else ""))
                 sys.stdout.flush()
