@@ -134,7 +134,8 @@ class LoggedErrors:
     Every error logged while a test runs: a ``log.failure`` (an exception
     caught and logged inside a connection, a handler, a queue or a
     receiver, including the counters of internal errors, which are always
-    logged so), ``log.critical``, or an unhandled error in a Deferred.
+    logged so), ``log.error``, ``log.critical``, or an unhandled error in a
+    Deferred.
 
     The autouse fixture fails a test that leaves any behind; a test that
     provokes errors on purpose claims them with :meth:`take`.
@@ -144,18 +145,25 @@ class LoggedErrors:
         self.events: list = []
 
     def __call__(self, event: dict) -> None:
-        if event.get("log_failure") is not None or event.get("isError") or event.get("log_level") is LogLevel.critical:
+        if (
+            event.get("log_failure") is not None
+            or event.get("isError")
+            or event.get("log_level") in (LogLevel.error, LogLevel.critical)
+        ):
             self.events.append(event)
 
     def take(self, *types) -> list:
         """
         Remove and return the logged failures whose exception is one of
-        ``types`` (any failure when none are given).
+        ``types``; with no types, every logged error (a failure as its
+        Failure, an error line without one as its event).
         """
         taken, kept = [], []
         for event in self.events:
             failure = event.get("log_failure")
-            if failure is not None and (not types or failure.check(*types)):
+            if not types:
+                taken.append(failure if failure is not None else event)
+            elif failure is not None and failure.check(*types):
                 taken.append(failure)
             else:
                 kept.append(event)
