@@ -64,6 +64,20 @@ class Peer(protocol.Protocol):
         self.lost = reason
 
 
+def scrape(swarm) -> dict:
+    """``/metrics`` of the swarm, as ``{(name, labels): value}``."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from txhyperswarm.web import NodeMetrics
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeMetrics(swarm=swarm))
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(generate_latest(registry).decode())
+            for s in family.samples}
+
+
 class World:
     def __init__(self, greeting=b"", **options):
         self.clock = Clock()
@@ -176,6 +190,12 @@ def test_a_syn_flood_at_the_limit_does_not_keep_a_real_tcp_and_a_real_utp_peer_o
         assert w.swarm.stats()["network"]["connections"]["tcp"] == 1
         # one summary line for all of it (the next comes a minute later at most)
         assert len(lines) == 1, [e["log_format"] for e in lines]
+        # /metrics counts them
+        at_limit = w.swarm.stats()["inbound_at_limit"]
+        metrics = scrape(w.swarm)
+        for outcome in ("evicted_half_open", "refused"):
+            assert metrics[("hyperswarm_inbound_at_limit_total", (("outcome", outcome),))] == at_limit[outcome] > 0
+        assert metrics[("hyperswarm_utp_half_open", ())] == w.swarm.network.utp.stats()["half_open"]
         w.stop()
     finally:
         globalLogPublisher.removeObserver(observe)
