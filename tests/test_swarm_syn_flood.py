@@ -233,3 +233,63 @@ def test_no_budget_no_evictions_for_utp_but_tcp_still_gets_in():
     d.addErrback(lambda f: None)
     d.cancel()
     w.stop()
+
+
+class Banner(protocol.Protocol):
+    """A local service that speaks first, then echoes."""
+
+    def connectionMade(self):
+        self.factory.made += 1
+        self.transport.write(b"220 banner\r\n")
+
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+
+def test_expose_connects_a_half_open_utp_connection_at_its_first_byte_and_a_service_may_speak_first():
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+
+    from txhyperswarm.tunnel import Tunnels
+
+    clock = Clock()
+    net = UDPNetwork(clock, latency=0.001)
+    reactor = net.reactor(HOST)
+    service = protocol.Factory.forProtocol(Banner)
+    service.made = 0
+    local = reactor.listenTCP(8000, service, interface=HOST)
+    tunnels = Tunnels(reactor)
+    swarm = Hyperswarm(reactor, bootstrap=[], multicast=False, ephemeral=True, max_peers=MAX_PEERS, host=HOST,
+                       factory=tunnels.expose_factory(TCP4ClientEndpoint(reactor, HOST, 8000), "service"))
+    swarm.on("connection", tunnels.swarm_connection)
+    swarm.startService()
+    net.run_until(lambda: swarm.address() is not None, 5.0)
+    port = swarm.address()[1]
+    # spoofed SYNs: swarm connections, but no connection to the service
+    for i in range(MAX_PEERS - 2):
+        net.transmit(syn(i), (f"127.1.{i}.1", 1000 + i), (HOST, port))
+    net.run(0.1, step=0.001)
+    assert len(swarm.connections) == MAX_PEERS - 2 and service.made == 0
+    # a real uTP peer: the service is reached at its first byte, and its banner comes first
+    udp = net.udp_socket("10.0.0.3", 4000)
+    udp.listen()
+    sock = UTPSocket(net.reactor("10.0.0.3"), udp)
+    peer = UTPRecorder()
+    d = sock.connect(HOST, port, OneFactory(peer))
+    net.run(0.1, step=0.001)
+    assert d.called and service.made == 0
+    peer.transport.write(b"x")
+    net.run(0.1, step=0.001)
+    assert service.made == 1 and bytes(peer.received) == b"220 banner\r\nx"
+    # a real TCP peer: the service at once, its banner without a word from the peer
+    tcp = Peer()
+    net.reactor("10.0.0.2").connectTCP(HOST, port, protocol.ClientFactory.forProtocol(lambda: tcp))
+    net.run(0.1, step=0.001)
+    assert service.made == 2 and tcp.data == b"220 banner\r\n"
+    assert tunnels.stats()["tunnels"] == 2
+    done = []
+    swarm.stopService().addBoth(done.append)
+    tunnels.close_all()
+    sock.close()
+    local.stopListening()
+    net.run(5.0, step=0.01)
+    assert done == [None] and clock.getDelayedCalls() == []
