@@ -660,8 +660,9 @@ class Hyperswarm(service.Service, EventEmitter):
         """
         if self._stopped is not None or not self._at_limit():
             return False
-        victim = self._oldest_half_open()
-        if victim is None or (type != "tcp" and not self._take_token()):
+        # a uTP SYN spends a token even when it finds no victim: a flood at a
+        # swarm full of real connections scans the links 64 times a second at most
+        if (type != "tcp" and not self._take_token()) or (victim := self._oldest_half_open()) is None:
             self._count_at_limit("refused")
             return False
         if self.firewall is not None and self._user_firewall(host, port, False):
