@@ -658,8 +658,8 @@ class Hyperswarm(service.Service, EventEmitter):
         it, close the oldest inbound uTP connection still half-open (for
         uTP: within the eviction budget) and say ``True``: admit it.
         """
-        if self._stopped is not None or not self._at_limit():
-            return False
+        if self._stopped is not None or self.max_server_sockets < 0 or not self._at_limit():
+            return False  # (max_server_sockets -1: no inbound connection at all)
         # a uTP SYN spends a token even when it finds no victim: a flood at a
         # swarm full of real connections scans the links 64 times a second at most
         if (type != "tcp" and not self._take_token()) or (victim := self._oldest_half_open()) is None:
