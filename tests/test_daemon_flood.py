@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest_twisted
 import treq
-from twisted.internet import defer, task
+from twisted.internet import defer, protocol, task
 
 from bench import daemon_flood as flood
 from tests.harness import free_port
@@ -210,3 +210,163 @@ def test_records_held_in_stats_and_metrics():
     assert s[("hyperswarm_dht_records_largest_address", ())] == 2
     assert s[("hyperswarm_dht_records_refused_total", (("reason", "ip-cap"),))] == 1
     assert s[("hyperswarm_dht_records_refused_total", (("reason", "topic-cap"),))] == 1
+
+
+# -- a SYN flood does not keep real peers out -------------------------------------------------
+
+SYNS = 2000  # from 200 addresses of 127.0.0.0/8, 10 each: about 8 ms of sending
+PEER_WAIT = 8.0  # seconds a real peer may take to get in and hear its bytes back
+
+
+class _Echo(protocol.Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+
+class _EchoFactory(protocol.Factory):
+    """The --expose'd service: echoes; counts the connections it was given."""
+
+    protocol = _Echo
+
+    def __init__(self):
+        self.accepted = 0
+
+    def buildProtocol(self, addr):
+        self.accepted += 1
+        return protocol.Factory.buildProtocol(self, addr)
+
+
+class _Caller(protocol.Protocol):
+    """Writes ``hello`` once connected; ``heard`` fires with what came back once it all did."""
+
+    def __init__(self, hello: bytes):
+        self.hello = hello
+        self.data = b""
+        self.heard = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.hello)
+
+    def dataReceived(self, data):
+        self.data += data
+        if self.data == self.hello and not self.heard.called:
+            self.heard.callback(self.data)
+
+    def connectionLost(self, reason):
+        if not self.heard.called:
+            self.heard.errback(reason)
+
+
+def syn_flood(port: int, count: int = SYNS) -> float:
+    """``count`` uTP SYNs from spoofed-looking sources over 127.0.0.0/8; returns the seconds it took."""
+    import socket
+
+    from txhyperswarm.utp.packet import HEADER
+
+    socks = []
+    t0 = time.monotonic()
+    try:
+        for i in range(count // 10):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((f"127.{10 + i // 250}.{i % 250}.1", 0))
+            socks.append(s)
+        for cid in range(10):
+            for s in socks:
+                s.sendto(HEADER.pack(0x41, 0, cid * 2, 1, 0, 1048576, 1, 0), ("127.0.0.1", port))
+        return time.monotonic() - t0
+    finally:
+        for s in socks:
+            s.close()
+
+
+@defer.inlineCallbacks
+def tcp_call(reactor, port: int, hello: bytes):
+    """A real TCP peer, redialling every 0.25 s until it hears its bytes back: (seconds, attempts)."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    t0 = time.monotonic()
+    attempts = 0
+    while time.monotonic() - t0 < PEER_WAIT:
+        attempts += 1
+        caller = _Caller(hello)
+        try:
+            yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), caller)
+            timer = reactor.callLater(2.0, caller.transport.abortConnection)
+            try:
+                yield caller.heard
+            finally:
+                if timer.active():
+                    timer.cancel()
+            caller.transport.loseConnection()
+            return time.monotonic() - t0, attempts
+        except Exception:
+            yield task.deferLater(reactor, 0.25, lambda: None)
+    raise AssertionError(f"a real TCP peer was kept out for {PEER_WAIT} s ({attempts} attempts)")
+
+
+@defer.inlineCallbacks
+def utp_call(reactor, port: int, hello: bytes):
+    """A real uTP peer on 127.0.0.3 (its SYN retransmitted at libutp's times): seconds to hear its bytes back."""
+    from tests.utp.streams import OneFactory
+    from txhyperswarm.utp import UTPSocket
+
+    sock = UTPSocket(reactor, host="127.0.0.3")
+    t0 = time.monotonic()
+    try:
+        caller = _Caller(hello)
+        yield sock.connect("127.0.0.1", port, OneFactory(caller), timeout=PEER_WAIT)
+        timer = reactor.callLater(PEER_WAIT, caller.transport.abortConnection)
+        try:
+            yield caller.heard
+        finally:
+            if timer.active():
+                timer.cancel()
+        caller.transport.loseConnection()
+        return time.monotonic() - t0
+    finally:
+        yield sock.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_syn_flood_does_not_keep_real_peers_out(private_netns, processes, reactor):
+    echo = _EchoFactory()
+    service = reactor.listenTCP(0, echo, interface="127.0.0.1")
+    port, status = free_port(), free_port()
+    argv = flood.twist_argv(port, status, topic="syn flood")
+    argv[argv.index("--expose") + 1] = f"tcp:host=127.0.0.1:port={service.getHost().port}"
+    daemon = processes.spawn("daemon", argv)
+    try:
+        yield daemon.wait_for(lambda o: "swarm listening" in o.get("_text", ""), timeout=30)
+        base = f"http://127.0.0.1:{status}"
+        yield (yield treq.get(f"{base}/metrics")).text()
+
+        seconds = syn_flood(port)
+        # at once: a real TCP peer and a real uTP peer, through the tunnel to the service and back
+        (tcp_seconds, attempts), utp_seconds = yield defer.gatherResults(
+            [tcp_call(reactor, port, b"hello over tcp"), utp_call(reactor, port, b"hello over utp")],
+            consumeErrors=True)
+        after = samples((yield (yield treq.get(f"{base}/metrics")).text()))
+        at_limit = lambda outcome: total(after, "hyperswarm_inbound_at_limit_total", outcome=outcome)  # noqa: E731
+        # the flood filled --max-peers (256) with half-open connections, and the peers still got in
+        assert at_limit("evicted_half_open") >= 2 and at_limit("refused") > 0
+        assert after[("hyperswarm_utp_half_open", ())] > 200
+        assert after[("hyperswarm_connections", ())] <= 256
+        # the half-open ones opened no connection to the service: only the two peers did
+        assert echo.accepted == 2
+        assert total(after, "hyperswarm_dropped_datagrams_total", reason="handler_error") == 0
+        assert total(after, "hyperswarm_dropped_datagrams_total", reason="connection_error") == 0
+        print(f"\n{SYNS} SYNs sent in {seconds * 1000:.0f} ms; then a TCP peer heard back in "
+              f"{tcp_seconds:.2f} s ({attempts} attempt(s)), a uTP peer in {utp_seconds:.2f} s; "
+              f"at the limit: {at_limit('evicted_half_open'):.0f} evicted, {at_limit('refused'):.0f} refused")
+    finally:
+        code = yield daemon.stop(grace=5.0)
+        yield service.stopListening()
+    assert code == 0
+    text = daemon.raw_stdout.decode("utf-8", "replace") + daemon.stderr.decode("utf-8", "replace")
+    lines = text.splitlines()
+    bad = [line for line in lines if any(b in line for b in BAD_LINES)]
+    assert not bad, bad[:5]
+    # no line per SYN: a summary of what happened at the limit when it began, the rest at the stop
+    assert sum("at the connection limit" in line for line in lines) == 2, [
+        line for line in lines if "at the connection limit" in line]
+    assert len(lines) < 60, lines[-20:]

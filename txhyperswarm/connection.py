@@ -281,8 +281,12 @@ class Connection(Protocol):
             reason = Failure(reason())
         self._reason = reason
         if not reason.check(error.ConnectionDone, error.ConnectionAborted):
-            # a peer that vanished (keepalive or retransmission timeout) or reset
-            self.log.info(
+            # a peer that vanished (keepalive or retransmission timeout) or
+            # reset; an inbound uTP one that never sent anything after its SYN
+            # (spoofed SYNs: timed out or evicted half-open) only at debug
+            silent = (not self.client and self.type == "utp" and not self._read_ended
+                      and getattr(self.transport, "bytes_received", None) == 0)
+            (self.log.debug if silent else self.log.info)(
                 "{type} connection {dir} {host}:{port} lost: {err}", type=self.type,
                 dir="to" if self.client else "from", host=self.remote[0], port=self.remote[1],
                 err=reason.getErrorMessage(),

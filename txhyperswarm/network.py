@@ -352,6 +352,11 @@ class Network:
         self.connection_buffer = connection_buffer
         self.dht_options: Dict[str, Any] = dict(dht_options or {})
         self._tcp_inbound: Counter = Counter()
+        #: ``None``, or ``make_room(type, host, port) -> bool``, asked when
+        #: the ``firewall`` refused an inbound ``"tcp"`` or ``"utp"``
+        #: connection: ``True`` admits it after all (the swarm closed a
+        #: half-open connection to make room at its connection limit).
+        self.make_room: Optional[Callable[[str, str, int], bool]] = None
 
         self.dht: Any = None  # a DHTNode once bound
         self.records: Any = None  # its RecordStore once bound
@@ -497,18 +502,20 @@ class Network:
 
     def _utp_firewall(self, host: str, port: int) -> bool:
         # uTP refuses as libutp's firewall callback: the SYN gets no answer
-        return self._refuse(host, port)
+        return self._refuse("utp", host, port)
 
     def _accept(self, type: str, addr) -> Optional[Connection]:
-        if self._refuse(addr.host, addr.port):
+        if self._refuse(type, addr.host, addr.port):
             return None  # TCP: accepted, then closed at once (Node: accept-then-close)
         return self._connection(type, False, (addr.host, addr.port), None, self._accepted)
 
-    def _refuse(self, host: str, port: int) -> bool:
+    def _refuse(self, type: str, host: str, port: int) -> bool:
         if self._closing is not None:
             self._refused["closing"] += 1
             return True
         if self.firewall is not None and self.firewall(host, port, False):
+            if self.make_room is not None and self.make_room(type, host, port):
+                return False
             self._refused["firewall"] += 1
             return True
         return False

@@ -82,6 +82,7 @@ from txhyperswarm.peer_record import PeerRecord
 from txhyperswarm.peerinfo import IPeerConnection, PeerInfo
 from txhyperswarm.queue import PeerQueue, QueueOptions
 from txhyperswarm.stream import Stream
+from txhyperswarm.utp.connection import State as UTPState
 
 __all__ = [
     "Hyperswarm",
@@ -93,6 +94,16 @@ __all__ = [
     "FirewallRefused",
     "NetworkClosed",
 ]
+
+
+#: Default budget of half-open uTP connections that new inbound uTP
+#: connections may evict per second when the swarm is at its connection
+#: limit (a token bucket that holds as many); inbound TCP connections evict
+#: without a budget (their three-way handshake proves their address).
+HALF_OPEN_EVICTIONS = 64.0
+#: Seconds between the log lines that sum up the inbound connections
+#: refused or admitted by eviction at the connection limit.
+LIMIT_LOG_INTERVAL = 60.0
 
 
 class SwarmClosed(NetworkClosed):
@@ -233,6 +244,16 @@ class Hyperswarm(service.Service, EventEmitter):
         ``max_utp_per_address``, ``max_half_open``, ... of
         :class:`~txhyperswarm.network.Network`).
     :param rng: the ``random.Random`` of the queue's shuffling.
+    :param half_open_evictions: at the connection limit (``max_peers``
+        reached, or ``max_server_sockets`` inbound), a new inbound connection
+        closes the oldest inbound uTP connection that is still half-open
+        (``SYN_RECV``: the initiator sent nothing after its SYN, as spoofed
+        SYNs never do) to make room, instead of being refused. A TCP one
+        always may; uTP SYNs may evict this many per second (a token bucket
+        of as many; ``0``: never), so a sustained flood of SYNs churns at
+        most that many connections through the application. Counted in
+        ``stats()["inbound_at_limit"]`` (``evicted_half_open``,
+        ``refused``), summed up in one log line a minute at most.
 
     :ivar connections: the protocols of every live connection (inbound,
         queue-dialled, duplicates and :meth:`connect` ones), as Node's
@@ -264,6 +285,7 @@ class Hyperswarm(service.Service, EventEmitter):
         network_factory: Optional[Callable[..., Any]] = None,
         rng: Any = None,
         network_options: Optional[Dict[str, Any]] = None,
+        half_open_evictions: float = HALF_OPEN_EVICTIONS,
     ) -> None:
         EventEmitter.__init__(self)
         self.reactor = default_reactor(reactor)
@@ -287,6 +309,14 @@ class Hyperswarm(service.Service, EventEmitter):
             firewall=self._network_firewall, on_connection=self._accepted,
             **(network_options or {}),
         )
+        if getattr(self.network, "make_room", False) is None:
+            self.network.make_room = self._make_room
+        self.half_open_evictions = half_open_evictions
+        self.inbound_at_limit: Counter = Counter()
+        self._tokens = half_open_evictions
+        self._tokens_at = self.reactor.seconds()
+        self._unlogged: Counter = Counter()
+        self._summary_call: Any = None
         self.queue = PeerQueue(self.reactor, self.queue_options, rng=rng)
         self.loop = DialLoop(
             self.reactor, self.queue, self._dial, self,
@@ -342,6 +372,9 @@ class Hyperswarm(service.Service, EventEmitter):
         reason = SwarmClosed("the swarm is stopped")
         self.loop.stop(reason)
         self.queue.destroy()
+        if self._summary_call is not None and self._summary_call.active():
+            self._summary_call.cancel()
+        self._log_at_limit(again=False)
         self._started.fire(Failure(reason))
         guards, self._guards = self._guards, {}
         for out, inner in guards.items():
@@ -573,6 +606,7 @@ class Hyperswarm(service.Service, EventEmitter):
         ]
         out["connections"] = len(self.connections)
         out["errors"] = Counter(self.errors)
+        out["inbound_at_limit"] = Counter(self.inbound_at_limit)
         if self.network.bound:
             out["network"] = self.network.stats()
         return out
@@ -593,13 +627,19 @@ class Hyperswarm(service.Service, EventEmitter):
 
     # -- connections --------------------------------------------------------
 
+    def _at_limit(self) -> bool:
+        limit = self._inbound_limit  # -1 (at max_peers) refuses all; 0 and inf: none
+        return bool(limit and limit != math.inf and self.loop.server_sockets >= limit)
+
     def _network_firewall(self, host: str, port: int, client: bool) -> bool:
         if not client:
             if self._stopped is not None:
                 return True
-            limit = self._inbound_limit  # -1 (at max_peers) refuses all; 0 and inf: none
-            if limit and limit != math.inf and self.loop.server_sockets >= limit:
+            if self._at_limit():
                 return True
+        return self._user_firewall(host, port, client)
+
+    def _user_firewall(self, host: str, port: int, client: bool) -> bool:
         if self.firewall is None:
             return False
         try:
@@ -608,6 +648,73 @@ class Hyperswarm(service.Service, EventEmitter):
             self.errors["firewall_error"] += 1
             self.log.failure("the firewall raised; refusing {host}:{port}", host=host, port=port)
             return True
+
+    # -- at the connection limit -------------------------------------------
+
+    def _make_room(self, type: str, host: str, port: int) -> bool:
+        """
+        The network's ``make_room(type, host, port)``: the firewall refused
+        an inbound ``type`` connection. When the connection limit refused
+        it, close the oldest inbound uTP connection still half-open (for
+        uTP: within the eviction budget) and say ``True``: admit it.
+        """
+        if self._stopped is not None or self.max_server_sockets < 0 or not self._at_limit():
+            return False  # (max_server_sockets -1: no inbound connection at all)
+        # a uTP SYN spends a token even when it finds no victim: a flood at a
+        # swarm full of real connections scans the links 64 times a second at most
+        if (type != "tcp" and not self._take_token()) or (victim := self._oldest_half_open()) is None:
+            self._count_at_limit("refused")
+            return False
+        if self.firewall is not None and self._user_firewall(host, port, False):
+            return False  # refused anyway
+        self._count_at_limit("evicted_half_open")
+        victim.conn.transport.evict()  # sends nothing; closed (and uncounted) at once
+        if victim.conn in self._links:  # not closed: a transport that would not evict
+            victim.abortConnection()
+        return not self._at_limit()
+
+    def _oldest_half_open(self) -> Optional[_Link]:
+        for link in self._links.values():  # oldest first
+            info = link.info
+            if info is None or info.client or link.tcp or link.conn.transport is None:
+                continue
+            if getattr(link.conn.transport, "state", None) == UTPState.SYN_RECV:
+                return link
+        return None
+
+    def _take_token(self) -> bool:
+        rate = self.half_open_evictions
+        if rate <= 0:
+            return False
+        now = self.reactor.seconds()
+        self._tokens = min(rate, self._tokens + max(0.0, now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def _count_at_limit(self, outcome: str) -> None:
+        self.inbound_at_limit[outcome] += 1
+        self._unlogged[outcome] += 1
+        if self._summary_call is None:
+            self._log_at_limit()
+
+    def _log_at_limit(self, again: bool = True) -> None:
+        """One line for what happened at the limit since the last one; the next in a minute at most."""
+        self._summary_call = None
+        if not self._unlogged:
+            return
+        evicted, refused = self._unlogged["evicted_half_open"], self._unlogged["refused"]
+        self._unlogged.clear()
+        self.log.warn(
+            "at the connection limit ({peers} connections): {evicted} half-open uTP connection(s)"
+            " closed to make room for new inbound ones, {refused} inbound connection(s) refused"
+            " (since the last such line; one a minute at most)",
+            peers=self.loop.peers, evicted=evicted, refused=refused,
+        )
+        if again:
+            self._summary_call = self.reactor.callLater(LIMIT_LOG_INTERVAL, self._log_at_limit)
 
     def _attach(self, conn: Any) -> Optional[_Link]:
         """Put the application's protocol on a network connection."""

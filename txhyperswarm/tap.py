@@ -325,15 +325,16 @@ def build_service(reactor, config: Options) -> service.MultiService:
     top.dht = node
     if state is not None:
         KeepState(node, state, reactor).setServiceParent(top)
+    records = None
     if config["bootstrap-node"]:
-        _attach_record_store(node)
+        records = _attach_record_store(node)
         _SayListening(node, "bootstrap node").setServiceParent(top)
     if config["status-http"]:
         from twisted.application import strports
 
         from txhyperswarm.web import status_site
 
-        strports.service(config["status-http"], status_site(node)).setServiceParent(top)
+        strports.service(config["status-http"], status_site(node, records=records)).setServiceParent(top)
     return top
 
 
@@ -550,11 +551,11 @@ class _LocalListener(service.Service):
         return None
 
 
-def _attach_record_store(node) -> None:
-    """A persistent node stores peer records (the `peers` command)."""
+def _attach_record_store(node):
+    """A persistent node stores peer records (the `peers` command): its RecordStore."""
     from txhyperswarm.dht import peers
 
-    peers.register(node)
+    return peers.register(node).store
 
 
 class _SayListening(service.Service):

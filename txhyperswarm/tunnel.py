@@ -46,6 +46,7 @@ from zope.interface import implementer
 
 from txhyperswarm._observer import OneShotObserver
 from txhyperswarm.interfaces import IStatsSource
+from txhyperswarm.utp.connection import State as UTPState
 
 __all__ = ["Tunnel", "TunnelEnd", "Tunnels", "NoPeer", "PEER_WAIT"]
 
@@ -86,6 +87,12 @@ class TunnelEnd(Protocol):
     :ivar lost: the ``Failure`` of ``connectionLost``, or ``None``.
     :ivar info: the swarm's ``PeerInfo`` of a swarm end, once known.
     :ivar client: whether we dialled this connection (swarm ends).
+    :ivar waiting: an inbound uTP swarm end still half-open (``SYN_RECV``)
+        waits for the initiator's first byte (or FIN) before ``on_made``
+        runs: its local connection is made only then. The wire is the same
+        (a uTP acceptor sends nothing before that, utp.md 2.4, so a local
+        service that speaks first is heard then as before), and spoofed
+        SYNs open no local connection and write no log line.
     """
 
     transport: Any  # TCP transport or UTPConnection (IConsumer, IPushProducer, half-close)
@@ -102,6 +109,8 @@ class TunnelEnd(Protocol):
         self.info: Any = None
         self.pauses: Set[str] = set()
         self.on_lost: Optional[Callable[["TunnelEnd"], Any]] = None
+        self.waiting = False
+        self.on_heard: Optional[Callable[["TunnelEnd"], Any]] = None
 
     # -- pausing (reasons: "hold" until the tunnel runs, "consumer") --------
 
@@ -130,6 +139,20 @@ class TunnelEnd(Protocol):
     # -- IProtocol -----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        if (self.side == "swarm" and not self.client and self.on_made is not None
+                and getattr(self.transport, "state", None) == UTPState.SYN_RECV):
+            self.waiting = True  # made at the initiator's first byte or FIN
+            return
+        self._made()
+
+    def _heard(self) -> None:
+        """A waiting end heard from the initiator: make the tunnel now."""
+        self.waiting = False
+        if self.on_heard is not None:
+            self.on_heard(self)
+        self._made()
+
+    def _made(self) -> None:
         if self.tunnel is None or not self.tunnel.running:
             self.pause("hold")
         if self.on_made is not None:
@@ -145,9 +168,13 @@ class TunnelEnd(Protocol):
             tunnel.forward(self, data)
         else:
             self.held.append(data)
+            if self.waiting:
+                self._heard()
 
     def readConnectionLost(self) -> None:
         self.read_ended = True
+        if self.waiting:
+            self._heard()
         tunnel = self.tunnel
         if tunnel is not None and tunnel.running:
             tunnel.end_read_ended(self)
@@ -405,15 +432,22 @@ class Tunnels:
         if isinstance(protocol, TunnelEnd):
             protocol.info = info
         kind, host, port = _address(protocol.transport) if protocol.transport is not None else ("tcp", "?", 0)
-        log.info("swarm connection opened: {kind} {side} {host}:{port}", kind=kind,
-                 side="outbound" if info.client else "inbound", host=host, port=port)
+
+        def say(_: Any = None) -> None:
+            log.info("swarm connection opened: {kind} {side} {host}:{port}", kind=kind,
+                     side="outbound" if info.client else "inbound", host=host, port=port)
+
+        if isinstance(protocol, TunnelEnd) and protocol.waiting:
+            protocol.on_heard = say  # half-open: said once the initiator speaks
+        else:
+            say()
 
     def _swarm_end_lost(self, end: TunnelEnd) -> None:
         self.swarm_ends.discard(end)
         if end.transport is not None:
             kind, host, port = _address(end.transport)
             why = end.lost.getErrorMessage() if end.lost is not None and not end.lost.check(error.ConnectionDone) else ""
-            log.info("swarm connection closed: {kind} {side} {host}:{port}{why}", kind=kind,
+            (log.debug if end.waiting else log.info)("swarm connection closed: {kind} {side} {host}:{port}{why}", kind=kind,
                      side="outbound" if end.client else "inbound", host=host, port=port,
                      why=f" ({why})" if why else "")
 

@@ -192,6 +192,16 @@ class NodeMetrics:
             for reason, n in sorted(network.get("refused", {}).items()):
                 refused.add_metric([reason], n)
             yield refused
+        if self._swarm is not None:
+            at_limit = CounterMetricFamily(
+                "hyperswarm_inbound_at_limit", "Inbound connections that came at the swarm's connection limit "
+                "(--max-peers), by outcome (evicted_half_open: the oldest half-open uTP connection, one whose "
+                "initiator never spoke, was closed to make room; refused: none to close, or the uTP eviction "
+                "budget was spent).", labels=["outcome"]
+            )
+            for outcome in ("evicted_half_open", "refused"):
+                at_limit.add_metric([outcome], swarm.get("inbound_at_limit", {}).get(outcome, 0))
+            yield at_limit
         routing = CounterMetricFamily(
             "hyperswarm_dht_routing_refused", "What the DHT routing table's bounds refused, by reason "
             "(ping_budget: a liveness ping over the ping budget; newcomer: a node offered to a full bucket "
