@@ -276,7 +276,7 @@ class _Peer:
         multicast = soak.mdns and not self.utp_only and self.role != "listen"
         options: Dict[str, Any] = dict(
             bootstrap=[("127.0.0.1", soak.boot_port)], host="127.0.0.1", multicast=multicast,
-            ephemeral=True, rng=random.Random(self.rng.random()),
+            rng=random.Random(self.rng.random()),  # ephemeral: adaptive, as by default
             network_options={"random": random.Random(self.rng.random())},
         )
         if self.role == "expose":
