@@ -69,6 +69,14 @@ def _enter_private_netns() -> str:
 
 
 def pytest_configure(config):
+    # Until someone begins logging, Twisted's global publisher buffers the
+    # last 65,536 events and what they reference (connections, protocols):
+    # memory that memory tests (the soak) would count as growth. Begin
+    # logging to nothing: the logged_errors fixture observes the publisher
+    # itself and goes on working.
+    from twisted.logger import globalLogBeginner
+
+    globalLogBeginner.beginLoggingTo([lambda event: None], redirectStandardIO=False)
     why = _enter_private_netns()
     _NETNS_STATE["private"] = not why
     _NETNS_STATE["why"] = why
