@@ -36,6 +36,8 @@ VALUES = {
     "dht-ping-burst": ("9", 9),
     "dht-holepunch-rate": ("3", 3),
     "dht-holepunch-total": ("33", 33),
+    "dht-overload-rate": ("777", 777),
+    "dht-overload-per-ip": ("6", 6),
     "max-utp-connections": ("111", 111),
     "max-utp-per-address": ("11", 11),
     "max-half-open": ("44", 44),

@@ -92,6 +92,12 @@ LIMITS = [
            "dropped. 127.0.0.1 is exempt", 64),
     _Limit("dht-holepunch-total", "holepunch_relay_total", "dht", int, 2048,
            "Holepunch requests from all sources the DHT node relays per second", 512),
+    _Limit("dht-overload-rate", "overload_rate", "dht", int, 10000,
+           "DHT datagrams per second from all rate-limited sources beyond which the node is "
+           "overloaded: for the rest of that second a source that sent --dht-overload-per-ip is "
+           "dropped before decoding", 5000),
+    _Limit("dht-overload-per-ip", "overload_limit_per_ip", "dht", int, 20,
+           "DHT datagrams per second one source IP address may send while the node is overloaded", 10),
     _Limit("max-utp-connections", "max_utp_connections", "network", int, 3000,
            "uTP connections in all (any state, any direction); SYNs beyond are dropped", 1000),
     _Limit("max-utp-per-address", "max_utp_per_address", "network", int, "--max-conn-per-address",

@@ -59,7 +59,14 @@ from txhyperswarm.dht.handlers import (
 from txhyperswarm.dht.messages import Message, is_ipv4_literal
 from txhyperswarm.dht.query import Reply, Walk, WalkContext
 from txhyperswarm.dht.routing import PING_BURST, PING_RATE, K, Contact, RoutingTable
-from txhyperswarm.dht.rpc import RATE_LIMIT_EXEMPT, RATE_LIMIT_PER_IP, RPC, IRPCController
+from txhyperswarm.dht.rpc import (
+    OVERLOAD_LIMIT_PER_IP,
+    OVERLOAD_RATE,
+    RATE_LIMIT_EXEMPT,
+    RATE_LIMIT_PER_IP,
+    RPC,
+    IRPCController,
+)
 from txhyperswarm.interfaces import IStatsSource
 
 __all__ = [
@@ -126,6 +133,12 @@ class DHTNode(DHTClient, service.Service):
         (``dropped["holepunch_total"]``;
         :data:`~txhyperswarm.dht.handlers.HOLEPUNCH_RELAY_TOTAL`, 2048).
         Sources in ``rate_limit_exempt`` count in neither.
+    :param overload_rate: datagrams a second from all rate-limited sources
+        together beyond which the node is overloaded: for the rest of that
+        second a source that already sent ``overload_limit_per_ip`` is
+        dropped before decoding (``dropped["overload"]``;
+        :data:`~txhyperswarm.dht.rpc.OVERLOAD_RATE`, 10,000); ``0``: never.
+    :param overload_limit_per_ip: ... (:data:`~txhyperswarm.dht.rpc.OVERLOAD_LIMIT_PER_IP`, 20).
 
     Limits against abuse (see ``docs/reliability.rst``): besides the ping
     budget, a full bucket runs at most one eviction ping at a time
@@ -155,6 +168,8 @@ class DHTNode(DHTClient, service.Service):
         max_pending: int = MAX_PENDING,
         holepunch_relay_per_ip: Optional[int] = HOLEPUNCH_RELAY_PER_IP,
         holepunch_relay_total: Optional[int] = HOLEPUNCH_RELAY_TOTAL,
+        overload_rate: Optional[int] = OVERLOAD_RATE,
+        overload_limit_per_ip: int = OVERLOAD_LIMIT_PER_IP,
     ) -> None:
         reactor = default_reactor(reactor)
         if id is not None and len(id) != 32:
@@ -185,6 +200,8 @@ class DHTNode(DHTClient, service.Service):
             rate_limit_per_ip,
             rate_limit_exempt,
         )
+        rpc.overload_rate = overload_rate or 0
+        rpc.overload_limit_per_ip = overload_limit_per_ip
         self._table = RoutingTable(
             self._id,
             ping=self._reping,
@@ -334,7 +351,8 @@ class DHTNode(DHTClient, service.Service):
         options of the same names; ``docs/reliability.rst``), a fresh dict:
         ``rate_limit_per_ip``, ``rate_limit_exempt``, ``max_pending_per_ip``,
         ``max_pending``, ``ping_rate``, ``ping_burst``,
-        ``holepunch_relay_per_ip``, ``holepunch_relay_total``.
+        ``holepunch_relay_per_ip``, ``holepunch_relay_total``,
+        ``overload_rate``, ``overload_limit_per_ip``.
         """
         responder = self._responder
         return {
@@ -346,6 +364,8 @@ class DHTNode(DHTClient, service.Service):
             "ping_burst": self._table.ping_burst,
             "holepunch_relay_per_ip": responder.holepunch_relay_per_ip,
             "holepunch_relay_total": responder.holepunch_relay_total,
+            "overload_rate": self._rpc.overload_rate,
+            "overload_limit_per_ip": self._rpc.overload_limit_per_ip,
         }
 
     # -- lifecycle --------------------------------------------------------
