@@ -198,3 +198,40 @@ def test_overload_sheds_a_flood_from_many_addresses_each_under_the_limit():
     assert taken + shed == sent == 30_000 and p.node.dropped["rate_ip"] == 0
     # about OVERLOAD_RATE a second get through: half of it
     assert shed >= sent * 0.25, (shed, taken)
+
+
+def test_overload_counts_a_sources_second_not_what_it_sends():
+    # What tests/test_daemon_flood.py relies on, in memory on a Clock. Once
+    # OVERLOAD_RATE came in a second, a source past OVERLOAD_LIMIT_PER_IP that
+    # second is shed whatever it sends next (a valid request too); the next
+    # second counts afresh, and a source that sends at most
+    # OVERLOAD_LIMIT_PER_IP a second is not shed, however many others are.
+    from tests.test_dht_limits import Probe, ping_datagram, source
+    from txhyperswarm.dht.rpc import OVERLOAD_LIMIT_PER_IP, OVERLOAD_RATE
+
+    assert (OVERLOAD_RATE, OVERLOAD_LIMIT_PER_IP) == (10_000, 20)
+    p = Probe()
+    clock = p.net.clock
+    junk = b"\xff" * 40  # refused at decoding (protobuf)
+
+    def send(sources, count, payload):
+        for k in range(count):
+            for i in sources:
+                p.inject(payload(k, i), source(i))
+            clock.advance(0.002)  # delivered (1 ms latency)
+
+    def next_second():
+        clock.advance(1.0 - clock.seconds() % 1.0 + 0.1)  # 0.1 s into it (the counts renew each second)
+
+    next_second()
+    send(range(1000), 25, lambda k, i: junk)  # 25,000 in a second: 25 a source, the last 5 shed
+    assert p.node.dropped["protobuf"] == 20_000 and p.node.dropped["overload"] == 5_000
+    send(range(100), 1, lambda k, i: ping_datagram(i))  # a valid ping, the same second: shed
+    assert p.node.dropped["overload"] == 5_100 and p.node.rpc_requests[("_ping", "in")] == 0
+    next_second()
+    send(range(1000, 2000), 11, lambda k, i: junk)  # overloaded again: 11,000 from others
+    send(range(100), OVERLOAD_LIMIT_PER_IP, lambda k, i: ping_datagram(k * 100 + i))  # 20 each: served
+    assert p.node.rpc_requests[("_ping", "in")] == 2_000 and p.node.dropped["overload"] == 5_100
+    send(range(100), 1, lambda k, i: ping_datagram(i))  # a 21st: shed
+    assert p.node.rpc_requests[("_ping", "in")] == 2_000 and p.node.dropped["overload"] == 5_200
+    assert p.node.dropped["rate_ip"] == 0
