@@ -15,8 +15,10 @@ sockets), from 1,000 UDP sockets bound to 1,000 addresses spread over
   over 4,999 topics, then 500 others announce one hot topic;
 * ``syn``: uTP SYNs, a fresh connection id each.
 
-Meanwhile a pinger process on 127.0.0.2 sends a dht-rpc ``_ping`` every 2 ms
-(pipelined; a ping unanswered within 2 s is lost, no retry) and records each
+Meanwhile a pinger process sends a dht-rpc ``_ping`` every 2 ms, each from
+the next of 50 client addresses (127.0.2.1-50: 10 pings a second each, a
+normal client's rate) (pipelined; a ping unanswered within 2 s is lost, no
+retry) and records each
 round trip. Per flood kind: datagrams sent and the send rate, what the node
 absorbed (sent minus what the kernel dropped at the node's socket, from
 ``/proc/net/udp``; for txhyperswarm also answered and refused as its
@@ -64,6 +66,8 @@ NODE_SCRIPT = REPO / "tests" / "node" / "flood_node.js"
 
 #: Flood sources: 1,000 addresses spread over 127.0.0.0/8.
 SOURCES = 1000
+#: The pinger's client addresses (127.0.2.1-...): the legitimate clients.
+PING_CLIENTS = 50
 HOT_TOPIC = bytes.fromhex("ab" * 32)
 MiB = 1024 * 1024
 
@@ -318,26 +322,34 @@ def _flood(socks, addr, payloads, cmd) -> None:
 
 def pinger(cfg: dict) -> None:
     """
-    A client on its own address: ``{"cmd": "start", "interval"}`` pings
-    every ``interval`` s (pipelined) until ``{"cmd": "stop"}``, then reports
+    Legitimate clients: ``{"cmd": "start", "interval"}`` pings every
+    ``interval`` s (pipelined), each ping from the next of ``clients``
+    addresses (127.0.2.1, 127.0.2.2, ...; a ping every 2 ms from 50
+    addresses is 10 a second each, a normal client's rate, below the RPC
+    layer's overload limit per source) until ``{"cmd": "stop"}``, then reports
     ``{"event": "pings", "rtts" (s), "lost"}`` after waiting ``timeout`` s
     for the last answers; ``{"cmd": "seq", "count"}``: ``count`` pings one
     after the other (each waits up to ``timeout``).
     """
     addr = (cfg.get("host", "127.0.0.1"), cfg["port"])
     timeout = cfg.get("timeout", 2.0)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((cfg.get("source", "127.0.0.2"), 0))
-    s.setblocking(False)
     sel = selectors.DefaultSelector()
-    sel.register(s, selectors.EVENT_READ, "udp")
+    socks = []
+    for i in range(cfg.get("clients", PING_CLIENTS)):
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.bind((f"127.0.2.{1 + i}", 0))
+        c.setblocking(False)
+        sel.register(c, selectors.EVENT_READ, "udp")
+        socks.append(c)
+    s = socks[0]  # the sequential pings' client
+    turn = 0
     sel.register(sys.stdin, selectors.EVENT_READ, "stdin")
     rid = random.randrange(65536)
     outstanding: dict = {}
     rtts: list = []
     lost = 0
 
-    def receive() -> None:
+    def receive(s: socket.socket) -> None:
         while True:
             try:
                 data = s.recv(2048)
@@ -351,12 +363,14 @@ def pinger(cfg: dict) -> None:
             if t is not None and msg.type == m.RESPONSE:
                 rtts.append(time.perf_counter() - t)
 
-    def send() -> None:
-        nonlocal rid
+    def send(one: bool = False) -> None:
+        nonlocal rid, turn
         rid = (rid + 1) & 0xFFFF
         outstanding[rid] = time.perf_counter()
+        c = s if one else socks[turn % len(socks)]
+        turn += 1
         try:
-            s.sendto(dht_message(m.QUERY, b"_ping", rid), addr)
+            c.sendto(dht_message(m.QUERY, b"_ping", rid), addr)
         except BlockingIOError:
             pass
 
@@ -375,7 +389,7 @@ def pinger(cfg: dict) -> None:
         wait = max(0.0, next_at - time.perf_counter()) if running else 0.5
         for key, _ in sel.select(wait):
             if key.data == "udp":
-                receive()
+                receive(key.fileobj)
                 continue
             line = sys.stdin.readline()
             if not line:
@@ -389,18 +403,19 @@ def pinger(cfg: dict) -> None:
                 running = False
                 end = time.perf_counter() + timeout
                 while outstanding and time.perf_counter() < end:
-                    if sel.select(0.01):
-                        receive()
+                    for key, _ in sel.select(0.01):
+                        if key.data == "udp":
+                            receive(key.fileobj)
                 expire(float("inf"))
                 emit(event="pings", rtts=rtts, lost=lost)
             elif cmd["cmd"] == "seq":
                 rtts, lost = [], 0
                 for _ in range(cmd["count"]):
-                    send()
+                    send(one=True)
                     end = time.perf_counter() + timeout
                     while outstanding and time.perf_counter() < end:
                         if s in [k.fileobj for k, _ in sel.select(0.01)]:
-                            receive()
+                            receive(s)
                     expire(float("inf"))
                 emit(event="pings", rtts=rtts, lost=lost)
             elif cmd["cmd"] == "exit":
@@ -662,7 +677,7 @@ KINDS = ("random", "forged", "announce", "syn")
 
 def print_report(results: list, baseline: dict, count: int) -> None:
     print(f"floods at a persistent node serving a topic ({count} datagrams a kind, announce "
-          f"{round(count * 1.4)}); pings every 2 ms from 127.0.0.2, lost = unanswered in 2 s")
+          f"{round(count * 1.4)}); pings every 2 ms from 50 clients (127.0.2.x, 10/s each), lost = unanswered in 2 s")
     print(f"{'node':<12} {'flood':<9} {'sent':>7} {'sent/s':>8} {'absorbed/s':>10} {'answered':>8} "
           f"{'refused':>8} {'p50 ms':>7} {'p90':>7} {'p99':>7} {'max':>7} {'pings':>6} {'lost':>5} "
           f"{'RSS0 MiB':>8} {'RSS1 MiB':>8} {'log':>4}")
