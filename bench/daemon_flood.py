@@ -59,6 +59,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._peer import Peer, end_process  # noqa: E402
+from tests.dht.raw import dht_message  # noqa: E402
 from txhyperswarm.dht import messages as m  # noqa: E402
 
 NODE_MODULES = REPO / "tests" / "node" / "node_modules"
@@ -87,24 +88,6 @@ def emit(**obj) -> None:
 
 
 # ------------------------------------------------------------------ encoding
-
-
-def dht_message(kind: int, command: bytes, rid: int, *, node_id=None, target=None, value=None,
-                token=None) -> bytes:
-    msg = m.Message()
-    msg.version = 1
-    msg.type = kind
-    msg.rid = rid & 0xFFFF
-    if node_id is not None:
-        msg.id = node_id
-    msg.command = command
-    if target is not None:
-        msg.target = target
-    if value is not None:
-        msg.value = value
-    if token is not None:
-        msg.roundtripToken = token
-    return msg.SerializeToString()
 
 
 def peers_input(port: int) -> bytes:

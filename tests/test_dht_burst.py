@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import deferLater
 
+from tests.dht.raw import query
 from txhyperswarm.dht import messages as m
 from txhyperswarm.dht.node import DHTNode
 from txhyperswarm.dht.routing import NODES_TO_PING
@@ -38,19 +39,6 @@ SOURCES = 200
 REQUESTS = 4000
 STEP = 0.01  # 40 requests every 10 ms: 4,000/s
 AFTER = 15.5  # seconds observed after the burst
-
-
-def query(command: bytes, rid: int, node_id=None, target=None) -> bytes:
-    msg = m.Message()
-    msg.version = 1
-    msg.type = m.QUERY
-    msg.rid = rid & 0xFFFF
-    if node_id is not None:
-        msg.id = node_id
-    msg.command = command
-    if target is not None:
-        msg.target = target
-    return msg.SerializeToString()
 
 
 class Source(DatagramProtocol):

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 from twisted.internet import defer
 
+from tests.dht.raw import query
 from txhyperswarm.dht import messages as m
 from txhyperswarm.dht.node import DHTNode
 from txhyperswarm.testing import UDPNetwork
@@ -35,14 +36,7 @@ def source(i: int) -> Address:
 
 
 def find_node(rng: random.Random, rid: int) -> bytes:
-    msg = m.Message()
-    msg.version = 1
-    msg.type = m.QUERY
-    msg.rid = rid & 0xFFFF
-    msg.id = rng.randbytes(32)
-    msg.command = b"_find_node"
-    msg.target = rng.randbytes(32)
-    return msg.SerializeToString()
+    return query(b"_find_node", rid, rng.randbytes(32), rng.randbytes(32))
 
 
 class Probe:
@@ -165,14 +159,7 @@ def test_reping_storm_is_bounded():
 
 
 def ping_datagram(rid: int, node_id: Optional[bytes] = None) -> bytes:
-    msg = m.Message()
-    msg.version = 1
-    msg.type = m.QUERY
-    msg.rid = rid & 0xFFFF
-    if node_id is not None:
-        msg.id = node_id
-    msg.command = b"_ping"
-    return msg.SerializeToString()
+    return query(b"_ping", rid, node_id)
 
 
 def median(xs: List[float]) -> float:
@@ -245,13 +232,7 @@ def test_pending_requests_per_source_and_in_total():
     p.node.add_command("slow", query=slow)
 
     def slow_query(rid: int) -> bytes:
-        msg = m.Message()
-        msg.version = 1
-        msg.type = m.QUERY
-        msg.rid = rid
-        msg.command = b"slow"
-        msg.target = bytes(32)
-        return msg.SerializeToString()
+        return query(b"slow", rid, target=bytes(32))
 
     for k in range(30):
         p.inject(slow_query(k), ("127.3.0.1", 3000))
