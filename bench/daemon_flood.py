@@ -58,6 +58,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._netns import enter_private_netns  # noqa: E402
 from bench._peer import Peer, end_process  # noqa: E402
 from tests.dht.raw import dht_message  # noqa: E402
 from txhyperswarm.dht import messages as m  # noqa: E402
@@ -646,15 +647,6 @@ def measure_announces(make, count: int, workdir: Path) -> dict:
 # ------------------------------------------------------------------ main
 
 
-def in_private_netns() -> bool:
-    return sorted(name for _, name in socket.if_nameindex()) == ["lo"]
-
-
-def reexec_in_netns() -> None:
-    script = "ip link set lo up multicast on && ip route add 224.0.0.0/4 dev lo && exec \"$0\" \"$@\""
-    os.execvp("unshare", ["unshare", "-rn", "sh", "-c", script, sys.executable, *sys.argv])
-
-
 KINDS = ("random", "forged", "announce", "syn")
 
 
@@ -742,11 +734,7 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(KINDS), help="flood kinds, comma-separated")
     ap.add_argument("--no-assert", action="store_true", help="report only, exit 0")
     args = ap.parse_args()
-    if not in_private_netns():
-        if os.environ.get("BENCH_DAEMON_FLOOD_NETNS"):
-            sys.exit("cannot make a private network namespace (unshare -rn)")
-        os.environ["BENCH_DAEMON_FLOOD_NETNS"] = "1"
-        reexec_in_netns()
+    enter_private_netns("BENCH_DAEMON_FLOOD_NETNS")
     makes = []
     if args.only in (None, "py"):
         makes.append(PyTarget)
