@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from bench._netns import enter_private_netns  # noqa: E402
 from bench._peer import Peer, emit, end_process, serve_role  # noqa: E402
+from tests.harness import free_port  # noqa: E402
 
 NODE_MODULES = REPO / "tests" / "node" / "node_modules"
 
@@ -127,20 +127,6 @@ def _python_peer(cfg: dict) -> None:
 
 
 # ---------------------------------------------------------------- the driver
-
-
-def free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
 
 
 class Bootstrap:

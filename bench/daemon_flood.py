@@ -60,6 +60,7 @@ sys.path.insert(0, str(REPO))
 
 from bench._netns import enter_private_netns  # noqa: E402
 from bench._peer import Peer, end_process  # noqa: E402
+from tests.harness import free_port  # noqa: E402
 from tests.dht.raw import dht_message  # noqa: E402
 from txhyperswarm.dht import messages as m  # noqa: E402
 
@@ -414,21 +415,6 @@ def pinger(cfg: dict) -> None:
 
 
 # ------------------------------------------------------------------ the targets
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host`` right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((host, 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
 
 
 def twist_argv(port: int, status_port: int, topic: str = "daemon flood") -> list:
