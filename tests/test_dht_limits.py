@@ -85,6 +85,23 @@ class Probe:
     def inject(self, data: bytes, src: Address) -> None:
         self.net.transmit(data, src, NODE)
 
+    def flood(self, payloads: List[bytes], steps: int, per_step: int) -> int:
+        """
+        ``per_step`` datagrams every 10 ms for ``steps`` steps, payload ``i``
+        from :func:`source` ``i`` round the list; the client pings every 100 ms.
+        Returns how many were sent.
+        """
+        sent = 0
+        for step in range(steps):
+            for k in range(per_step):
+                i = (step * per_step + k) % len(payloads)
+                self.inject(payloads[i], source(i))
+                sent += 1
+            if step % 10 == 0:
+                self.ping()
+            self.net.clock.advance(0.01)
+        return sent
+
     def sizes(self) -> Dict[str, int]:
         table = self.node.routing_table
         rpc = self.node.rpc
@@ -201,15 +218,7 @@ def test_flood_from_1000_addresses_is_shed_and_the_client_served():
     p = Probe(rate_limit_per_ip=20)
     rng = random.Random(2)
     payloads = [find_node(rng, k) for k in range(1000)]
-    sent = 0
-    for step in range(500):  # 5 s; 1,000 addresses, 40 a second each
-        for k in range(400):
-            i = (step * 400 + k) % 1000
-            p.inject(payloads[i], source(i))
-            sent += 1
-        if step % 10 == 0:
-            p.ping()
-        p.net.clock.advance(0.01)
+    sent = p.flood(payloads, 500, 400)  # 5 s; 1,000 addresses, 40 a second each
     p.net.run(2)
     assert (p.answered, p.lost) == (50, 0)
     assert median(p.latencies) < 0.05
