@@ -246,28 +246,26 @@ def test_holepunch_relay_total_budget_holds_a_flood_from_many_addresses():
         w.stop()
 
 
-def test_holepunch_relay_budgets_spare_the_exempt_sources():
-    w = RelayWorld(holepunch_relay_per_ip=1, holepunch_relay_total=1, rate_limit_exempt={FLOODER[0]})
+def relays_all(count: int, **relay_kw) -> None:
+    """``count`` holepunches from FLOODER at once are all relayed, none dropped."""
+    w = RelayWorld(**relay_kw)
     try:
-        for i in range(20):
+        for i in range(count):
             w.net.transmit(holepunch_to(i, TARGET), FLOODER, RELAY)
         w.net.run(0.5)
-        assert w.relayed[FLOODER[0]] == 20 and not w.relay.dropped
+        assert w.relayed[FLOODER[0]] == count and not w.relay.dropped
     finally:
         w.stop()
+
+
+def test_holepunch_relay_budgets_spare_the_exempt_sources():
+    relays_all(20, holepunch_relay_per_ip=1, holepunch_relay_total=1, rate_limit_exempt={FLOODER[0]})
 
 
 def test_holepunch_relay_defaults_spare_a_peer_dialling_its_whole_swarm_at_once():
-    w = RelayWorld()
-    try:
-        # a --listen daemon opening 256 tunnels (its default --max-peers) at
-        # once, each dial holepunching through the same referrer
-        for i in range(256):
-            w.net.transmit(holepunch_to(i, TARGET), FLOODER, RELAY)
-        w.net.run(0.5)
-        assert w.relayed[FLOODER[0]] == 256 and not w.relay.dropped
-    finally:
-        w.stop()
+    # a --listen daemon opening 256 tunnels (its default --max-peers) at
+    # once, each dial holepunching through the same referrer
+    relays_all(256)
 
 
 # -- a real daemon under a ping flood -------------------------------------------------
