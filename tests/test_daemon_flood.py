@@ -335,6 +335,17 @@ class _Caller(protocol.Protocol):
         if not self.heard.called:
             self.heard.errback(reason)
 
+    @defer.inlineCallbacks
+    def hear_then_close(self, reactor, within: float):
+        """Waits for ``heard`` (the connection aborted after ``within`` s), then closes."""
+        timer = reactor.callLater(within, self.transport.abortConnection)
+        try:
+            yield self.heard
+        finally:
+            if timer.active():
+                timer.cancel()
+        self.transport.loseConnection()
+
 
 def syn_flood(port: int, count: int = SYNS) -> float:
     """``count`` uTP SYNs from spoofed-looking sources over 127.0.0.0/8; returns the seconds it took."""
@@ -370,13 +381,7 @@ def tcp_call(reactor, port: int, hello: bytes):
         caller = _Caller(hello)
         try:
             yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), caller)
-            timer = reactor.callLater(2.0, caller.transport.abortConnection)
-            try:
-                yield caller.heard
-            finally:
-                if timer.active():
-                    timer.cancel()
-            caller.transport.loseConnection()
+            yield caller.hear_then_close(reactor, 2.0)
             return time.monotonic() - t0, attempts
         except Exception:
             yield task.deferLater(reactor, 0.25, lambda: None)
@@ -394,13 +399,7 @@ def utp_call(reactor, port: int, hello: bytes):
     try:
         caller = _Caller(hello)
         yield sock.connect("127.0.0.1", port, OneFactory(caller), timeout=PEER_WAIT)
-        timer = reactor.callLater(PEER_WAIT, caller.transport.abortConnection)
-        try:
-            yield caller.heard
-        finally:
-            if timer.active():
-                timer.cancel()
-        caller.transport.loseConnection()
+        yield caller.hear_then_close(reactor, PEER_WAIT)
         return time.monotonic() - t0
     finally:
         yield sock.close()
