@@ -57,7 +57,6 @@ from bench.connect import Bootstrap  # noqa: E402
 
 NODE_MODULES = REPO / "tests" / "node" / "node_modules"
 MiB = 1 << 20
-CHUNK = 64 * 1024
 
 #: (loss, size, echo, seed): the issue's two transfers.
 CASES = {
@@ -112,8 +111,8 @@ def _relay(cfg: dict) -> None:
 def _python_peer(cfg: dict) -> None:
     """The Python end: the same roles and lines as bench/node/swarm_lossy_peer.js."""
     from twisted.internet import reactor, task
-    from twisted.internet.interfaces import IPushProducer
-    from zope.interface import implementer
+
+    from bench._bulk import StreamPump
 
     from txhyperswarm import Hyperswarm
 
@@ -149,36 +148,6 @@ def _python_peer(cfg: dict) -> None:
         stream.on_end = end  # then the stream ends our side (allow_half_open False)
         stream.on_close = lambda reason: progress.running and progress.stop()
 
-    @implementer(IPushProducer)
-    class Pump:
-        def __init__(self, stream):
-            self.stream = stream
-            self.block = os.urandom(MiB)
-            self.sent = hashlib.sha256()
-            self.left = cfg["size"]
-            self.off = 0
-            self.paused = False
-            stream.transport.registerProducer(self, True)
-
-        def pauseProducing(self):
-            self.paused = True
-
-        stopProducing = pauseProducing
-
-        def resumeProducing(self):
-            self.paused = False
-            while not self.paused and self.left > 0:
-                n = min(self.left, CHUNK)
-                chunk = self.block[self.off:self.off + n]
-                self.off = (self.off + n) % MiB
-                self.left -= n
-                self.sent.update(chunk)
-                self.stream.write(chunk)
-            if self.left <= 0 and not self.stream.write_ended:
-                self.stream.transport.unregisterProducer()
-                self.stream.end()
-                emit(event="sent", bytes=cfg["size"], sha256=self.sent.hexdigest())
-
     def dialler(stream, info):
         info.reconnect(False)
         emit(event="connected", t0=state["joined_at"], t1=time.monotonic(), type=info.type)
@@ -190,7 +159,8 @@ def _python_peer(cfg: dict) -> None:
             echo.update(chunk)
             echoed[0] += len(chunk)
 
-        pump = Pump(stream)
+        pump = StreamPump(stream, os.urandom(MiB), cfg["size"],
+                          on_sent=lambda: emit(event="sent", bytes=cfg["size"], sha256=pump.sent.hexdigest()))
         progress = task.LoopingCall(lambda: emit(event="echo", bytes=echoed[0]))
         progress.start(1.0, now=False)
         stream.on_close = lambda reason: progress.running and progress.stop()
