@@ -60,7 +60,7 @@ sys.path.insert(0, str(REPO))
 
 from bench._netns import enter_private_netns  # noqa: E402
 from bench._peer import Peer, end_process  # noqa: E402
-from tests.harness import free_port  # noqa: E402
+from tests.harness import free_port, metric_samples  # noqa: E402
 from tests.dht.raw import dht_message  # noqa: E402
 from txhyperswarm.dht import messages as m  # noqa: E402
 
@@ -423,16 +423,6 @@ def twist_argv(port: int, status_port: int, topic: str = "daemon flood") -> list
             "--topic", topic, "--expose", "tcp:host=127.0.0.1:port=9", "--persistent",
             "--bootstrap", "none", "--host", "127.0.0.1", "--port", str(port),
             "--status-http", f"tcp:port={status_port}:interface=127.0.0.1"]
-
-
-def metric_samples(text: str) -> dict:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 class PyTarget:

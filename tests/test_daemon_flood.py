@@ -38,7 +38,7 @@ import treq
 from twisted.internet import defer, protocol, task
 
 from bench import daemon_flood as flood
-from tests.harness import free_port
+from tests.harness import free_port, metric_samples as samples
 
 REPO = Path(__file__).resolve().parent.parent
 #: datagrams per flood command: 100,000 random, then 100,000 hostile
@@ -63,10 +63,6 @@ CAPS = {"records": 65536, "records_largest_topic": 4096, "records_largest_addres
 
 def rss_mib(pid: int) -> float:
     return flood.rss_mib(pid)
-
-
-def samples(text: str) -> dict:
-    return flood.metric_samples(text)
 
 
 def total(s: dict, name: str, **want) -> float:

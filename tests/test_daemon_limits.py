@@ -19,7 +19,7 @@ from twisted.internet import task
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 
-from tests.harness import REPO, free_port
+from tests.harness import REPO, free_port, metric_samples
 from txhyperswarm.dht import messages as m
 from txhyperswarm.dht.node import DHTNode
 from txhyperswarm.tap import LIMITS, Options, build_service
@@ -288,13 +288,6 @@ class Flooder(DatagramProtocol):
         self.answers += 1
 
 
-def _samples(text: str) -> dict:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
 @pytest_twisted.inlineCallbacks
 def test_a_bootstrap_node_sheds_a_ping_flood_from_one_address_and_answers_another(processes, reactor):
     import treq
@@ -330,7 +323,7 @@ def test_a_bootstrap_node_sheds_a_ping_flood_from_one_address_and_answers_anothe
         assert (answered, lost) == (50, 0)
         # the flood's answers: 50 a second (and a window's edge)
         assert 0 < flooder.answers <= 50 * (elapsed + 2), (flooder.answers, elapsed)
-        samples = _samples((yield (yield treq.get(f"http://127.0.0.1:{status}/metrics")).text()))
+        samples = metric_samples((yield (yield treq.get(f"http://127.0.0.1:{status}/metrics")).text()))
         shed = samples[("hyperswarm_dropped_datagrams_total", (("reason", "rate_ip"),))]
         assert shed > 0 and shed + flooder.answers <= sent
         pings_in = samples[("hyperswarm_dht_rpc_requests_total", (("command", "_ping"), ("direction", "in")))]
