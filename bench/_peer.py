@@ -1,6 +1,8 @@
 """
 A benchmark's child process that speaks JSON lines on stdout (bench/utp.py,
-bench/connect.py): every wait is bounded, and stop() always ends it.
+bench/connect.py): every wait is bounded, and stop() always ends it. In the
+child: emit() writes such a line, serve_role() runs a swarm peer's announce
+or dial part (bench/connect.py, bench/swarm_lossy.py).
 """
 
 from __future__ import annotations
