@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,14 +44,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._peer import Peer, end_process  # noqa: E402
+from bench._netns import enter_private_netns  # noqa: E402
+from bench._peer import Peer, emit, end_process, serve_role  # noqa: E402
+from tests.harness import free_port  # noqa: E402
 
 NODE_MODULES = REPO / "tests" / "node" / "node_modules"
-
-
-def emit(**obj) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 # ---------------------------------------------------------------- the Python peer
@@ -60,10 +56,9 @@ def emit(**obj) -> None:
 
 def _python_peer(cfg: dict) -> None:
     """The Python end: the same roles and lines as bench/node/connect_peer.js."""
-    from twisted.internet import reactor, stdio
+    from twisted.internet import reactor
     from twisted.internet.interfaces import IHalfCloseableProtocol
     from twisted.internet.protocol import Factory, Protocol
-    from twisted.protocols.basic import LineReceiver
     from zope.interface import implementer
 
     from txhyperswarm import Hyperswarm
@@ -125,48 +120,13 @@ def _python_peer(cfg: dict) -> None:
     swarm.on("connection", on_connection)
     topic = bytes.fromhex(cfg["topic"])
 
-    def bound(_):
-        if role == "announce":
-            def announced(ok):
-                if cfg["utp"]:
-                    swarm.network.tcp_port.stopListening()
-                emit(event="announced", ok=ok, port=swarm.address()[1], pid=os.getpid())
-
-            swarm.join(topic, announce=True, lookup=False).addCallback(announced).addErrback(
-                lambda f: emit(event="error", message=str(f.value)))
-            return
-
-        class Go(LineReceiver):
-            delimiter = b"\n"
-
-            def lineReceived(self, line):
-                if state["joined_at"] is None:
-                    state["joined_at"] = time.monotonic()
-                    swarm.join(topic, lookup=True).addErrback(lambda f: emit(event="error", message=str(f.value)))
-
-        stdio.StandardIO(Go())
-        emit(event="ready", pid=os.getpid())
-
-    swarm.once("listening", lambda: bound(None))
+    serve_role(swarm, topic, role, state,
+               on_announced=(lambda: swarm.network.tcp_port.stopListening()) if cfg["utp"] else None)
     swarm.startService()  # binds, then "listening"
     reactor.run()
 
 
 # ---------------------------------------------------------------- the driver
-
-
-def free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
 
 
 class Bootstrap:
@@ -246,16 +206,6 @@ NAMES = {"py": "Python", "js": "Node"}
 PAIRS = (("py", "py"), ("js", "py"), ("py", "js"), ("js", "js"))  # (announcer, dialler)
 
 
-def in_private_netns() -> bool:
-    return sorted(name for _, name in socket.if_nameindex()) == ["lo"]
-
-
-def reexec_in_netns() -> None:
-    script = ("ip link set lo up multicast on && ip route add 224.0.0.0/4 dev lo && exec \"$0\" \"$@\"")
-    argv = ["unshare", "-rn", "sh", "-c", script, sys.executable, *sys.argv]
-    os.execvp("unshare", argv)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -266,11 +216,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=120, help="seconds any one transfer may take")
     ap.add_argument("--only", choices=["tcp", "utp"], help="one transport only")
     args = ap.parse_args()
-    if not in_private_netns():
-        if os.environ.get("BENCH_CONNECT_NETNS"):
-            sys.exit("cannot make a private network namespace (unshare -rn)")
-        os.environ["BENCH_CONNECT_NETNS"] = "1"
-        reexec_in_netns()
+    enter_private_netns("BENCH_CONNECT_NETNS")
     if not (NODE_MODULES / "hyperswarm").is_dir():
         sys.exit("tests/node/node_modules is missing: run `npm ci --prefix tests/node`")
 

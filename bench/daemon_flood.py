@@ -58,7 +58,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._netns import enter_private_netns  # noqa: E402
 from bench._peer import Peer, end_process  # noqa: E402
+from tests.harness import free_port, metric_samples  # noqa: E402
+from tests.dht.raw import dht_message  # noqa: E402
 from txhyperswarm.dht import messages as m  # noqa: E402
 
 NODE_MODULES = REPO / "tests" / "node" / "node_modules"
@@ -87,24 +90,6 @@ def emit(**obj) -> None:
 
 
 # ------------------------------------------------------------------ encoding
-
-
-def dht_message(kind: int, command: bytes, rid: int, *, node_id=None, target=None, value=None,
-                token=None) -> bytes:
-    msg = m.Message()
-    msg.version = 1
-    msg.type = kind
-    msg.rid = rid & 0xFFFF
-    if node_id is not None:
-        msg.id = node_id
-    msg.command = command
-    if target is not None:
-        msg.target = target
-    if value is not None:
-        msg.value = value
-    if token is not None:
-        msg.roundtripToken = token
-    return msg.SerializeToString()
 
 
 def peers_input(port: int) -> bytes:
@@ -432,37 +417,12 @@ def pinger(cfg: dict) -> None:
 # ------------------------------------------------------------------ the targets
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host`` right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((host, 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
 def twist_argv(port: int, status_port: int, topic: str = "daemon flood") -> list:
     """The daemon under test: persistent, serving a topic, /status on 127.0.0.1."""
     return [sys.executable, "-m", "twisted", "--log-format", "text", "hyperswarm",
             "--topic", topic, "--expose", "tcp:host=127.0.0.1:port=9", "--persistent",
             "--bootstrap", "none", "--host", "127.0.0.1", "--port", str(port),
             "--status-http", f"tcp:port={status_port}:interface=127.0.0.1"]
-
-
-def metric_samples(text: str) -> dict:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 class PyTarget:
@@ -663,15 +623,6 @@ def measure_announces(make, count: int, workdir: Path) -> dict:
 # ------------------------------------------------------------------ main
 
 
-def in_private_netns() -> bool:
-    return sorted(name for _, name in socket.if_nameindex()) == ["lo"]
-
-
-def reexec_in_netns() -> None:
-    script = "ip link set lo up multicast on && ip route add 224.0.0.0/4 dev lo && exec \"$0\" \"$@\""
-    os.execvp("unshare", ["unshare", "-rn", "sh", "-c", script, sys.executable, *sys.argv])
-
-
 KINDS = ("random", "forged", "announce", "syn")
 
 
@@ -759,11 +710,7 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(KINDS), help="flood kinds, comma-separated")
     ap.add_argument("--no-assert", action="store_true", help="report only, exit 0")
     args = ap.parse_args()
-    if not in_private_netns():
-        if os.environ.get("BENCH_DAEMON_FLOOD_NETNS"):
-            sys.exit("cannot make a private network namespace (unshare -rn)")
-        os.environ["BENCH_DAEMON_FLOOD_NETNS"] = "1"
-        reexec_in_netns()
+    enter_private_netns("BENCH_DAEMON_FLOOD_NETNS")
     makes = []
     if args.only in (None, "py"):
         makes.append(PyTarget)

@@ -57,26 +57,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._peer import end_process  # noqa: E402
+from tests.dht.raw import query  # noqa: E402
 from txhyperswarm.dht import messages as m  # noqa: E402
+
 
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def query(command: bytes, rid: int, node_id=None, target=None) -> bytes:
-    msg = m.Message()
-    msg.version = 1
-    msg.type = m.QUERY
-    msg.rid = rid & 0xFFFF
-    if node_id is not None:
-        msg.id = node_id
-    msg.command = command
-    if target is not None:
-        msg.target = target
-    return msg.SerializeToString()
 
 
 def flooder(port: int, seconds: float, max_datagrams: int, out) -> None:

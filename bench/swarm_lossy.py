@@ -51,23 +51,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._peer import Peer  # noqa: E402
-from bench.connect import Bootstrap, in_private_netns, reexec_in_netns  # noqa: E402
+from bench._peer import Peer, emit, serve_role  # noqa: E402
+from bench._netns import enter_private_netns  # noqa: E402
+from bench.connect import Bootstrap  # noqa: E402
 
 NODE_MODULES = REPO / "tests" / "node" / "node_modules"
 MiB = 1 << 20
-CHUNK = 64 * 1024
 
 #: (loss, size, echo, seed): the issue's two transfers.
 CASES = {
     "5": (0.05, 64 * MiB, 1 * MiB, 5),
     "20": (0.20, 4 * MiB, 256 * 1024, 20),
 }
-
-
-def emit(**obj) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 # ---------------------------------------------------------------- the relay
@@ -115,10 +110,9 @@ def _relay(cfg: dict) -> None:
 
 def _python_peer(cfg: dict) -> None:
     """The Python end: the same roles and lines as bench/node/swarm_lossy_peer.js."""
-    from twisted.internet import reactor, stdio, task
-    from twisted.internet.interfaces import IPushProducer
-    from twisted.protocols.basic import LineReceiver
-    from zope.interface import implementer
+    from twisted.internet import reactor, task
+
+    from bench._bulk import StreamPump
 
     from txhyperswarm import Hyperswarm
 
@@ -154,36 +148,6 @@ def _python_peer(cfg: dict) -> None:
         stream.on_end = end  # then the stream ends our side (allow_half_open False)
         stream.on_close = lambda reason: progress.running and progress.stop()
 
-    @implementer(IPushProducer)
-    class Pump:
-        def __init__(self, stream):
-            self.stream = stream
-            self.block = os.urandom(MiB)
-            self.sent = hashlib.sha256()
-            self.left = cfg["size"]
-            self.off = 0
-            self.paused = False
-            stream.transport.registerProducer(self, True)
-
-        def pauseProducing(self):
-            self.paused = True
-
-        stopProducing = pauseProducing
-
-        def resumeProducing(self):
-            self.paused = False
-            while not self.paused and self.left > 0:
-                n = min(self.left, CHUNK)
-                chunk = self.block[self.off:self.off + n]
-                self.off = (self.off + n) % MiB
-                self.left -= n
-                self.sent.update(chunk)
-                self.stream.write(chunk)
-            if self.left <= 0 and not self.stream.write_ended:
-                self.stream.transport.unregisterProducer()
-                self.stream.end()
-                emit(event="sent", bytes=cfg["size"], sha256=self.sent.hexdigest())
-
     def dialler(stream, info):
         info.reconnect(False)
         emit(event="connected", t0=state["joined_at"], t1=time.monotonic(), type=info.type)
@@ -195,7 +159,8 @@ def _python_peer(cfg: dict) -> None:
             echo.update(chunk)
             echoed[0] += len(chunk)
 
-        pump = Pump(stream)
+        pump = StreamPump(stream, os.urandom(MiB), cfg["size"],
+                          on_sent=lambda: emit(event="sent", bytes=cfg["size"], sha256=pump.sent.hexdigest()))
         progress = task.LoopingCall(lambda: emit(event="echo", bytes=echoed[0]))
         progress.start(1.0, now=False)
         stream.on_close = lambda reason: progress.running and progress.stop()
@@ -217,27 +182,7 @@ def _python_peer(cfg: dict) -> None:
 
     swarm.on("connection", on_connection)
 
-    def bound():
-        if role == "announce":
-            def announced(ok):
-                emit(event="announced", ok=ok, port=swarm.address()[1], pid=os.getpid())
-
-            swarm.join(topic, announce=True, lookup=False).addCallback(announced).addErrback(
-                lambda f: emit(event="error", message=str(f.value)))
-            return
-
-        class Go(LineReceiver):
-            delimiter = b"\n"
-
-            def lineReceived(self, line):
-                if state["joined_at"] is None:
-                    state["joined_at"] = time.monotonic()
-                    swarm.join(topic, lookup=True).addErrback(lambda f: emit(event="error", message=str(f.value)))
-
-        stdio.StandardIO(Go())
-        emit(event="ready", port=swarm.address()[1], pid=os.getpid())
-
-    swarm.once("listening", bound)
+    serve_role(swarm, topic, role, state)
     swarm.startService()
     reactor.run()
 
@@ -359,11 +304,7 @@ def main() -> None:
     ap.add_argument("--no-mixed", action="store_true", help="skip Python <- Node and Node <- Python")
     ap.add_argument("--pairs", help="announcer-dialler pairs to run, e.g. py-py,js-js (Node <- Node is the reference)")
     args = ap.parse_args()
-    if not in_private_netns():
-        if os.environ.get("BENCH_CONNECT_NETNS"):
-            sys.exit("cannot make a private network namespace (unshare -rn)")
-        os.environ["BENCH_CONNECT_NETNS"] = "1"
-        reexec_in_netns()
+    enter_private_netns("BENCH_CONNECT_NETNS")
     if not (NODE_MODULES / "hyperswarm").is_dir():
         sys.exit("tests/node/node_modules is missing: run `npm ci --prefix tests/node`")
     pairs = [("js", "js"), ("py", "py")] + ([] if args.no_mixed else [("py", "js"), ("js", "py")])

@@ -161,6 +161,14 @@ class ProcessPool:
         return defer.DeferredList([c.stop() for c in self.children], consumeErrors=True)
 
 
+def metric_samples(text: str) -> dict:
+    """A Prometheus text exposition (``/metrics``) as ``{(name, sorted label pairs): value}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on ``host`` right now."""
     import socket

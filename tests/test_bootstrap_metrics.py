@@ -7,8 +7,7 @@ import sys
 import pytest_twisted
 import treq
 
-from bench.daemon_flood import metric_samples
-from tests.harness import free_port
+from tests.harness import free_port, metric_samples
 
 
 @pytest_twisted.inlineCallbacks

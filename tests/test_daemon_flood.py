@@ -38,7 +38,7 @@ import treq
 from twisted.internet import defer, protocol, task
 
 from bench import daemon_flood as flood
-from tests.harness import free_port
+from tests.harness import free_port, metric_samples as samples
 
 REPO = Path(__file__).resolve().parent.parent
 #: datagrams per flood command: 100,000 random, then 100,000 hostile
@@ -63,10 +63,6 @@ CAPS = {"records": 65536, "records_largest_topic": 4096, "records_largest_addres
 
 def rss_mib(pid: int) -> float:
     return flood.rss_mib(pid)
-
-
-def samples(text: str) -> dict:
-    return flood.metric_samples(text)
 
 
 def total(s: dict, name: str, **want) -> float:
@@ -335,6 +331,17 @@ class _Caller(protocol.Protocol):
         if not self.heard.called:
             self.heard.errback(reason)
 
+    @defer.inlineCallbacks
+    def hear_then_close(self, reactor, within: float):
+        """Waits for ``heard`` (the connection aborted after ``within`` s), then closes."""
+        timer = reactor.callLater(within, self.transport.abortConnection)
+        try:
+            yield self.heard
+        finally:
+            if timer.active():
+                timer.cancel()
+        self.transport.loseConnection()
+
 
 def syn_flood(port: int, count: int = SYNS) -> float:
     """``count`` uTP SYNs from spoofed-looking sources over 127.0.0.0/8; returns the seconds it took."""
@@ -370,13 +377,7 @@ def tcp_call(reactor, port: int, hello: bytes):
         caller = _Caller(hello)
         try:
             yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), caller)
-            timer = reactor.callLater(2.0, caller.transport.abortConnection)
-            try:
-                yield caller.heard
-            finally:
-                if timer.active():
-                    timer.cancel()
-            caller.transport.loseConnection()
+            yield caller.hear_then_close(reactor, 2.0)
             return time.monotonic() - t0, attempts
         except Exception:
             yield task.deferLater(reactor, 0.25, lambda: None)
@@ -394,13 +395,7 @@ def utp_call(reactor, port: int, hello: bytes):
     try:
         caller = _Caller(hello)
         yield sock.connect("127.0.0.1", port, OneFactory(caller), timeout=PEER_WAIT)
-        timer = reactor.callLater(PEER_WAIT, caller.transport.abortConnection)
-        try:
-            yield caller.heard
-        finally:
-            if timer.active():
-                timer.cancel()
-        caller.transport.loseConnection()
+        yield caller.hear_then_close(reactor, PEER_WAIT)
         return time.monotonic() - t0
     finally:
         yield sock.close()

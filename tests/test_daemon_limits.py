@@ -19,7 +19,7 @@ from twisted.internet import task
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 
-from tests.harness import REPO, free_port
+from tests.harness import REPO, free_port, metric_samples
 from txhyperswarm.dht import messages as m
 from txhyperswarm.dht.node import DHTNode
 from txhyperswarm.tap import LIMITS, Options, build_service
@@ -246,28 +246,26 @@ def test_holepunch_relay_total_budget_holds_a_flood_from_many_addresses():
         w.stop()
 
 
-def test_holepunch_relay_budgets_spare_the_exempt_sources():
-    w = RelayWorld(holepunch_relay_per_ip=1, holepunch_relay_total=1, rate_limit_exempt={FLOODER[0]})
+def relays_all(count: int, **relay_kw) -> None:
+    """``count`` holepunches from FLOODER at once are all relayed, none dropped."""
+    w = RelayWorld(**relay_kw)
     try:
-        for i in range(20):
+        for i in range(count):
             w.net.transmit(holepunch_to(i, TARGET), FLOODER, RELAY)
         w.net.run(0.5)
-        assert w.relayed[FLOODER[0]] == 20 and not w.relay.dropped
+        assert w.relayed[FLOODER[0]] == count and not w.relay.dropped
     finally:
         w.stop()
+
+
+def test_holepunch_relay_budgets_spare_the_exempt_sources():
+    relays_all(20, holepunch_relay_per_ip=1, holepunch_relay_total=1, rate_limit_exempt={FLOODER[0]})
 
 
 def test_holepunch_relay_defaults_spare_a_peer_dialling_its_whole_swarm_at_once():
-    w = RelayWorld()
-    try:
-        # a --listen daemon opening 256 tunnels (its default --max-peers) at
-        # once, each dial holepunching through the same referrer
-        for i in range(256):
-            w.net.transmit(holepunch_to(i, TARGET), FLOODER, RELAY)
-        w.net.run(0.5)
-        assert w.relayed[FLOODER[0]] == 256 and not w.relay.dropped
-    finally:
-        w.stop()
+    # a --listen daemon opening 256 tunnels (its default --max-peers) at
+    # once, each dial holepunching through the same referrer
+    relays_all(256)
 
 
 # -- a real daemon under a ping flood -------------------------------------------------
@@ -288,13 +286,6 @@ class Flooder(DatagramProtocol):
 
     def datagramReceived(self, data, addr):
         self.answers += 1
-
-
-def _samples(text: str) -> dict:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 @pytest_twisted.inlineCallbacks
@@ -332,7 +323,7 @@ def test_a_bootstrap_node_sheds_a_ping_flood_from_one_address_and_answers_anothe
         assert (answered, lost) == (50, 0)
         # the flood's answers: 50 a second (and a window's edge)
         assert 0 < flooder.answers <= 50 * (elapsed + 2), (flooder.answers, elapsed)
-        samples = _samples((yield (yield treq.get(f"http://127.0.0.1:{status}/metrics")).text()))
+        samples = metric_samples((yield (yield treq.get(f"http://127.0.0.1:{status}/metrics")).text()))
         shed = samples[("hyperswarm_dropped_datagrams_total", (("reason", "rate_ip"),))]
         assert shed > 0 and shed + flooder.answers <= sent
         pings_in = samples[("hyperswarm_dht_rpc_requests_total", (("command", "_ping"), ("direction", "in")))]

@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import deferLater
 
+from tests.dht.raw import query
 from txhyperswarm.dht import messages as m
 from txhyperswarm.dht.node import DHTNode
 from txhyperswarm.dht.routing import NODES_TO_PING
@@ -38,19 +39,6 @@ SOURCES = 200
 REQUESTS = 4000
 STEP = 0.01  # 40 requests every 10 ms: 4,000/s
 AFTER = 15.5  # seconds observed after the burst
-
-
-def query(command: bytes, rid: int, node_id=None, target=None) -> bytes:
-    msg = m.Message()
-    msg.version = 1
-    msg.type = m.QUERY
-    msg.rid = rid & 0xFFFF
-    if node_id is not None:
-        msg.id = node_id
-    msg.command = command
-    if target is not None:
-        msg.target = target
-    return msg.SerializeToString()
 
 
 class Source(DatagramProtocol):
@@ -167,7 +155,7 @@ def test_overload_sheds_a_flood_from_many_addresses_each_under_the_limit():
     # limit of 2,000), 20,000 a second in all: beyond OVERLOAD_RATE a second,
     # an address that sent OVERLOAD_LIMIT_PER_IP that second is shed
     # undecoded; the client (10 pings a second) never is.
-    from tests.test_dht_limits import Probe, find_node, ping_datagram, source
+    from tests.test_dht_limits import Probe, find_node, ping_datagram
     from txhyperswarm.dht.rpc import OVERLOAD_LIMIT_PER_IP, OVERLOAD_RATE, RATE_LIMIT_PER_IP
 
     assert OVERLOAD_LIMIT_PER_IP < 40 and OVERLOAD_RATE < 20_000 and RATE_LIMIT_PER_IP > 1000
@@ -180,15 +168,7 @@ def test_overload_sheds_a_flood_from_many_addresses_each_under_the_limit():
 
     rng = random.Random(3)
     payloads = [find_node(rng, k) for k in range(500)]
-    sent = 0
-    for step in range(150):  # 1.5 s
-        for k in range(200):
-            i = (step * 200 + k) % 500
-            p.inject(payloads[i], source(i))
-            sent += 1
-        if step % 10 == 0:
-            p.ping()
-        p.net.clock.advance(0.01)
+    sent = p.flood(payloads, 150, 200)  # 1.5 s
     for _ in range(35):
         p.ping()
         p.net.run(0.1)

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 from twisted.internet import defer
 
+from tests.dht.raw import query
 from txhyperswarm.dht import messages as m
 from txhyperswarm.dht.node import DHTNode
 from txhyperswarm.testing import UDPNetwork
@@ -35,14 +36,7 @@ def source(i: int) -> Address:
 
 
 def find_node(rng: random.Random, rid: int) -> bytes:
-    msg = m.Message()
-    msg.version = 1
-    msg.type = m.QUERY
-    msg.rid = rid & 0xFFFF
-    msg.id = rng.randbytes(32)
-    msg.command = b"_find_node"
-    msg.target = rng.randbytes(32)
-    return msg.SerializeToString()
+    return query(b"_find_node", rid, rng.randbytes(32), rng.randbytes(32))
 
 
 class Probe:
@@ -90,6 +84,23 @@ class Probe:
 
     def inject(self, data: bytes, src: Address) -> None:
         self.net.transmit(data, src, NODE)
+
+    def flood(self, payloads: List[bytes], steps: int, per_step: int) -> int:
+        """
+        ``per_step`` datagrams every 10 ms for ``steps`` steps, payload ``i``
+        from :func:`source` ``i`` round the list; the client pings every 100 ms.
+        Returns how many were sent.
+        """
+        sent = 0
+        for step in range(steps):
+            for k in range(per_step):
+                i = (step * per_step + k) % len(payloads)
+                self.inject(payloads[i], source(i))
+                sent += 1
+            if step % 10 == 0:
+                self.ping()
+            self.net.clock.advance(0.01)
+        return sent
 
     def sizes(self) -> Dict[str, int]:
         table = self.node.routing_table
@@ -165,14 +176,7 @@ def test_reping_storm_is_bounded():
 
 
 def ping_datagram(rid: int, node_id: Optional[bytes] = None) -> bytes:
-    msg = m.Message()
-    msg.version = 1
-    msg.type = m.QUERY
-    msg.rid = rid & 0xFFFF
-    if node_id is not None:
-        msg.id = node_id
-    msg.command = b"_ping"
-    return msg.SerializeToString()
+    return query(b"_ping", rid, node_id)
 
 
 def median(xs: List[float]) -> float:
@@ -214,15 +218,7 @@ def test_flood_from_1000_addresses_is_shed_and_the_client_served():
     p = Probe(rate_limit_per_ip=20)
     rng = random.Random(2)
     payloads = [find_node(rng, k) for k in range(1000)]
-    sent = 0
-    for step in range(500):  # 5 s; 1,000 addresses, 40 a second each
-        for k in range(400):
-            i = (step * 400 + k) % 1000
-            p.inject(payloads[i], source(i))
-            sent += 1
-        if step % 10 == 0:
-            p.ping()
-        p.net.clock.advance(0.01)
+    sent = p.flood(payloads, 500, 400)  # 5 s; 1,000 addresses, 40 a second each
     p.net.run(2)
     assert (p.answered, p.lost) == (50, 0)
     assert median(p.latencies) < 0.05
@@ -245,13 +241,7 @@ def test_pending_requests_per_source_and_in_total():
     p.node.add_command("slow", query=slow)
 
     def slow_query(rid: int) -> bytes:
-        msg = m.Message()
-        msg.version = 1
-        msg.type = m.QUERY
-        msg.rid = rid
-        msg.command = b"slow"
-        msg.target = bytes(32)
-        return msg.SerializeToString()
+        return query(b"slow", rid, target=bytes(32))
 
     for k in range(30):
         p.inject(slow_query(k), ("127.3.0.1", 3000))

@@ -27,9 +27,8 @@ import hashlib
 import pytest
 import pytest_twisted
 from twisted.internet import defer, error, task
-from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
 
+from bench._bulk import StreamPump
 from tests.utp.relay import LossyRelay
 from tests.utp.streams import random_blob
 from tests.utp.test_lossy import STALL_LIMIT, StallMonitor
@@ -39,7 +38,6 @@ from txhyperswarm.stream import Stream
 from txhyperswarm.swarm import Hyperswarm
 
 MiB = 1024 * 1024
-CHUNK = 64 * 1024
 TOPIC = b"\x12" * 32
 
 
@@ -50,35 +48,6 @@ def until(reactor, predicate, timeout):
         if reactor.seconds() > end:
             raise AssertionError("timed out waiting")
         yield task.deferLater(reactor, 0.02, lambda: None)
-
-
-@implementer(IPushProducer)
-class Pump:
-    """Writes ``blob`` into ``stream`` as a streaming producer, then ``end()`` (half-close)."""
-
-    def __init__(self, stream: Stream, blob: bytes) -> None:
-        self.stream = stream
-        self.blob = memoryview(blob)
-        self.offset = 0
-        self.paused = False
-        self.ended = False
-        stream.transport.registerProducer(self, True)
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def stopProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        while not self.paused and self.offset < len(self.blob):
-            self.stream.write(self.blob[self.offset:self.offset + CHUNK].tobytes())
-            self.offset += CHUNK
-        if self.offset >= len(self.blob) and not self.ended:
-            self.ended = True
-            self.stream.transport.unregisterProducer()
-            self.stream.end()
 
 
 class Receiver:
@@ -140,7 +109,7 @@ def lossy_swarm_transfer(reactor, *, size: int, echo: int, loss: float, seed: in
         receiver = Receiver(sb, echo)
         conn = sa.transport
         monitor = StallMonitor(reactor, lambda: (receiver.count, len(echoed), conn.oldest_unacked))
-        Pump(sa, blob).resumeProducing()
+        StreamPump(sa, blob).resumeProducing()
         try:
             yield defer.gatherResults([sa.when_closed(), sb.when_closed()], consumeErrors=True).addTimeout(
                 limit, reactor)

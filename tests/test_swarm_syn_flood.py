@@ -67,15 +67,13 @@ class Peer(protocol.Protocol):
 def scrape(swarm) -> dict:
     """``/metrics`` of the swarm, as ``{(name, labels): value}``."""
     from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.parser import text_string_to_metric_families
 
+    from tests.harness import metric_samples
     from txhyperswarm.web import NodeMetrics
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeMetrics(swarm=swarm))
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(generate_latest(registry).decode())
-            for s in family.samples}
+    return metric_samples(generate_latest(registry).decode())
 
 
 class World:

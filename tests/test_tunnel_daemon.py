@@ -14,13 +14,12 @@ import time
 import pytest
 import pytest_twisted
 import treq
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.web import resource, server
 
-from tests.harness import free_port
+from tests.harness import free_port, metric_samples
 
 PAGE = b"hello through the tunnel\n"
 TOPIC_TEXT = "txhyperswarm tunnel test"
@@ -42,14 +41,6 @@ def twist(processes, name, *args):
 
 def has(text):
     return lambda o: text in o.get("_text", "")
-
-
-def _samples(text):
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 @pytest.fixture
@@ -93,7 +84,7 @@ def test_a_page_through_the_tunnel_status_and_metrics(processes, twist_bootstrap
     yield listen.wait_for(lambda o: o.get("_text", "").count("tunnel opened") and len(
         [x for x in listen.lines if "tunnel opened" in x.get("_text", "")]) >= 52, timeout=20)
     yield task.deferLater(reactor, 0.5, lambda: None)
-    before = _samples((yield (yield treq.get(f"http://127.0.0.1:{status_l}/metrics")).text()))
+    before = metric_samples((yield (yield treq.get(f"http://127.0.0.1:{status_l}/metrics")).text()))
     status = yield (yield treq.get(f"http://127.0.0.1:{status_l}/status")).json()
     assert [t["topic"] for t in status["topics"]] == [TOPIC]
     assert status["topics"][0]["lookup"] is True and status["topics"][0]["peers"] == 1
@@ -115,7 +106,7 @@ def test_a_page_through_the_tunnel_status_and_metrics(processes, twist_bootstrap
 
     for _ in range(40):
         yield task.deferLater(reactor, 0.25, lambda: None)
-        after = _samples((yield (yield treq.get(f"http://127.0.0.1:{status_l}/metrics")).text()))
+        after = metric_samples((yield (yield treq.get(f"http://127.0.0.1:{status_l}/metrics")).text()))
         if sent(after) - sent(before) >= len(payload):
             break
     assert sent(after) - sent(before) >= len(payload)

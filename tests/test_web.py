@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest_twisted
-from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
 from twisted.internet.protocol import Factory, Protocol
 
+from tests.harness import metric_samples
 from txhyperswarm.dht.node import DHTNode
 from txhyperswarm.testing import UDPNetwork
 from txhyperswarm.utp.socket import UTPSocket
@@ -19,14 +19,6 @@ class Sink(Protocol):
 
     def dataReceived(self, data):
         self.received += data
-
-
-def _samples(text: str) -> dict:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 @pytest_twisted.inlineCallbacks
@@ -44,7 +36,7 @@ def test_status_and_metrics_follow_live_traffic():
     def metrics():
         d = stub.get("http://node/metrics")
         d.addCallback(lambda r: r.text())
-        return d.addCallback(_samples)
+        return d.addCallback(metric_samples)
 
     before = yield metrics()
     net.run(3)
@@ -139,7 +131,7 @@ def test_status_and_metrics_of_a_swarm_with_tunnels():
     assert status["node"]["id"] == node.id.hex() and status["node"]["port"] == 4000
     assert status["topics"] == [{"topic": topic.hex(), "announce": False, "lookup": True, "peers": 2}]
     text = yield (yield stub.get("http://node/metrics")).text()
-    samples = _samples(text)
+    samples = metric_samples(text)
     assert samples[("hyperswarm_connections", ())] == 3
     assert samples[("hyperswarm_peers_discovered_total", ())] == 2
     assert samples[("hyperswarm_bytes_total", (("direction", "out"), ("transport", "tcp")))] == 1234
@@ -183,7 +175,7 @@ def test_every_refusal_of_the_limits_appears_in_metrics():
     for kind, reasons in LIMIT_REASONS.items():
         for n, reason in enumerate(reasons, start=2):
             counters[kind][reason] = n
-    samples = _samples((yield (yield stub.get("http://node/metrics")).text()))
+    samples = metric_samples((yield (yield stub.get("http://node/metrics")).text()))
     for kind, reasons in LIMIT_REASONS.items():
         family = "hyperswarm_dht_routing_refused_total" if kind == "routing" else "hyperswarm_dropped_datagrams_total"
         for n, reason in enumerate(reasons, start=2):

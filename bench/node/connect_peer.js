@@ -7,7 +7,7 @@
 //   uTP through a holepunch); prints {"event":"announced","ok","port"}. Counts
 //   what each connection brings until its end and reports the first that
 //   brought any: {"event":"received","bytes","t0" (connection),"t1" (end),"type"}.
-// dial: bind, print {"event":"ready","pid"}; on a "go" line on stdin, t0 = now,
+// dial: bind, print {"event":"ready","port","pid"}; on a "go" line on stdin, t0 = now,
 //   join the topic (lookup only); on the first connection print
 //   {"event":"connected","t0","t1","type"} and write "size" bytes in 64 KiB
 //   writes (respecting backpressure), then end: {"event":"sent","t"}.
@@ -16,22 +16,15 @@
 // seconds (comparable with Python's time.monotonic()).
 'use strict'
 const hyperswarm = require('hyperswarm')
-const readline = require('readline')
+const { out, now, isUtp, noMdns, serveRole } = require('./_peer')
 
 const cfg = JSON.parse(process.argv[2])
-const out = (o) => process.stdout.write(JSON.stringify(o) + '\n')
-const now = () => Number(process.hrtime.bigint()) / 1e9
 const topic = Buffer.from(cfg.topic, 'hex')
-const isUtp = (socket) => typeof socket.setNoDelay !== 'function'
 
 const swarm = hyperswarm({ bootstrap: [cfg.bootstrap] })
 let first = true
-
-swarm.on('listening', () => {
-  const mdns = swarm.network.discovery.mdns
-  mdns.removeAllListeners('query')
-  mdns.removeAllListeners('response')
-})
+const state = { joinedAt: null }
+noMdns(swarm)
 
 let reported = false
 swarm.on('connection', (socket, info) => {
@@ -54,7 +47,7 @@ swarm.on('connection', (socket, info) => {
   }
   if (!first) return
   first = false
-  out({ event: 'connected', t0: joinedAt, t1: now(), type })
+  out({ event: 'connected', t0: state.joinedAt, t1: now(), type })
   const chunk = Buffer.alloc(65536, 0x61)
   let left = cfg.size
   function pump () {
@@ -70,22 +63,4 @@ swarm.on('connection', (socket, info) => {
   pump()
 })
 
-let joinedAt = null
-swarm.listen(0, (err) => {
-  if (err) return out({ event: 'error', message: String(err) })
-  if (cfg.role === 'announce') {
-    swarm.join(topic, { announce: true, lookup: false }, (err, ok) => {
-      if (err) return out({ event: 'error', message: String(err) })
-      const port = swarm.address().port
-      if (cfg.utp) swarm.network.tcp.close()
-      out({ event: 'announced', ok, port, pid: process.pid })
-    })
-  } else {
-    out({ event: 'ready', pid: process.pid })
-    readline.createInterface({ input: process.stdin }).once('line', () => {
-      joinedAt = now()
-      swarm.join(topic, { announce: false, lookup: true })
-    })
-  }
-})
-process.on('SIGTERM', () => process.exit(0))
+serveRole(swarm, topic, cfg.role, state, () => { if (cfg.utp) swarm.network.tcp.close() })

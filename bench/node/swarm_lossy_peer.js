@@ -21,25 +21,17 @@
 'use strict'
 const hyperswarm = require('hyperswarm')
 const crypto = require('crypto')
-const readline = require('readline')
+const { out, now, isUtp, noMdns, serveRole } = require('./_peer')
 
 const cfg = JSON.parse(process.argv[2])
-const out = (o) => process.stdout.write(JSON.stringify(o) + '\n')
-const now = () => Number(process.hrtime.bigint()) / 1e9
 const topic = Buffer.from(cfg.topic, 'hex')
-const isUtp = (socket) => typeof socket.setNoDelay !== 'function'
 
 const opts = { bootstrap: [cfg.bootstrap] }
 if (cfg.role === 'announce') opts.announcePort = cfg.announcePort
 const swarm = hyperswarm(opts)
 let first = true
-let joinedAt = null
-
-swarm.on('listening', () => {
-  const mdns = swarm.network.discovery.mdns
-  mdns.removeAllListeners('query')
-  mdns.removeAllListeners('response')
-})
+const state = { joinedAt: null }
+noMdns(swarm)
 
 swarm.on('connection', (socket, info) => {
   socket.on('error', (err) => out({ event: 'socket-error', message: String(err) }))
@@ -70,7 +62,7 @@ swarm.on('connection', (socket, info) => {
     return
   }
   info.reconnect(false)
-  out({ event: 'connected', t0: joinedAt, t1: now(), type })
+  out({ event: 'connected', t0: state.joinedAt, t1: now(), type })
   const block = crypto.randomBytes(1 << 20)
   const sent = crypto.createHash('sha256')
   const echo = crypto.createHash('sha256')
@@ -100,20 +92,4 @@ swarm.on('connection', (socket, info) => {
   pump()
 })
 
-swarm.listen(0, (err) => {
-  if (err) return out({ event: 'error', message: String(err) })
-  const port = swarm.address().port
-  if (cfg.role === 'announce') {
-    swarm.join(topic, { announce: true, lookup: false }, (err, ok) => {
-      if (err) return out({ event: 'error', message: String(err) })
-      out({ event: 'announced', ok, port, pid: process.pid })
-    })
-  } else {
-    out({ event: 'ready', port, pid: process.pid })
-    readline.createInterface({ input: process.stdin }).once('line', () => {
-      joinedAt = now()
-      swarm.join(topic, { announce: false, lookup: true })
-    })
-  }
-})
-process.on('SIGTERM', () => process.exit(0))
+serveRole(swarm, topic, cfg.role, state)

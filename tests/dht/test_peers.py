@@ -617,7 +617,8 @@ import os  # noqa: E402
 import pytest_twisted  # noqa: E402
 from twisted.internet.protocol import DatagramProtocol  # noqa: E402
 
-from txhyperswarm.dht.messages import Message, QUERY, RESPONSE, UPDATE, decode_message, encode_message  # noqa: E402
+from tests.dht.raw import dht_message  # noqa: E402
+from txhyperswarm.dht.messages import QUERY, RESPONSE, UPDATE, decode_message  # noqa: E402
 from txhyperswarm.dht.node import DHTNode  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
@@ -693,14 +694,8 @@ class RawClient(DatagramProtocol):
 
     def send(self, addr, type_, command, target=TOPIC, value=None, token=None):
         self._rid = (self._rid + 1) & 0xFFFF
-        msg = Message(type=type_, rid=self._rid, command=command.encode())
-        if target is not None:
-            msg.target = target
-        if value is not None:
-            msg.value = value
-        if token is not None:
-            msg.roundtripToken = token
-        self.transport.write(encode_message(msg), addr)
+        self.transport.write(dht_message(type_, command.encode(), self._rid, target=target, value=value,
+                                         token=token), addr)
         return self._rid
 
     @defer.inlineCallbacks
