@@ -157,7 +157,8 @@ class WalkTrace:
     :ivar sent: requests the walk sent (QUERY or ``_find_node``; a retry
         or a holepunch of the same request is not counted again).
     :ivar updates_sent: UPDATEs it sent.
-    :ivar replies: responses it got (errors included).
+    :ivar replies: responses it got (error replies included; a timeout is
+        not a reply).
     :ivar depth: ``{(host, port): depth}`` of the nodes learned from replies.
     :ivar reply_depth: the depth of the node whose reply is being handled:
         read it in ``on_reply``.
