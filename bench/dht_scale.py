@@ -10,7 +10,12 @@ memory figures do not mix):
 
 1. three bootstrap nodes, then the other nodes join in batches (N/20 at a
    time, 5 s of clock apart), each bootstrapping from the three; every node
-   serves ``peers``; then 60 s of clock for the tables to settle;
+   serves ``peers``; then 60 s of clock for the tables to settle; then
+   background traffic (``--warm``, 1): every node walks towards a random
+   target, spread over 20 s, and 10 s more (dht-rpc has no bucket refresh:
+   without traffic a node's far buckets hold little more than the
+   bootstrap nodes, and at 20,000 nodes whole quarters of the id space can
+   be out of a walk's reach: 3.5 % of lookups missed with ``--warm 0``);
 2. ``--topics`` topics are announced (``peers.join``, re-announced every
    300-600 s as hyperswarm does) from as many random nodes;
 3. ``--lookups`` lookups (``peers.lookup_stream``) from random nodes for
@@ -137,6 +142,26 @@ class Simulation:
             self.net.run(pause, step=0.05)
         self.net.run(settle, step=0.05)
 
+    def warm(self, walks: int = 1, spread: float = 20.0, settle: float = 10.0) -> None:
+        """
+        Background traffic: every live node walks (``_find_node``) towards
+        ``walks`` random targets, spread over ``spread`` s of clock, then
+        ``settle`` s. dht-rpc has no bucket refresh: a node's far buckets
+        fill only from traffic, as a real network's own announces and
+        lookups fill them.
+        """
+        step = 0.05
+        for _ in range(walks):
+            order = list(self.alive)
+            self.rng.shuffle(order)
+            per_step = max(1, -(-len(order) // max(1, int(spread / step))))
+            for k in range(0, len(order), per_step):
+                for i in order[k:k + per_step]:
+                    d = self.nodes[i].query_stream("_find_node", self.rng.randbytes(32))
+                    d.addErrback(lambda f: None)
+                self.net.run(step, step=step)
+        self.net.run(settle, step=step)
+
     def announce(self, count: int, limit: float = 60.0) -> int:
         """``count`` topics, each announced by a random non-bootstrap node; returns how many announced."""
         candidates = [i for i in self.alive if i >= BOOTSTRAP_NODES]
@@ -223,13 +248,15 @@ def summarize(runs: List[dict]) -> dict:
     }
 
 
-def measure(n: int, topics: int, lookups: int, seed: int = 1, kill: float = 0.3) -> dict:
+def measure(n: int, topics: int, lookups: int, seed: int = 1, kill: float = 0.3, warm: int = 1) -> dict:
     """The whole procedure for one size; returns the figures."""
     gc.collect()
     rss0 = rss_bytes()
     t0 = time.perf_counter()
     sim = Simulation(n, seed)
     sim.build()
+    if warm:
+        sim.warm(warm)
     t_build = time.perf_counter() - t0
     announced = sim.announce(topics)
     gc.collect()
@@ -249,6 +276,7 @@ def measure(n: int, topics: int, lookups: int, seed: int = 1, kill: float = 0.3)
         "nodes": n,
         "announced": announced,
         "topics": topics,
+        "warm": warm,
         "table_mean": table_mean,
         "table_min": table_min,
         "table_max": table_max,
@@ -271,7 +299,7 @@ def measure(n: int, topics: int, lookups: int, seed: int = 1, kill: float = 0.3)
 
 def run_python(n: int, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", str(n), "--topics", str(args.topics),
-           "--lookups", str(args.lookups), "--seed", str(args.seed)]
+           "--lookups", str(args.lookups), "--seed", str(args.seed), "--warm", str(args.warm)]
     if args.profile:
         cmd.append("--profile")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=args.timeout)
@@ -283,7 +311,7 @@ def run_node(n: int, args) -> Optional[dict]:
         print("(Node reference not installed: npm ci --prefix tests/node)", file=sys.stderr)
         return None
     cmd = ["node", "--expose-gc", "--max-old-space-size=16384", str(NODE_SCRIPT), "--nodes", str(n), "--topics", str(args.topics),
-           "--lookups", str(args.lookups), "--seed", str(args.seed)]
+           "--lookups", str(args.lookups), "--seed", str(args.seed), "--warm", str(args.warm)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=args.timeout)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -321,6 +349,8 @@ def main(argv=None) -> int:
     p.add_argument("--topics", type=int, default=50)
     p.add_argument("--lookups", type=int, default=200)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--warm", type=int, default=1,
+                   help="random-target walks per node after joining (background traffic; 0: none)")
     p.add_argument("--timeout", type=float, default=7200.0, help="seconds per size")
     p.add_argument("--check-ratio", action="store_true",
                    help="assert the messages ratio even when the sizes are not 1,000 and 20,000")
@@ -335,10 +365,10 @@ def main(argv=None) -> int:
             import pstats
 
             prof = cProfile.Profile()
-            result = prof.runcall(measure, args.one, args.topics, args.lookups, args.seed)
+            result = prof.runcall(measure, args.one, args.topics, args.lookups, args.seed, 0.3, args.warm)
             pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
         else:
-            result = measure(args.one, args.topics, args.lookups, args.seed)
+            result = measure(args.one, args.topics, args.lookups, args.seed, 0.3, args.warm)
         print(json.dumps(result))
         return 0
 
@@ -360,7 +390,8 @@ def main(argv=None) -> int:
             for r in rows + side[1:]:
                 f.write(json.dumps(r) + "\n")
     print(f"DHT scale, simulated ({time.strftime('%Y-%m-%d')}; {args.topics} topics, {args.lookups} lookups "
-          f"per phase, {int(REFRESH)} s of clock between the kill and the last phase)")
+          f"per phase, {args.warm} random walk(s) per node after joining, {int(REFRESH)} s of clock between the "
+          f"kill and the last phase)")
     print(table(rows))
     if side:
         ours, node = side

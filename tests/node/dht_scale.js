@@ -155,6 +155,7 @@ function opt (name, dflt) {
 const N = opt('nodes', 1000)
 const TOPICS = opt('topics', 50)
 const LOOKUPS = opt('lookups', 200)
+const WARM = opt('warm', 1)
 let rnd = opt('seed', 1) >>> 0
 function random () { // mulberry32: a seeded choice of nodes and topics
   rnd = (rnd + 0x6D2B79F5) >>> 0
@@ -207,6 +208,24 @@ async function build () {
     await run(5000)
   }
   await run(60000)
+}
+
+// Background traffic, as bench/dht_scale.py's --warm: every node walks
+// towards a random target, spread over 20 s, then 10 s more.
+async function warm () {
+  const step = 50
+  for (let w = 0; w < WARM; w++) {
+    const order = alive.slice()
+    for (let k = order.length - 1; k > 0; k--) {
+      const j = Math.floor(random() * (k + 1)); const x = order[k]; order[k] = order[j]; order[j] = x
+    }
+    const perStep = Math.max(1, Math.ceil(order.length / Math.floor(20000 / step)))
+    for (let k = 0; k < order.length; k += perStep) {
+      for (const i of order.slice(k, k + perStep)) nodes[i].query('_find_node', randomBytes(32), () => {})
+      await run(step)
+    }
+  }
+  if (WARM) await run(10000)
 }
 
 // @hyperswarm/discovery's schedule: announce, then again 300-600 s after each end.
@@ -312,6 +331,7 @@ async function main () {
   const m0 = memory()
   const t0 = Date.now()
   await build()
+  await warm()
   const wallBuild = (Date.now() - t0) / 1000
   const announced = await announce()
   const m1 = memory()
@@ -330,6 +350,7 @@ async function main () {
     nodes: N,
     announced,
     topics: TOPICS,
+    warm: WARM,
     table_mean: mean(sizes),
     table_min: Math.min(...sizes),
     table_max: Math.max(...sizes),
