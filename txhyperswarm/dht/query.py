@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Callable, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -32,7 +32,7 @@ from txhyperswarm.dht.errors import QueryError, RequestTimeout
 from txhyperswarm.dht.messages import decode_nodes, decode_peer, DecodeError
 from txhyperswarm.dht.routing import K, Contact
 
-__all__ = ["Reply", "QueryTable", "Walk", "WalkContext", "WalkState", "decode_to"]
+__all__ = ["Reply", "QueryTable", "Walk", "WalkContext", "WalkState", "WalkTrace", "decode_to"]
 
 Address = Tuple[str, int]
 
@@ -141,6 +141,56 @@ class WalkState(IntEnum):
     FINALIZED = 3
 
 
+class WalkTrace:
+    """
+    What one walk did, for measurements (``bench/dht_scale.py``,
+    ``tests/test_dht_scale.py``); the DHT itself never reads it. A walk
+    keeps one only when its :class:`WalkContext` has a
+    :attr:`~WalkContext.tracer`.
+
+    Depth: the nodes a walk starts from (its routing-table seeds and the
+    bootstrap nodes) are depth 1; a node named in the ``closerNodes`` of a
+    reply from a depth-``d`` node is depth ``d + 1`` (the smallest, when
+    several replies name it). The "hops" of a lookup are the depth of the
+    reply that first carried what it looked for.
+
+    :ivar sent: requests the walk sent (QUERY or ``_find_node``; a retry
+        or a holepunch of the same request is not counted again).
+    :ivar updates_sent: UPDATEs it sent.
+    :ivar replies: responses it got (error replies included; a timeout is
+        not a reply).
+    :ivar depth: ``{(host, port): depth}`` of the nodes learned from replies.
+    :ivar reply_depth: the depth of the node whose reply is being handled:
+        read it in ``on_reply``.
+    :ivar max_depth: the deepest reply so far.
+    """
+
+    __slots__ = ("sent", "updates_sent", "replies", "depth", "reply_depth", "max_depth")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.updates_sent = 0
+        self.replies = 0
+        self.depth: Dict[Address, int] = {}
+        self.reply_depth = 0
+        self.max_depth = 0
+
+    def replied(self, addr: Address) -> int:
+        """A reply came from ``addr``; returns its depth."""
+        d = self.depth.get(addr, 1)
+        self.replies += 1
+        self.reply_depth = d
+        if d > self.max_depth:
+            self.max_depth = d
+        return d
+
+    def learned(self, addr: Address, depth: int) -> None:
+        """A reply named ``addr``, at ``depth``."""
+        old = self.depth.get(addr)
+        if old is None or depth < old:
+            self.depth[addr] = depth
+
+
 class WalkContext:
     """
     What a :class:`Walk` needs from the node it walks for; the node builds
@@ -157,6 +207,9 @@ class WalkContext:
     :ivar inflight_queries: walks started and not ended (a background walk
         slows down when it is not alone).
     :ivar walks: walks with something outstanding (aborted by :meth:`abort_all`).
+    :ivar tracer: ``None`` (the default), or ``tracer(walk)`` called as each
+        walk is made, returning a :class:`WalkTrace` for it to keep (or
+        ``None``): for measurements only.
     """
 
     def __init__(self, own_id: bytes, rpc, table, bootstrap) -> None:
@@ -166,6 +219,7 @@ class WalkContext:
         self.bootstrap = bootstrap
         self.inflight_queries = 0
         self.walks: Set["Walk"] = set()
+        self.tracer: Optional[Callable[["Walk"], Optional[WalkTrace]]] = None
 
     def started(self, walk: "Walk") -> None:
         """``walk`` starts (counted in :attr:`inflight_queries`)."""
@@ -232,6 +286,9 @@ class Walk:
         self._requests: Set[object] = set()
         self.deferred: defer.Deferred = defer.Deferred(self._cancelled)
         self._error: Optional[Exception] = None
+        tracer = context.tracer
+        #: The :class:`WalkTrace` of this walk, when the context traces.
+        self.trace: Optional[WalkTrace] = tracer(self) if tracer is not None else None
 
     # -- driving ----------------------------------------------------------
 
@@ -290,6 +347,12 @@ class Walk:
                 return False
             peer.queried = True
         self.inflight += 1
+        trace = self.trace
+        if trace is not None:
+            if is_update:
+                trace.updates_sent += 1
+            else:
+                trace.sent += 1
         rpc = self._context.rpc
         cb = self._on_response
         if is_update:
@@ -330,12 +393,16 @@ class Walk:
             msg.id if has_id else None, msg.roundtripToken if has_token else None, host, port
         )
         status = self._status
+        trace = self.trace
+        depth = trace.replied(addr) + 1 if trace is not None else 0
         if status == WalkState.MOVING_CLOSER:
             if msg.HasField("closerNodes"):
                 referrer = addr
                 table = self.table
                 for nid, nhost, nport in decode_nodes(msg.closerNodes):
                     table.add_unverified(Contact(nid, nhost, nport), referrer)
+                    if trace is not None:
+                        trace.learned((nhost, nport), depth)
         elif status == WalkState.UPDATING:
             self.updates += 1
         if msg.error:
