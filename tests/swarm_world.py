@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 
 from txhyperswarm.dht import peers as dht_peers
@@ -80,3 +81,25 @@ class World:
         assert self.clock.getDelayedCalls() == []
         for d in pending:
             assert d.called
+
+
+class IdExchange(Protocol):
+    """Send our 32-byte id; dedup once the peer's id and the info are known."""
+
+    def __init__(self, own, results):
+        self.own = own
+        self.results = results
+        self.info = None
+        self.remote = b""
+
+    def connectionMade(self):
+        self.transport.write(self.own)
+
+    def dataReceived(self, data):
+        self.remote += data
+        self.check()
+
+    def check(self):
+        if self.info is not None and len(self.remote) >= 32 and not hasattr(self, "dup"):
+            self.dup = self.info.deduplicate(self.own, self.remote[:32])
+            self.results.append((self.own, self.info.client, self.dup))

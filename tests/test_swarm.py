@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 
 from tests.swarm_fake import Directory
+from tests.swarm_world import IdExchange
 from txhyperswarm.peer_record import PeerRecord
 from txhyperswarm.peerinfo import Stage
 from txhyperswarm.queue import QueueOptions
@@ -655,28 +656,6 @@ def test_handler_errors_are_logged_not_raised(logged_errors):
     assert logged_errors.take(ZeroDivisionError)
     assert a.stats()["errors"]["handler_error"] == 1
     w.stop_all()
-
-
-class IdExchange(Protocol):
-    """Send our 32-byte id; dedup once the peer's id and the info are known."""
-
-    def __init__(self, own, results):
-        self.own = own
-        self.results = results
-        self.info = None
-        self.remote = b""
-
-    def connectionMade(self):
-        self.transport.write(self.own)
-
-    def dataReceived(self, data):
-        self.remote += data
-        self.check()
-
-    def check(self):
-        if self.info is not None and len(self.remote) >= 32 and not hasattr(self, "dup"):
-            self.dup = self.info.deduplicate(self.own, self.remote[:32])
-            self.results.append((self.own, self.info.client, self.dup))
 
 
 @pytest.mark.parametrize("ids", [(b"\x01" * 32, b"\x02" * 32), (b"\x02" * 32, b"\x01" * 32)])

@@ -14,7 +14,7 @@ from txhyperswarm.dht.node import DHTNode
 from txhyperswarm.stream import Stream
 from txhyperswarm.swarm import BindError
 
-from tests.swarm_world import BOOT, World
+from tests.swarm_world import BOOT, IdExchange, World
 
 T1 = b"\x11" * 32
 
@@ -89,23 +89,6 @@ def test_mdns_discovery_in_memory():
     assert peers and all(p.source == "mdns" and p.local for p in peers)
     assert len(w.of("b", "connection")) == 1 and len(w.of("a", "connection")) == 1
     w.stop_all()
-
-
-class IdExchange(Protocol):
-    def __init__(self, own, results):
-        self.own, self.results, self.info, self.remote = own, results, None, b""
-
-    def connectionMade(self):
-        self.transport.write(self.own)
-
-    def dataReceived(self, data):
-        self.remote += data
-        self.check()
-
-    def check(self):
-        if self.info is not None and len(self.remote) >= 32 and not hasattr(self, "dup"):
-            self.dup = self.info.deduplicate(self.own, self.remote[:32])
-            self.results.append((self.own, self.info.client, self.dup))
 
 
 @pytest.mark.parametrize("ids", [(b"\x01" * 32, b"\x02" * 32), (b"\x02" * 32, b"\x01" * 32)])
