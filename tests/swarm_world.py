@@ -84,9 +84,12 @@ class World:
 
 
 class IdExchange(Protocol):
-    """Send our 32-byte id; dedup once the peer's id and the info are known."""
+    """
+    Send our 32-byte id; dedup once the peer's id and the info are known
+    (``(own id, client?, kept?)`` appended to ``results`` when given).
+    """
 
-    def __init__(self, own, results):
+    def __init__(self, own, results=None):
         self.own = own
         self.results = results
         self.info = None
@@ -102,4 +105,5 @@ class IdExchange(Protocol):
     def check(self):
         if self.info is not None and len(self.remote) >= 32 and not hasattr(self, "dup"):
             self.dup = self.info.deduplicate(self.own, self.remote[:32])
-            self.results.append((self.own, self.info.client, self.dup))
+            if self.results is not None:
+                self.results.append((self.own, self.info.client, self.dup))

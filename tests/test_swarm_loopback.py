@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 
+from tests.swarm_world import IdExchange
 from txhyperswarm.dht import peers as dht_peers
 from txhyperswarm.dht.node import DHTNode
 from txhyperswarm.stream import Stream
@@ -77,22 +78,6 @@ def test_tcp_connection_and_data_both_ways(reactor):
         yield defer.gatherResults([a.stopService(), b.stopService()])
         yield boot.stopService()
     assert a.connections == set() and b.connections == set()
-
-
-class IdExchange(Protocol):
-    def __init__(self, own):
-        self.own, self.info, self.remote = own, None, b""
-
-    def connectionMade(self):
-        self.transport.write(self.own)
-
-    def dataReceived(self, data):
-        self.remote += data
-        self.check()
-
-    def check(self):
-        if self.info is not None and len(self.remote) >= 32 and not hasattr(self, "dup"):
-            self.dup = self.info.deduplicate(self.own, self.remote[:32])
 
 
 @pytest.mark.parametrize("ids", [(b"\x01" * 32, b"\x02" * 32), (b"\x02" * 32, b"\x01" * 32)])
