@@ -249,6 +249,21 @@ class _Dialler:
         return d.addCallback(lambda p: (p, None))
 
 
+def _local_clients(net, n, run=None):
+    """``n`` Recorders connecting from SERVICE to the daemon's local port
+    6000 (the clock run ``run`` s after each, when given)."""
+    clients = []
+    for _ in range(n):
+        c = Recorder()
+        clients.append(c)
+        cf = ClientFactory()
+        cf.buildProtocol = lambda addr, c=c: c
+        net.reactor(SERVICE).connectTCP(DAEMON, 6000, cf)
+        if run is not None:
+            net.run(run)
+    return clients
+
+
 def _peer(topic, host, port):
     return PeerRecord(topic=topic, host=host, port=port, local=False, referrer=None, to=None, source="dht")
 
@@ -273,13 +288,7 @@ def test_listen_pipes_each_local_connection_over_a_dialled_connection():
     swarm_factory, local_factory = tunnels.listen_factories(dial, [topic])
     dial.factory = swarm_factory
     daemon.listenTCP(6000, local_factory)
-    clients = []
-    for _ in range(3):
-        c = Recorder()
-        clients.append(c)
-        cf = ClientFactory()
-        cf.buildProtocol = lambda addr, c=c: c
-        net.reactor(SERVICE).connectTCP(DAEMON, 6000, cf)
+    clients = _local_clients(net, 3)
     net.run(0.5)
     for c in clients:
         c.transport.write(b"early")  # held until a peer is found
@@ -390,14 +399,7 @@ def test_listen_refuses_local_connections_beyond_the_limit():
     dial.factory = swarm_factory
     daemon.listenTCP(6000, local_factory)
     tunnels.peer_found(_peer(topic, PEER, 7000))
-    clients = []
-    for _ in range(3):
-        c = Recorder()
-        clients.append(c)
-        cf = ClientFactory()
-        cf.buildProtocol = lambda addr, c=c: c
-        net.reactor(SERVICE).connectTCP(DAEMON, 6000, cf)
-        net.run(0.5)
+    clients = _local_clients(net, 3, run=0.5)
     s = tunnels.stats()
     assert s["tunnels"] == 2 and s["failed"]["limit"] == 1 and len(dial.dialled) == 2
     assert clients[2].read_ended or clients[2].lost is not None
