@@ -149,8 +149,8 @@ def test_rto_backoff_and_death_after_the_retry_limit():
     assert c.lost is None
     times = [t - start for t, p in n.sent(A, B, {ST_DATA})]
     # three loss probes (3 RTTs, at least 30 ms, doubling), then the RTO:
-    # 1 s, doubling: 1, 2, 4, 8; each resend goes out twice
-    expect = [0.0] + [t for t in (0.03, 0.09, 0.21, 1.0, 3.0, 7.0, 15.0) for _ in (1, 2)]
+    # 1 s, doubling: 1, 2, 4, 8; each resend goes out three times, 10 ms apart
+    expect = [0.0] + [t + gap for t in (0.03, 0.09, 0.21, 1.0, 3.0, 7.0, 15.0) for gap in (0.0, 0.01, 0.02)]
     assert times == pytest.approx(expect, abs=1e-6)
     assert c.transport.probes == 3 and c.transport.timeouts == 4
     assert c.transport.retransmit_timeout == 16000
@@ -158,6 +158,35 @@ def test_rto_backoff_and_death_after_the_retry_limit():
     assert c.lost is not None and c.lost.check(UTPTimeoutError)
     assert "10.0.0.2:2222" in str(c.lost.value)
     assert n.a.connections == {}
+
+
+def test_a_run_of_lost_acks_costs_no_rto_against_a_batch_acking_receiver():
+    # libutp (and our own receiver) ACKs once per read batch: two copies of
+    # a resend that arrive together draw one ACK. Through the lossy relay a
+    # run of 6 lost ACKs then cost 3 loss probes and 3 RTO expiries (a
+    # 15 s stall in CI): the copies now go out apart, each drawing an ACK.
+    n = Net()
+    c, s = n.connect()
+    drop = {"data": 1, "acks": 6}
+
+    def lossy(data, src, dst):
+        kind = decode(data).type
+        if src == A and kind == ST_DATA and drop["data"]:
+            drop["data"] -= 1  # the one DATA packet: a tail loss
+            return True
+        if src == B and kind == ST_STATE and drop["acks"]:
+            drop["acks"] -= 1
+            return True
+        return False
+
+    n.net.drop = lossy
+    start = n.clock.seconds()
+    c.transport.write(b"x" * 100)
+    n.net.run_until(lambda: s.received == b"x" * 100 and c.transport.bytes_in_flight == 0, 30.0, step=0.001)
+    assert s.received == b"x" * 100 and c.transport.bytes_in_flight == 0
+    assert drop == {"data": 0, "acks": 0}
+    assert n.clock.seconds() - start < 0.5
+    assert c.transport.timeouts == 0
 
 
 def test_rto_from_measured_rtt():

@@ -29,7 +29,8 @@ Behaviour follows libutp as built into utp-native 2.5.3 (``shared/spec/utp.md``)
 * beyond libutp, loss recovery: every hole a selective ack reveals is
   resent (up to 32 per ACK), and a loss probe after 3 RTTs (≥ 30 ms)
   without an ack resends what is outstanding before the 1 s RTO (see
-  ``MIN_PROBE``); the advertised window is capped by what the socket's
+  ``MIN_PROBE``); a probed or timed-out oldest packet goes out three times,
+  10 ms apart (see ``RESEND_ECHOES``); the advertised window is capped by what the socket's
   kernel receive queue holds (``window_cap``, set by the socket).
 * FIN/EOF (2.5, 5.4): FIN consumes a number; EOF when ``ack_nr`` reaches it.
   Unlike libutp, our FIN is not held back until earlier data is acked, and
@@ -208,6 +209,14 @@ ACK_EVERY_LOSSY = 2
 LOSSY_MEMORY = 30.0
 PROBE_RTTS = 3
 MAX_PROBES = 3
+#: Beyond libutp: a timed-out or probed oldest packet goes out ``1 +
+#: RESEND_ECHOES`` times, ``ECHO_GAP`` seconds apart. libutp ACKs once per
+#: read batch, so copies sent together draw one ACK, and a run of lost ACKs
+#: (6 in a row through a 20 %-loss relay) cost 3 probes and 3 RTO expiries,
+#: a 15 s stall; copies apart draw an ACK each. The gap stays under
+#: ``MIN_PROBE``.
+RESEND_ECHOES = 2
+ECHO_GAP = 0.01
 #: After our side is closed, keep acking the peer's data/FIN this long.
 LINGER_TIME = 10.0
 #: After both FINs, keep the connection this long to absorb duplicates
@@ -437,6 +446,10 @@ class UTPConnection:
         self._srtt_us = 0
         self._probe_at: Optional[float] = None
         self._probe_count = 0
+        #: the next copy of a resent oldest packet (see ``RESEND_ECHOES``)
+        self._echo_at: Optional[float] = None
+        self._echo_seq = 0
+        self._echoes_left = 0
         #: cap on the advertised window (the kernel buffer's capacity, set by the socket)
         self.window_cap = recv_buffer
         #: retransmission timeouts that expired (each one stalls for the RTO)
@@ -482,6 +495,8 @@ class UTPConnection:
             cands.append(self._rto_at)
         if self._probe_at is not None:
             cands.append(self._probe_at)
+        if self._echo_at is not None:
+            cands.append(self._echo_at)
         if self.state == CONNECTED:
             cands.append(self._last_send + KEEPALIVE)
         if self._zero_window_at is not None:
@@ -531,6 +546,8 @@ class UTPConnection:
                 return
         elif self._probe_at is not None and now + eps >= self._probe_at:
             self._on_probe(now)
+        if self._echo_at is not None and now + eps >= self._echo_at:
+            self._send_echo(now)
         if self._zero_window_at is not None and now + eps >= self._zero_window_at:
             self._zero_window_at = None
             if self._peer_wnd == 0:
@@ -600,10 +617,26 @@ class UTPConnection:
                 self.packets_resent += 1
                 self._transmit(e)
                 if e.type != ST_SYN:
-                    # twice: when this one or its ack is lost again the
+                    # again, apart: when every copy or its ack is lost the
                     # connection waits a doubled timeout (and dies after 4)
-                    self._transmit(e)
+                    self._echo_seq = e.seq
+                    self._echoes_left = RESEND_ECHOES
+                    self._echo_at = at = self._mono() + ECHO_GAP
+                    self._arm(at)
                 break
+
+    def _send_echo(self, now: float) -> None:
+        """The next copy of the resent oldest packet, unless it was acked."""
+        self._echo_at = None
+        if self.state != CONNECTED:
+            return
+        e = self._inflight.get(self._echo_seq)
+        if e is None or e.lost:
+            return
+        self._transmit(e)
+        self._echoes_left -= 1
+        if self._echoes_left > 0:
+            self._echo_at = now + ECHO_GAP
 
     def _probe_interval(self) -> float:
         t = PROBE_RTTS * self._srtt_us / 1e6
@@ -1162,6 +1195,7 @@ class UTPConnection:
                 self.state = DRAINING
                 self._rto_at = None
                 self._probe_at = None
+                self._echo_at = None
                 self._zero_window_at = None
                 self._inflight.clear()
                 self._resend.clear()
@@ -1374,6 +1408,7 @@ class UTPConnection:
         self.state = LINGER if linger else CLOSED
         self._rto_at = None
         self._probe_at = None
+        self._echo_at = None
         self._zero_window_at = None
         self._close_wait_at = None
         self._sendbuf.clear()
