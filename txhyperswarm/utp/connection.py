@@ -29,9 +29,10 @@ Behaviour follows libutp as built into utp-native 2.5.3 (``shared/spec/utp.md``)
 * beyond libutp, loss recovery: every hole a selective ack reveals is
   resent (up to 32 per ACK), and a loss probe after 3 RTTs (≥ 30 ms)
   without an ack resends what is outstanding before the 1 s RTO (see
-  ``MIN_PROBE``); a probed or timed-out oldest packet goes out three times,
-  10 ms apart (see ``RESEND_ECHOES``); the advertised window is capped by what the socket's
-  kernel receive queue holds (``window_cap``, set by the socket).
+  ``MIN_PROBE``); a probed or timed-out oldest packet goes out three
+  times, 10 ms apart (see ``RESEND_ECHOES``); the advertised window is
+  capped by what the socket's kernel receive queue holds (``window_cap``,
+  set by the socket).
 * FIN/EOF (2.5, 5.4): FIN consumes a number; EOF when ``ack_nr`` reaches it.
   Unlike libutp, our FIN is not held back until earlier data is acked, and
   a closed connection stays in the table as a zombie: after
@@ -616,7 +617,7 @@ class UTPConnection:
                 self._cur_window += len(e.payload)
                 self.packets_resent += 1
                 self._transmit(e)
-                if e.type != ST_SYN:
+                if e.type != ST_SYN and RESEND_ECHOES:
                     # again, apart: when every copy or its ack is lost the
                     # connection waits a doubled timeout (and dies after 4)
                     self._echo_seq = e.seq
